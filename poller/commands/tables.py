@@ -1,0 +1,33 @@
+"""Plain-text tables for the terminal (no dependencies, no colour codes when piped)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Sequence
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    def line(vals):
+        return "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+    out = [line([h.upper() for h in headers])]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    if not ts:
+        return "never"
+    now = now or dt.datetime.now().timestamp()
+    s = max(0, int(now - ts))
+    if s < 60:
+        return f"{s}s ago"
+    if s < 3600:
+        return f"{s // 60}m ago"
+    if s < 86400:
+        return f"{s // 3600}h ago"
+    return f"{s // 86400}d ago"

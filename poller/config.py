@@ -1,0 +1,318 @@
+"""Typed configuration: one YAML file, loaded once, validated, passed in.
+
+:func:`load_config` is the only place that reads the file and the environment. Secrets are
+written as ``${VAR}`` (from the environment) or ``${file:/path}`` (from a file, trailing
+newline stripped), never required inline, and kept as :class:`pydantic.SecretStr` so they
+never print. Every mistake is a :class:`~poller.errors.ConfigError` naming the file, the key
+path (``sources[2].branch``) and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
+
+from poller.errors import ConfigError
+
+_REF = re.compile(r"\$\{([^}]+)\}")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegistryConfig(_Model):
+    """The registry images are pushed to and watched in."""
+
+    url: str = Field(description="host[:port], optionally with http:// or https://")
+    insecure: bool = Field(False, description="talk plain HTTP instead of HTTPS")
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @property
+    def host(self) -> str:
+        return re.sub(r"^https?://", "", self.url)
+
+    @property
+    def base_url(self) -> str:
+        if self.url.startswith(("http://", "https://")):
+            return self.url
+        return ("http://" if self.insecure else "https://") + self.url
+
+
+class GitRemote(_Model):
+    url: str = Field(description="any URL git understands: file://, https://, ssh://, git://")
+
+
+class GitLabRemote(_Model):
+    url: str = Field(description="GitLab base URL, e.g. https://gitlab.example.com")
+    project: str = Field(description="project path (group/name) or numeric id")
+    token: SecretStr | None = None
+    ssl_verify: bool = True
+
+
+class GitHubRemote(_Model):
+    repo: str = Field(description="owner/name")
+    api_url: str = "https://api.github.com"
+    token: SecretStr | None = None
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        if v.count("/") != 1 or not all(v.split("/")):
+            raise ValueError("must be 'owner/name'")
+        return v
+
+
+class SourceConfig(_Model):
+    name: str
+    git: GitRemote | None = None
+    gitlab: GitLabRemote | None = None
+    github: GitHubRemote | None = None
+    branch: str = Field(description="the branch whose head is built as 'staging'")
+    image: str = Field(description="repository to push to, e.g. 127.0.0.1:5000/game-server")
+    dockerfile: str = "Dockerfile"
+    context: str = "."
+    build_args: dict[str, str] = Field(default_factory=dict)
+    interval: float | None = Field(None, gt=0, description="poll interval in seconds (default: poll.interval)")
+    tags: bool = Field(True, description="build semver git tags as releases")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be lowercase letters, digits, '.', '_' or '-' (at most 63)")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if ":" in v.rsplit("/", 1)[-1] or "@" in v:
+            raise ValueError("give the repository only, without a tag or digest")
+        if "/" not in v:
+            raise ValueError("must include the registry host, e.g. 127.0.0.1:5000/name")
+        return v
+
+    @field_validator("dockerfile", "context")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if v.startswith("/") or ".." in Path(v).parts:
+            raise ValueError("must be a path inside the repository")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SourceConfig":
+        kinds = [k for k in ("git", "gitlab", "github") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of 'git', 'gitlab' or 'github'"
+                             + (f" (got {', '.join(kinds)})" if kinds else ""))
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("git", "gitlab", "github") if getattr(self, k) is not None)
+
+    @property
+    def image_host(self) -> str:
+        return self.image.split("/", 1)[0]
+
+    @property
+    def image_repository(self) -> str:
+        return self.image.split("/", 1)[1]
+
+
+class BuildConfig(_Model):
+    concurrency: int = Field(2, ge=1, le=64, description="builds running at once, all sources")
+    log_limit_kb: int = Field(256, ge=1, description="build log kept per build in the store")
+    retry_initial: float = Field(30.0, ge=0, description="first back-off after a failed build, s")
+    retry_max: float = Field(3600.0, ge=0, description="longest back-off after failed builds, s")
+    timeout: float = Field(3600.0, gt=0, description="a build running longer is failed")
+
+
+class PollConfig(_Model):
+    interval: float = Field(60.0, gt=0, description="default seconds between polls of a source")
+    jitter: float = Field(0.1, ge=0, le=1, description="fraction of the interval added at random")
+    resync: float = Field(600.0, ge=0, description="seconds between full registry checks of an "
+                          "unchanged source (0: every cycle)")
+    backoff_max: float = Field(900.0, gt=0, description="longest wait after upstream failures, s")
+
+
+class StoreConfig(_Model):
+    path: str = Field("~/.local/state/slipway/slipway.db", description="SQLite file")
+
+
+class DockerConfig(_Model):
+    base_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST or the local socket")
+
+
+class ChartRepoConfig(_Model):
+    name: str
+    url: str = Field(description="Helm repository URL (serves index.yaml)")
+    username: str | None = None
+    password: SecretStr | None = None
+    charts: list[str] | None = Field(None, description="charts to watch; default: all")
+    staging_pattern: str = Field(r"^\d+\.\d+\.\d+-staging(\.|$)",
+                                 description="regex on a chart version that marks a staging build")
+    interval: float | None = Field(None, gt=0)
+
+    @field_validator("staging_pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return v
+
+
+class HelmApiClientConfig(_Model):
+    url: str = Field(description="base URL of the helm API, e.g. http://helm-api:8080")
+    token: SecretStr | None = None
+
+
+class ChartsConfig(_Model):
+    repos: list[ChartRepoConfig] = Field(default_factory=list)
+    helm_api: HelmApiClientConfig | None = None
+    approval: Literal["none", "major", "all"] = "major"
+    environments: dict[str, str] = Field(
+        default_factory=lambda: {"staging": "staging", "release": "production"},
+        description="which environment a staging / release chart version applies to")
+
+
+class Config(_Model):
+    registry: RegistryConfig
+    sources: list[SourceConfig] = Field(default_factory=list)
+    build: BuildConfig = BuildConfig()
+    poll: PollConfig = PollConfig()
+    store: StoreConfig = StoreConfig()
+    docker: DockerConfig = DockerConfig()
+    charts: ChartsConfig = ChartsConfig()
+    state_dir: str = Field("~/.local/state/slipway", description="git mirrors and other caches")
+    path: str | None = Field(None, exclude=True, description="the file this was loaded from")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Config":
+        seen: dict[str, int] = {}
+        for i, s in enumerate(self.sources):
+            if s.name in seen:
+                raise ValueError(f"sources[{i}].name: '{s.name}' is already used by sources[{seen[s.name]}]")
+            seen[s.name] = i
+        pairs: dict[tuple[str, str], str] = {}
+        for s in self.sources:
+            key = (s.image, s.branch)
+            if key in pairs:
+                raise ValueError(f"sources '{pairs[key]}' and '{s.name}' both push {s.image} from "
+                                 f"branch {s.branch}")
+            pairs[key] = s.name
+        return self
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no source named '{name}'", file=self.path, key="sources")
+
+    @property
+    def store_path(self) -> Path:
+        return Path(os.path.expanduser(self.store.path))
+
+    @property
+    def state_path(self) -> Path:
+        return Path(os.path.expanduser(self.state_dir))
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            # pydantic puts the tag of a function validator in the path; drop it.
+            if str(part).startswith(("function-", "model-")):
+                continue
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _expand(value: Any, env: Mapping[str, str], path: str, file: str) -> Any:
+    """Replace ``${VAR}`` and ``${file:/path}`` in every string of the raw YAML tree."""
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{path}.{k}" if path else str(k), file) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, f"{path}[{i}]", file) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(m: re.Match) -> str:
+        ref = m.group(1).strip()
+        if ref.startswith("file:"):
+            fpath = Path(os.path.expanduser(ref[5:]))
+            try:
+                return fpath.read_text().rstrip("\n")
+            except OSError as exc:
+                raise ConfigError(f"cannot read secret file {fpath}: {exc.strerror}", file=file,
+                                  key=path) from None
+        name, _, default = ref.partition(":-")
+        if name in env:
+            return env[name]
+        if _ != "":
+            return default
+        raise ConfigError(f"environment variable {name} is not set", file=file, key=path)
+
+    return _REF.sub(sub, value)
+
+
+def parse_config(data: Any, *, file: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML tree. ``env`` defaults to ``os.environ``."""
+    env = os.environ if env is None else env
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping (registry:, sources:, ...)", file=file)
+    data = _expand(data, env, "", file)
+    try:
+        cfg = Config.model_validate({**data, "path": file} if "path" not in data else data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = _format_loc(tuple(err["loc"]))
+            msg = err["msg"]
+            if err["type"] == "missing":
+                msg = "field required"
+            elif err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+            problems.append((key, msg))
+        key, msg = problems[0]
+        more = "".join(f"\n  {k}: {m}" for k, m in problems[1:])
+        raise ConfigError(msg + more, file=file, key=key or None) from None
+    return cfg
+
+
+def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate the YAML config at ``path``."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"not valid YAML: {where}{getattr(exc, 'problem', exc)}", file=file) from None
+    return parse_config(data, file=file, env=env)

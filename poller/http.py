@@ -1,0 +1,139 @@
+"""One way to talk HTTP to upstreams: counted, timed out, and mapped onto Slipway errors.
+
+Every upstream client (registry, GitHub, GitLab through python-gitlab's ``session=``,
+the helm API) uses a session from :func:`make_session`, so requests are counted per
+upstream and status (tests and ``/metrics`` read the same numbers), and failures become
+:class:`~poller.errors.UpstreamError` (retry later, with ``retry_after``) or a permanent
+error.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections import Counter
+from typing import Callable
+
+import requests
+from prometheus_client import Counter as PromCounter
+
+from poller.errors import AuthError, NotFound, UpstreamError
+
+DEFAULT_TIMEOUT = (5.0, 60.0)
+
+UPSTREAM_REQUESTS = PromCounter(
+    "slipway_upstream_requests_total", "HTTP requests Slipway made, by upstream and status",
+    ["upstream", "status"],
+)
+
+
+class RequestCounter:
+    """Thread-safe tally of requests by (upstream, status)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, int]] = Counter()
+
+    def add(self, upstream: str, status: int) -> None:
+        with self._lock:
+            self._counts[(upstream, status)] += 1
+
+    def total(self, upstream: str | None = None) -> int:
+        with self._lock:
+            return sum(n for (u, _), n in self._counts.items() if upstream in (None, u))
+
+    def snapshot(self) -> dict[tuple[str, int], int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+#: The process-wide tally; tests may pass their own to :func:`make_session`.
+REQUESTS = RequestCounter()
+
+
+class _TimeoutSession(requests.Session):
+    def __init__(self, timeout) -> None:
+        super().__init__()
+        self._default_timeout = timeout
+
+    def request(self, method, url, **kwargs):  # type: ignore[override]
+        kwargs.setdefault("timeout", self._default_timeout)
+        return super().request(method, url, **kwargs)
+
+
+def make_session(upstream: str, *, counter: RequestCounter | None = None,
+                 timeout=DEFAULT_TIMEOUT, verify: bool | str = True) -> requests.Session:
+    """A ``requests.Session`` that counts every response under ``upstream``."""
+    tally = counter or REQUESTS
+    session = _TimeoutSession(timeout)
+    session.verify = verify
+    session.headers["User-Agent"] = "slipway/0.1"
+
+    def _count(resp: requests.Response, *args, **kwargs):
+        tally.add(upstream, resp.status_code)
+        UPSTREAM_REQUESTS.labels(upstream, str(resp.status_code)).inc()
+
+    session.hooks["response"].append(_count)
+    return session
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """``Retry-After`` as seconds from now: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+def check_response(resp: requests.Response, upstream: str) -> requests.Response:
+    """Map a response onto Slipway errors; return it when it is a success (or 304)."""
+    status = resp.status_code
+    if status < 400:
+        return resp
+    what = f"{upstream}: {resp.request.method} {_redact(resp.url)} -> {status}"
+    if status == 429 or status >= 500:
+        raise UpstreamError(what, upstream=upstream, status=status,
+                            retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+    if status in (401, 403):
+        raise AuthError(what)
+    if status == 404:
+        raise NotFound(what)
+    raise UpstreamError(f"{what}: {resp.text[:200]}", upstream=upstream, status=status)
+
+
+def request(session: requests.Session, method: str, url: str, *, upstream: str,
+            **kwargs) -> requests.Response:
+    """``session.request`` with connection failures and bad statuses as Slipway errors."""
+    try:
+        resp = session.request(method, url, **kwargs)
+    except requests.RequestException as exc:
+        raise UpstreamError(f"{upstream}: {method} {_redact(url)} failed: {type(exc).__name__}",
+                            upstream=upstream) from exc
+    return check_response(resp, upstream)
+
+
+def _redact(url: str) -> str:
+    """Drop credentials from a URL before it reaches a log line or an error."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        parts = parts._replace(netloc="***@" + netloc)
+    return urlunsplit(parts)
+
+
+redact_url = _redact

@@ -1,0 +1,274 @@
+"""The reconcile loop for sources: compare git with the registry, build the difference.
+
+Every cycle reads the desired state (branch head and tags, from the source) and the actual
+state (tags, digests and revision labels, from the registry), and acts on the difference:
+
+* ``staging`` whose revision label is the branch head, or a release tag already in the
+  registry: nothing to do.
+* ``sha-<head>`` already pushed but ``staging`` elsewhere (a crash between the two pushes):
+  re-tag in the registry, no rebuild, nothing pushed twice.
+* otherwise: build and push, at most one build per (image, ref) at a time, under a global
+  concurrency limit, with back-off for a commit whose build keeps failing (derived from
+  the store's history, so it survives restarts).
+
+Nothing here is remembered as truth. The only memory is an optimisation: when a source's
+refs are exactly what they were when everything was last found in sync, the registry is
+not asked again until ``poll.resync`` seconds have passed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from poller.builds.builder import LABEL_REVISION, BuildPlan, Builder
+from poller.config import Config, SourceConfig
+from poller.errors import BuildError, NotFound, SlipwayError, UpstreamError
+from poller.logs import get_logger
+from poller.policy.plans import STAGING_TAG, desired_plans, sha_tag
+from poller.registry.client import RegistryClient
+from poller.sources.base import RefSnapshot, Source
+from poller.store import Store
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Action:
+    """What a cycle decided (and, once done, what happened) for one plan."""
+
+    source: str
+    ref: str
+    sha: str
+    kind: str
+    tags: list[str]
+    action: str              # up-to-date | build | retag | backoff | in-flight
+    status: str = "done"     # done | pending | succeeded | failed
+    build_id: int | None = None
+    digest: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SourceReport:
+    source: str
+    head: str | None = None
+    skipped_registry: bool = False
+    error: str | None = None
+    retry_after: float | None = None
+    actions: list[Action] = field(default_factory=list)
+
+
+class Backoff:
+    """Per-key exponential back-off that honours an upstream's ``Retry-After``."""
+
+    def __init__(self, *, initial: float = 5.0, maximum: float = 900.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.initial, self.maximum, self.clock = initial, maximum, clock
+        self._state: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, key: str, retry_after: float | None = None) -> float:
+        with self._lock:
+            n = self._state.get(key, (0, 0.0))[0] + 1
+            delay = min(self.maximum, self.initial * 2 ** (n - 1))
+            if retry_after is not None:
+                delay = max(retry_after, min(delay, self.maximum))
+            self._state[key] = (n, self.clock() + delay)
+            return delay
+
+    def succeeded(self, key: str) -> None:
+        with self._lock:
+            self._state.pop(key, None)
+
+    def wait_left(self, key: str) -> float:
+        with self._lock:
+            if key not in self._state:
+                return 0.0
+            return max(0.0, self._state[key][1] - self.clock())
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, *, store: Store, registry: RegistryClient, builder: Builder,
+                 sources: dict[str, Source], on_build_log: Callable[[BuildPlan, str], None] | None = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.store = store
+        self.registry = registry
+        self.builder = builder
+        self.sources = sources
+        self.clock = clock
+        self.monotonic = monotonic
+        self.on_build_log = on_build_log
+        self.backoff = Backoff(maximum=cfg.poll.backoff_max, clock=monotonic)
+        self._executor = ThreadPoolExecutor(max_workers=cfg.build.concurrency,
+                                            thread_name_prefix="build")
+        self._inflight: dict[tuple[str, str], Future] = {}
+        self._inflight_lock = threading.Lock()
+        self._converged: dict[str, tuple[tuple, float]] = {}
+        self._last_snapshot: dict[str, RefSnapshot] = {}
+        self._shutting_down = threading.Event()
+
+    # -- one source -------------------------------------------------------------------
+    def reconcile_source(self, name: str, *, force: bool = False) -> SourceReport:
+        """One pass over one source. Builds are submitted, not waited for."""
+        report = SourceReport(source=name)
+        wait = self.backoff.wait_left(f"source:{name}")
+        if wait > 0 and not force:
+            report.error = f"backing off for {wait:.0f}s after upstream errors"
+            report.retry_after = wait
+            return report
+        cfg = self.cfg.source(name)
+        try:
+            snap = self.sources[name].poll()
+            report.head = snap.head
+            self._last_snapshot[name] = snap
+            fingerprint = snap.fingerprint()
+            converged = self._converged.get(name)
+            resync = self.cfg.poll.resync
+            if (not force and resync > 0 and converged is not None and converged[0] == fingerprint
+                    and self.monotonic() - converged[1] < resync):
+                report.skipped_registry = True
+            else:
+                report.actions = self._decide(cfg, snap)
+                if all(a.action == "up-to-date" for a in report.actions):
+                    self._converged[name] = (fingerprint, self.monotonic())
+                else:
+                    self._converged.pop(name, None)
+            self.store.record_poll(name, head=snap.head, tags=snap.tags)
+            self.backoff.succeeded(f"source:{name}")
+        except UpstreamError as exc:
+            delay = self.backoff.failed(f"source:{name}", exc.retry_after)
+            report.error, report.retry_after = str(exc), delay
+            self.store.record_poll(name, error=str(exc))
+            log.warning("source.upstream_error", source=name, error=str(exc), retry_in=round(delay, 1))
+        except SlipwayError as exc:
+            delay = self.backoff.failed(f"source:{name}")
+            report.error, report.retry_after = str(exc), delay
+            self.store.record_poll(name, error=str(exc))
+            log.error("source.error", source=name, error=str(exc), retry_in=round(delay, 1))
+        return report
+
+    def _decide(self, cfg: SourceConfig, snap: RefSnapshot) -> list[Action]:
+        plans = desired_plans(cfg, snap)
+        repo = cfg.image_repository
+        actions: list[Action] = []
+        existing: set[str] | None = None
+        for plan in plans:
+            act = Action(source=cfg.name, ref=plan.ref, sha=plan.sha, kind=plan.kind,
+                         tags=list(plan.tags), action="up-to-date")
+            if plan.kind == "staging":
+                digest = self.registry.head_manifest(repo, STAGING_TAG)
+                if digest and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha:
+                    act.digest = digest
+                    actions.append(act)
+                    continue
+                sha_digest = self.registry.head_manifest(repo, sha_tag(plan.sha))
+                if sha_digest and self.registry.labels(repo, sha_digest).get(LABEL_REVISION) == plan.sha:
+                    act.action = "retag"
+                    act.digest = self._retag(repo, sha_tag(plan.sha), STAGING_TAG, plan)
+                    actions.append(act)
+                    continue
+            else:
+                if existing is None:
+                    existing = set(self.registry.list_tags(repo))
+                if plan.tags[0] in existing:
+                    actions.append(act)
+                    continue
+            actions.append(self._schedule(plan, act))
+        return actions
+
+    def _retag(self, repo: str, src: str, dst: str, plan: BuildPlan) -> str:
+        manifest = self.registry.get_manifest(repo, src)
+        digest = self.registry.put_manifest(repo, dst, manifest)
+        self.store.record_event("retag", plan.image, src=src, dst=dst, digest=digest, sha=plan.sha)
+        log.info("image.retagged", image=plan.image, src=src, dst=dst, digest=digest)
+        return digest
+
+    # -- builds -----------------------------------------------------------------------
+    def _schedule(self, plan: BuildPlan, act: Action) -> Action:
+        failures, last = self.store.failures_since_success(image=plan.image, ref=plan.ref, sha=plan.sha)
+        if failures and last is not None:
+            delay = min(self.cfg.build.retry_max, self.cfg.build.retry_initial * 2 ** (failures - 1))
+            if self.clock() < last + delay:
+                act.action, act.status = "backoff", "pending"
+                act.error = (f"{failures} failed build(s) of this commit; next try in "
+                             f"{last + delay - self.clock():.0f}s")
+                return act
+        with self._inflight_lock:
+            running = self._inflight.get(plan.key)
+            if running is not None and not running.done():
+                act.action, act.status = "in-flight", "pending"
+                return act
+            if self._shutting_down.is_set():
+                act.action, act.status = "in-flight", "pending"
+                act.error = "shutting down"
+                return act
+            act.action, act.status = "build", "pending"
+            self._inflight[plan.key] = self._executor.submit(self._run_build, plan, act)
+        return act
+
+    def _run_build(self, plan: BuildPlan, act: Action) -> Action:
+        build_id = self.store.start_build(source=plan.source, image=plan.image, ref=plan.ref,
+                                          kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
+                                          pid=os.getpid())
+        act.build_id = build_id
+        blog = log.bind(source=plan.source, image=plan.image, ref=plan.ref, build_id=build_id)
+        blog.info("build.started", sha=plan.sha[:12], tags=",".join(plan.tags))
+        lines: list[str] = []
+
+        def on_log(text: str) -> None:
+            lines.append(text)
+            if self.on_build_log:
+                self.on_build_log(plan, text)
+
+        try:
+            result = self.builder.build(plan, self.sources[plan.source], self.cfg.source(plan.source),
+                                        on_log)
+        except (BuildError, UpstreamError, NotFound, SlipwayError) as exc:
+            self.store.finish_build(build_id, status="failed", error=str(exc), log="".join(lines))
+            act.status, act.error = "failed", str(exc)
+            blog.error("build.failed", error=str(exc))
+            return act
+        except Exception as exc:  # a bug, not an upstream: record it, keep the loop alive
+            self.store.finish_build(build_id, status="failed", error=f"internal error: {exc!r}",
+                                    log="".join(lines))
+            act.status, act.error = "failed", f"internal error: {exc!r}"
+            blog.error("build.crashed", error=repr(exc), exc_info=True)
+            return act
+        self.store.finish_build(build_id, status="succeeded", digest=result.digest, log=result.log)
+        act.status, act.digest = "succeeded", result.digest
+        blog.info("build.succeeded", digest=result.digest, duration=round(result.duration, 2))
+        return act
+
+    def wait_for_builds(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else self.monotonic() + timeout
+        while True:
+            with self._inflight_lock:
+                pending = [f for f in self._inflight.values() if not f.done()]
+            if not pending:
+                return
+            left = None if deadline is None else max(0.0, deadline - self.monotonic())
+            pending[0].result(timeout=left)
+
+    def running_builds(self) -> int:
+        with self._inflight_lock:
+            return sum(1 for f in self._inflight.values() if not f.done())
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        self._shutting_down.set()
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    # -- whole passes -----------------------------------------------------------------
+    def run_once(self, names: list[str] | None = None) -> list[SourceReport]:
+        """Reconcile every source (or ``names``), wait for the builds, return what happened."""
+        reports = [self.reconcile_source(n, force=True) for n in (names or list(self.sources))]
+        self.wait_for_builds()
+        return reports

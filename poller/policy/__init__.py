@@ -1,0 +1,1 @@
+"""Policies: which refs become which images. One small module per strategy."""

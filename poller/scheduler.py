@@ -1,0 +1,97 @@
+"""``poller run``: every source (and chart repository) reconciled on its own interval.
+
+APScheduler runs one job per watched thing, with jitter so a thousand sources don't poll
+in the same second, never two runs of the same job at once (``max_instances=1``) and
+missed runs coalesced. SIGTERM/SIGINT stop new work, let running builds finish (up to a
+grace period), and exit; a build cut off by a hard kill is marked ``interrupted`` at the
+next start and, since the registry still lacks its image, built again.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Callable
+
+from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from poller.config import Config
+from poller.logs import get_logger
+from poller.pipeline import Pipeline
+
+log = get_logger(__name__)
+
+
+class Scheduler:
+    def __init__(self, cfg: Config, pipeline: Pipeline,
+                 extra_jobs: list[tuple[str, float, Callable[[], object]]] | None = None):
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.extra_jobs = extra_jobs or []
+        self._stop = threading.Event()
+        self._aps = BackgroundScheduler(
+            executors={"default": APSThreadPool(max_workers=8)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    def _add(self, job_id: str, interval: float, fn: Callable[[], object]) -> None:
+        import datetime as dt
+
+        self._aps.add_job(self._guard(job_id, fn), IntervalTrigger(
+            seconds=interval, jitter=max(0.0, interval * self.cfg.poll.jitter) or None),
+            id=job_id, name=job_id, next_run_time=dt.datetime.now(dt.timezone.utc))
+
+    @staticmethod
+    def _guard(job_id: str, fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except Exception as exc:  # a job must never take the scheduler down
+                log.error("job.crashed", job=job_id, error=repr(exc), exc_info=True)
+        return run
+
+    def start(self) -> None:
+        for s in self.cfg.sources:
+            interval = s.interval or self.cfg.poll.interval
+            self._add(f"source:{s.name}", interval, lambda n=s.name: self.pipeline.reconcile_source(n))
+        for job_id, interval, fn in self.extra_jobs:
+            self._add(job_id, interval, fn)
+        self._aps.start()
+        log.info("scheduler.started", sources=len(self.cfg.sources), jobs=len(self._aps.get_jobs()))
+
+    def trigger(self, job_id: str) -> bool:
+        """Run a job now (webhooks use this); polling stays the safety net."""
+        job = self._aps.get_job(job_id)
+        if job is None:
+            return False
+        import datetime as dt
+
+        job.modify(next_run_time=dt.datetime.now(dt.timezone.utc))
+        return True
+
+    def stop(self, grace: float = 300.0) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        log.info("scheduler.stopping", running_builds=self.pipeline.running_builds())
+        self._aps.shutdown(wait=True)
+        try:
+            self.pipeline.wait_for_builds(timeout=grace)
+        except Exception:
+            log.warning("scheduler.grace_expired", grace=grace)
+        self.pipeline.shutdown(wait=False)
+        log.info("scheduler.stopped")
+
+    def run_forever(self, grace: float = 300.0) -> None:
+        def _signal(signum, frame):
+            log.info("signal.received", signal=signal.Signals(signum).name)
+            self._stop_requested.set()
+
+        self._stop_requested = threading.Event()
+        signal.signal(signal.SIGTERM, _signal)
+        signal.signal(signal.SIGINT, _signal)
+        self.start()
+        self._stop_requested.wait()
+        self.stop(grace)

@@ -1,0 +1,26 @@
+"""Pick the implementation for a configured source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from poller.config import SourceConfig
+from poller.http import RequestCounter, make_session
+from poller.sources.base import Source
+
+
+def make_source(cfg: SourceConfig, *, cache_dir: Path, counter: RequestCounter | None = None) -> Source:
+    if cfg.kind == "git":
+        from poller.sources.git import GitSource
+
+        return GitSource(cfg, cache_dir=cache_dir)
+    if cfg.kind == "gitlab":
+        from poller.sources.gitlab import GitLabSource
+
+        host = cfg.gitlab.url.split("://", 1)[-1].split("/", 1)[0]
+        return GitLabSource(cfg, session=make_session(f"gitlab:{host}", counter=counter,
+                                                      verify=cfg.gitlab.ssl_verify))
+    from poller.sources.github import GitHubSource
+
+    host = cfg.github.api_url.split("://", 1)[-1].split("/", 1)[0]
+    return GitHubSource(cfg, session=make_session(f"github:{host}", counter=counter))

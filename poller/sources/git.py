@@ -1,0 +1,114 @@
+"""Any git remote, read with ``git ls-remote`` (one round trip returns every ref).
+
+Builds read the exact commit from a local mirror (``git fetch <url> <sha>`` then
+``git archive <sha>``), never whatever the branch points to by the time the build starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from poller.config import SourceConfig
+from poller.errors import NotFound, SourceError, UpstreamError
+from poller.http import redact_url
+from poller.sources.base import RefSnapshot
+
+#: git errors that mean "try again later" rather than "this will never work".
+_TRANSIENT = ("Could not resolve host", "Connection refused", "Connection timed out",
+              "timed out", "The remote end hung up", "early EOF", "HTTP 5", "error: 5",
+              "returned error: 5", "returned error: 429", "Temporary failure")
+
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "LC_ALL": "C"}
+
+
+def parse_ls_remote(output: str, branch: str) -> RefSnapshot:
+    """Turn ``git ls-remote`` output into a snapshot; annotated tags are peeled."""
+    head = None
+    tags: dict[str, str] = {}
+    peeled: dict[str, str] = {}
+    for line in output.splitlines():
+        sha, _, ref = line.partition("\t")
+        if not ref:
+            continue
+        if ref == f"refs/heads/{branch}":
+            head = sha
+        elif ref.startswith("refs/tags/"):
+            name = ref[len("refs/tags/"):]
+            if name.endswith("^{}"):
+                peeled[name[:-3]] = sha
+            else:
+                tags[name] = sha
+    tags.update(peeled)
+    return RefSnapshot(branch=branch, head=head, tags=tags)
+
+
+class GitSource:
+    """A source backed by a plain git remote (file://, https://, ssh://, git://)."""
+
+    kind = "git"
+
+    def __init__(self, cfg: SourceConfig, *, cache_dir: Path, timeout: float = 60.0):
+        assert cfg.git is not None
+        self.name = cfg.name
+        self.branch = cfg.branch
+        self.url = cfg.git.url
+        self.timeout = timeout
+        key = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        self.mirror = Path(cache_dir) / "git" / f"{cfg.name}-{key}.git"
+        self._fetch_lock = threading.Lock()
+
+    def web_url(self) -> str:
+        return redact_url(self.url)
+
+    def _git(self, *args: str, cwd: Path | None = None, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+        env = {**os.environ, **_GIT_ENV}
+        try:
+            res = subprocess.run(["git", *args], cwd=cwd, env=env, stdout=stdout,
+                                 stderr=subprocess.PIPE, timeout=self.timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise UpstreamError(f"git {args[0]} {self.web_url()} timed out after {self.timeout:.0f}s",
+                                upstream=f"git:{self.name}") from exc
+        if res.returncode != 0:
+            err = res.stderr.decode(errors="replace").strip()
+            err = err.replace(self.url, self.web_url())
+            message = f"git {args[0]} {self.web_url()} failed: {err.splitlines()[-1] if err else res.returncode}"
+            if any(t in err for t in _TRANSIENT):
+                raise UpstreamError(message, upstream=f"git:{self.name}")
+            raise SourceError(message)
+        return res
+
+    def poll(self) -> RefSnapshot:
+        res = self._git("ls-remote", "--heads", "--tags", self.url)
+        return parse_ls_remote(res.stdout.decode(), self.branch)
+
+    def _ensure_commit(self, sha: str) -> None:
+        with self._fetch_lock:
+            if not self.mirror.exists():
+                self.mirror.parent.mkdir(parents=True, exist_ok=True)
+                self._git("init", "--bare", "-q", str(self.mirror))
+            have = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.mirror,
+                                  capture_output=True)
+            if have.returncode == 0:
+                return
+            self._git("fetch", "-q", "--no-tags", self.url, sha, cwd=self.mirror)
+            check = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.mirror,
+                                   capture_output=True)
+            if check.returncode != 0:
+                raise NotFound(f"commit {sha} is not in {self.web_url()}")
+
+    def write_archive(self, sha: str, out: BinaryIO) -> None:
+        self._ensure_commit(sha)
+        proc = subprocess.Popen(["git", "archive", "--format=tar", sha], cwd=self.mirror,
+                                env={**os.environ, **_GIT_ENV}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read(1 << 16), b""):
+            out.write(chunk)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.wait() != 0:
+            raise SourceError(f"git archive {sha} failed: {err.strip()}")
