@@ -13,7 +13,7 @@ def make_source(cfg: SourceConfig, *, cache_dir: Path, counter: RequestCounter |
     if cfg.kind == "git":
         from poller.sources.git import GitSource
 
-        return GitSource(cfg, cache_dir=cache_dir)
+        return GitSource(cfg, cache_dir=cache_dir, counter=counter)
     if cfg.kind == "gitlab":
         from poller.sources.gitlab import GitLabSource
 

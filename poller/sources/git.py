@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from poller.config import SourceConfig
+import requests
+
 from poller.errors import NotFound, SourceError, UpstreamError
-from poller.http import redact_url
+from poller.http import RequestCounter, make_session, redact_url
+from poller.sources.smart_http import advertised_refs
 from poller.sources.base import RefSnapshot
 
 #: git errors that mean "try again later" rather than "this will never work".
@@ -52,7 +55,8 @@ class GitSource:
 
     kind = "git"
 
-    def __init__(self, cfg: SourceConfig, *, cache_dir: Path, timeout: float = 60.0):
+    def __init__(self, cfg: SourceConfig, *, cache_dir: Path, timeout: float = 60.0,
+                 session: requests.Session | None = None, counter: RequestCounter | None = None):
         assert cfg.git is not None
         self.name = cfg.name
         self.branch = cfg.branch
@@ -61,6 +65,10 @@ class GitSource:
         key = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         self.mirror = Path(cache_dir) / "git" / f"{cfg.name}-{key}.git"
         self._fetch_lock = threading.Lock()
+        self._http = self.url.startswith(("http://", "https://"))
+        host = self.url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+        self.upstream = f"git:{host}"
+        self._session = session or (make_session(self.upstream, counter=counter) if self._http else None)
 
     def web_url(self) -> str:
         return redact_url(self.url)
@@ -83,6 +91,10 @@ class GitSource:
         return res
 
     def poll(self) -> RefSnapshot:
+        if self._http:
+            # One request, no subprocess: the smart-HTTP ref advertisement.
+            return parse_ls_remote(advertised_refs(self._session, self.url, upstream=self.upstream),
+                                   self.branch)
         res = self._git("ls-remote", "--heads", "--tags", self.url)
         return parse_ls_remote(res.stdout.decode(), self.branch)
 
