@@ -12,7 +12,7 @@ from poller.errors import ConfigError, SlipwayError
 #: Modules that add their own subcommands: each has ``register(subparsers)``.
 _COMMAND_MODULES = (
     "poller.commands.pipeline",
-    "poller.approvals.cli",
+    "poller.commands.approvals",
     "poller.charts.cli",
 )
 
