@@ -194,6 +194,24 @@ class ChartsConfig(_Model):
         description="which environment a staging / release chart version applies to")
 
 
+class ApiConfig(_Model):
+    """The poller's own HTTP API (status, approvals, webhooks, dashboard)."""
+
+    listen: str | None = Field("127.0.0.1:8081", description="host:port; null disables the API")
+    token: SecretStr | None = Field(None, description="bearer token for every call that changes something")
+    public_read: bool = Field(True, description="allow read-only calls without the token")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8081")
+        return v
+
+
 class Config(_Model):
     registry: RegistryConfig
     sources: list[SourceConfig] = Field(default_factory=list)
@@ -202,6 +220,7 @@ class Config(_Model):
     store: StoreConfig = StoreConfig()
     docker: DockerConfig = DockerConfig()
     charts: ChartsConfig = ChartsConfig()
+    api: ApiConfig = ApiConfig()
     state_dir: str = Field("~/.local/state/slipway", description="git mirrors and other caches")
     path: str | None = Field(None, exclude=True, description="the file this was loaded from")
 

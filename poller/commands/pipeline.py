@@ -128,9 +128,23 @@ def cmd_run(args) -> int:
     from poller.app import build_pipeline
     from poller.scheduler import Scheduler
 
+    from poller.api import Services, create_app, serve_in_thread
+    from poller.logs import get_logger
+
     cfg = load_config(args.config)
     pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), on_build_log=_log_printer("auto"))
-    Scheduler(cfg, pipeline, extra_jobs=_chart_jobs(cfg, pipeline.store)).run_forever(grace=args.grace)
+    scheduler = Scheduler(cfg, pipeline, extra_jobs=_chart_jobs(cfg, pipeline.store))
+    server = None
+    if cfg.api.listen:
+        app = create_app(Services(config=cfg, store=pipeline.store, pipeline=pipeline, scheduler=scheduler))
+        server = serve_in_thread(app, cfg.api.listen)
+        get_logger("poller.api").info("api.listening", listen=cfg.api.listen,
+                                      token="set" if cfg.api.token else "none (read-only)")
+    try:
+        scheduler.run_forever(grace=args.grace)
+    finally:
+        if server is not None:
+            server.shutdown()
     return 0
 
 

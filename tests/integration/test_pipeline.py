@@ -29,6 +29,7 @@ def make_config(tmp_path, registry, git_repo, **source_extra) -> dict:
         "store": {"path": str(tmp_path / "slipway.db")},
         "state_dir": str(tmp_path / "state"),
         "build": {"concurrency": 2, "retry_initial": 3600},
+        "api": {"listen": None},
         "sources": [{"name": "game-server", "git": {"url": git_repo.url}, "branch": "master",
                      "image": f"{registry.addr}/{REPO}", **source_extra}],
     }
