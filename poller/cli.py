@@ -14,6 +14,10 @@ _COMMAND_MODULES = (
     "poller.commands.pipeline",
     "poller.commands.approvals",
     "poller.charts.cli",
+    "poller.commands.charts",
+    "poller.commands.updates",
+    "poller.commands.fleet",
+    "poller.commands.plugins",
 )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+from pydantic import (Field, SecretStr, ValidationError, field_validator,
                       model_validator)
 
 from poller.errors import ConfigError
@@ -24,8 +24,7 @@ _REF = re.compile(r"\$\{([^}]+)\}")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from poller.config_base import _Model  # noqa: E402  (shared by every settings module)
 
 
 class RegistryConfig(_Model):
@@ -212,6 +211,12 @@ class ApiConfig(_Model):
         return v
 
 
+from poller.artifacts.settings import PluginsConfig  # noqa: E402
+from poller.fleet.settings import FleetConfig  # noqa: E402
+from poller.notify_settings import NotifyConfig  # noqa: E402
+from poller.updater.settings import UpdatesConfig  # noqa: E402
+
+
 class Config(_Model):
     registry: RegistryConfig
     sources: list[SourceConfig] = Field(default_factory=list)
@@ -221,6 +226,10 @@ class Config(_Model):
     docker: DockerConfig = DockerConfig()
     charts: ChartsConfig = ChartsConfig()
     api: ApiConfig = ApiConfig()
+    updates: UpdatesConfig = UpdatesConfig()
+    fleet: FleetConfig = FleetConfig()
+    plugins: PluginsConfig = PluginsConfig()
+    notify: NotifyConfig = NotifyConfig()
     state_dir: str = Field("~/.local/state/slipway", description="git mirrors and other caches")
     path: str | None = Field(None, exclude=True, description="the file this was loaded from")
 

@@ -25,6 +25,11 @@ from poller.store import Store
 #: Modules with a ``blueprint`` attribute; a missing module is simply not part of this build.
 BLUEPRINTS = (
     "poller.api.core",
+    "poller.api.updates",
+    "poller.api.fleet",
+    "poller.api.artifacts",
+    "poller.api.webhooks",
+    "poller.api.dashboard",
 )
 
 

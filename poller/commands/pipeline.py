@@ -112,15 +112,28 @@ def _charts_once(cfg, store) -> list[dict]:
     return out
 
 
+#: Domains that run periodic work in ``poller run``: each has ``jobs(cfg, store) -> [(id, interval, fn)]``.
+JOB_PROVIDERS = ("poller.updater.jobs", "poller.fleet.jobs", "poller.artifacts.jobs")
+
+
 def _chart_jobs(cfg, store) -> list:
-    if not cfg.charts.repos:
-        return []
-    from poller.charts.watcher import ChartWatcher
+    import importlib
 
     jobs = []
-    for repo in cfg.charts.repos:
-        watcher = ChartWatcher(repo, cfg.charts, store)
-        jobs.append((f"charts:{repo.name}", repo.interval or cfg.poll.interval, watcher.reconcile))
+    if cfg.charts.repos:
+        from poller.charts.watcher import ChartWatcher
+
+        for repo in cfg.charts.repos:
+            watcher = ChartWatcher(repo, cfg.charts, store)
+            jobs.append((f"charts:{repo.name}", repo.interval or cfg.poll.interval, watcher.reconcile))
+    for name in JOB_PROVIDERS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+                continue
+            raise
+        jobs.extend(module.jobs(cfg, store))
     return jobs
 
 

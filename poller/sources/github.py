@@ -1,0 +1,201 @@
+"""A GitHub repository as a :class:`~poller.sources.base.Source`, over the REST API.
+
+Polling lists every ref with ``GET /repos/{owner}/{repo}/git/refs`` (paginated through
+``Link``) as *conditional* requests: each page is sent with the ``ETag`` it had last time,
+so an unchanged repository costs one ``304 Not Modified`` per page (one page holds 100
+refs), and GitHub does not count 304s against the rate limit. Annotated tags point at tag
+objects; they are peeled once with ``GET .../git/tags/{sha}`` and the result is cached by
+the tag object's sha, which is immutable.
+
+The page cache is only replaced after a poll fully succeeded, so a poll that fails half
+way (say, while peeling) is repeated in full next time instead of being answered by 304s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import requests
+
+from poller.config import SourceConfig
+from poller.errors import SourceError, UpstreamError
+from poller.http import DEFAULT_TIMEOUT, check_response, make_session, parse_retry_after
+from poller.sources.archive import chunk_stream, strip_leading_dir
+from poller.sources.base import RefSnapshot
+
+API_VERSION = "2022-11-28"
+_FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_PER_PAGE = 100
+_MAX_TAG_DEPTH = 8
+_ARCHIVE_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class _Page:
+    """One page of ``git/refs`` as last received: its validator, refs and next link."""
+
+    etag: str | None
+    refs: list[dict[str, Any]]
+    next_url: str | None
+
+
+class GitHubSource:
+    """Branch head and tags of one GitHub repository (``cfg.github``)."""
+
+    def __init__(self, cfg: SourceConfig, *, session: requests.Session | None = None):
+        if cfg.github is None:
+            raise ValueError(f"source {cfg.name!r} is not a GitHub source")
+        remote = cfg.github
+        self.name = cfg.name
+        self.branch = cfg.branch
+        self._repo = remote.repo
+        self._api = remote.api_url.rstrip("/")
+        self._token = remote.token
+        self.upstream = "github:" + (urlsplit(self._api).netloc.rpartition("@")[2] or self._api)
+        self._session = session or make_session(self.upstream)
+        self._pages: dict[str, _Page] = {}
+        self._peeled: dict[str, str | None] = {}
+        self._snapshot: RefSnapshot | None = None
+
+    def __repr__(self) -> str:
+        return f"GitHubSource(name={self.name!r}, repo={self._repo!r}, api={self._api!r})"
+
+    # -- Source ------------------------------------------------------------------------
+
+    def poll(self) -> RefSnapshot:
+        """List refs conditionally; peel new annotated tags; report ``unchanged`` on 304s."""
+        refs, pages, modified = self._list_refs()
+        if not modified and self._snapshot is not None:
+            return dataclasses.replace(self._snapshot, tags=dict(self._snapshot.tags),
+                                       unchanged=True)
+        head: str | None = None
+        tags: dict[str, str] = {}
+        branch_ref = f"refs/heads/{self.branch}"
+        for ref in refs:
+            name, obj = ref["ref"], ref["object"]
+            if name == branch_ref:
+                head = obj["sha"]
+            elif name.startswith("refs/tags/"):
+                commit = self._peel(obj["sha"], obj["type"])
+                if commit is not None:
+                    tags[name[len("refs/tags/"):]] = commit
+        self._pages = pages
+        self._snapshot = RefSnapshot(self.branch, head, tags)
+        return self._snapshot
+
+    def write_archive(self, sha: str, out: BinaryIO) -> None:
+        """Stream ``GET .../tarball/{sha}`` (redirected to codeload) without its top dir."""
+        if not _FULL_SHA.fullmatch(sha):
+            raise ValueError(f"write_archive needs a full commit sha, got {sha!r}")
+        resp = self._get(self._repo_url(f"tarball/{sha}"), stream=True)
+        with resp:
+            try:
+                strip_leading_dir(chunk_stream(resp.iter_content(_ARCHIVE_CHUNK)), out, "gz")
+            except requests.RequestException as exc:
+                raise UpstreamError(f"{self.upstream}: reading tarball {sha} failed: "
+                                    f"{type(exc).__name__}", upstream=self.upstream) from exc
+
+    def web_url(self) -> str:
+        """``https://github.com/owner/name`` (or the GitHub Enterprise host's equivalent)."""
+        parts = urlsplit(self._api)
+        host = parts.hostname or ""
+        if host.startswith("api."):
+            host = host[len("api."):]
+        if parts.port:
+            host += f":{parts.port}"
+        path = re.sub(r"/api/v3$", "", parts.path.rstrip("/"))
+        return urlunsplit((parts.scheme, host, f"{path}/{self._repo}", "", ""))
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _list_refs(self) -> tuple[list[dict[str, Any]], dict[str, _Page], bool]:
+        """All refs, the pages they came from, and whether any page was modified."""
+        url: str | None = self._repo_url(f"git/refs?per_page={_PER_PAGE}")
+        pages: dict[str, _Page] = {}
+        refs: list[dict[str, Any]] = []
+        modified = False
+        while url and url not in pages:
+            cached = self._pages.get(url)
+            headers = {"If-None-Match": cached.etag} if cached and cached.etag else {}
+            resp = self._get(url, headers=headers, allow=(304, 409))
+            if resp.status_code == 304 and cached is not None:
+                page = cached
+            elif resp.status_code == 409:  # "Git Repository is empty."
+                page, modified = _Page(None, [], None), True
+            elif resp.status_code == 304:
+                raise UpstreamError(f"{self.upstream}: 304 for an unconditional request",
+                                    upstream=self.upstream, status=304)
+            else:
+                page = _Page(resp.headers.get("ETag"), self._json(resp, list),
+                             resp.links.get("next", {}).get("url"))
+                modified = True
+            pages[url] = page
+            refs.extend(page.refs)
+            url = page.next_url
+        return refs, pages, modified
+
+    def _peel(self, sha: str, kind: str, depth: int = 0) -> str | None:
+        """The commit a ref object ends at; ``None`` for trees and blobs."""
+        if kind == "commit":
+            return sha
+        if kind != "tag" or depth >= _MAX_TAG_DEPTH:
+            return None
+        if sha not in self._peeled:
+            target = self._json(self._get(self._repo_url(f"git/tags/{sha}")), dict)["object"]
+            self._peeled[sha] = self._peel(target["sha"], target["type"], depth + 1)
+        return self._peeled[sha]
+
+    def _repo_url(self, rest: str) -> str:
+        return f"{self._api}/repos/{quote(self._repo)}/{rest}"
+
+    def _get(self, url: str, *, headers: dict[str, str] | None = None, stream: bool = False,
+             allow: tuple[int, ...] = ()) -> requests.Response:
+        """GET with auth and API headers; errors become Slipway errors."""
+        all_headers = {"Accept": "application/vnd.github+json",
+                       "X-GitHub-Api-Version": API_VERSION, **(headers or {})}
+        if self._token is not None:
+            all_headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        try:
+            resp = self._session.get(url, headers=all_headers, stream=stream,
+                                     timeout=DEFAULT_TIMEOUT)
+        except requests.RequestException as exc:
+            raise UpstreamError(f"{self.upstream}: GET {_path(url)} failed: {type(exc).__name__}",
+                                upstream=self.upstream) from exc
+        if resp.status_code in allow:
+            return resp
+        self._raise_for_rate_limit(resp)
+        return check_response(resp, self.upstream)
+
+    def _raise_for_rate_limit(self, resp: requests.Response) -> None:
+        """403/429 with no quota left (or a secondary limit) is temporary, not an auth error."""
+        if resp.status_code not in (403, 429):
+            return
+        what = f"{self.upstream}: GET {_path(resp.url)} -> {resp.status_code} (rate limited)"
+        if resp.headers.get("X-RateLimit-Remaining") == "0":
+            reset = resp.headers.get("X-RateLimit-Reset", "")
+            retry_after = max(0.0, float(reset) - time.time()) if reset.isdigit() else None
+            raise UpstreamError(what, upstream=self.upstream, status=resp.status_code,
+                                retry_after=retry_after)
+        if "Retry-After" in resp.headers:
+            raise UpstreamError(what, upstream=self.upstream, status=resp.status_code,
+                                retry_after=parse_retry_after(resp.headers["Retry-After"]))
+
+    def _json(self, resp: requests.Response, kind: type) -> Any:
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise SourceError(f"{self.upstream}: GET {_path(resp.url)}: not JSON") from exc
+        if not isinstance(data, kind):
+            raise SourceError(f"{self.upstream}: GET {_path(resp.url)}: expected a JSON "
+                              f"{kind.__name__}, got {type(data).__name__}")
+        return data
+
+
+def _path(url: str) -> str:
+    """The path of ``url`` only: short, and never carries credentials."""
+    return urlsplit(url).path
