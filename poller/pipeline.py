@@ -115,6 +115,16 @@ class Pipeline:
         self._converged: dict[str, tuple[tuple, float]] = {}
         self._last_snapshot: dict[str, RefSnapshot] = {}
         self._shutting_down = threading.Event()
+        #: Called as ``listener(event, fields)`` for build.started, build.succeeded,
+        #: build.failed, image.retagged, source.error. Metrics and notifications subscribe here.
+        self.listeners: list[Callable[[str, dict], None]] = []
+
+    def emit(self, event: str, **fields) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event, fields)
+            except Exception as exc:  # a listener must never break a build
+                log.warning("listener.failed", event=event, error=repr(exc))
 
     # -- one source -------------------------------------------------------------------
     def reconcile_source(self, name: str, *, force: bool = False) -> SourceReport:
@@ -149,11 +159,13 @@ class Pipeline:
             report.error, report.retry_after = str(exc), delay
             self.store.record_poll(name, error=str(exc))
             log.warning("source.upstream_error", source=name, error=str(exc), retry_in=round(delay, 1))
+            self.emit("source.error", source=name, error=str(exc), temporary=True)
         except SlipwayError as exc:
             delay = self.backoff.failed(f"source:{name}")
             report.error, report.retry_after = str(exc), delay
             self.store.record_poll(name, error=str(exc))
             log.error("source.error", source=name, error=str(exc), retry_in=round(delay, 1))
+            self.emit("source.error", source=name, error=str(exc), temporary=False)
         return report
 
     def _decide(self, cfg: SourceConfig, snap: RefSnapshot) -> list[Action]:
@@ -190,6 +202,7 @@ class Pipeline:
         digest = self.registry.put_manifest(repo, dst, manifest)
         self.store.record_event("retag", plan.image, src=src, dst=dst, digest=digest, sha=plan.sha)
         log.info("image.retagged", image=plan.image, src=src, dst=dst, digest=digest)
+        self.emit("image.retagged", source=plan.source, image=plan.image, tag=dst, digest=digest, sha=plan.sha)
         return digest
 
     # -- builds -----------------------------------------------------------------------
@@ -222,6 +235,8 @@ class Pipeline:
         act.build_id = build_id
         blog = log.bind(source=plan.source, image=plan.image, ref=plan.ref, build_id=build_id)
         blog.info("build.started", sha=plan.sha[:12], tags=",".join(plan.tags))
+        self.emit("build.started", build_id=build_id, source=plan.source, image=plan.image,
+                  ref=plan.ref, kind=plan.kind, sha=plan.sha, tags=list(plan.tags))
         lines: list[str] = []
 
         def on_log(text: str) -> None:
@@ -236,17 +251,26 @@ class Pipeline:
             self.store.finish_build(build_id, status="failed", error=str(exc), log="".join(lines))
             act.status, act.error = "failed", str(exc)
             blog.error("build.failed", error=str(exc))
+            self._emit_done("build.failed", plan, build_id, error=str(exc))
             return act
         except Exception as exc:  # a bug, not an upstream: record it, keep the loop alive
             self.store.finish_build(build_id, status="failed", error=f"internal error: {exc!r}",
                                     log="".join(lines))
             act.status, act.error = "failed", f"internal error: {exc!r}"
             blog.error("build.crashed", error=repr(exc), exc_info=True)
+            self._emit_done("build.failed", plan, build_id, error=act.error)
             return act
         self.store.finish_build(build_id, status="succeeded", digest=result.digest, log=result.log)
         act.status, act.digest = "succeeded", result.digest
         blog.info("build.succeeded", digest=result.digest, duration=round(result.duration, 2))
+        self._emit_done("build.succeeded", plan, build_id, digest=result.digest)
         return act
+
+    def _emit_done(self, event: str, plan: BuildPlan, build_id: int, **fields) -> None:
+        rec = self.store.get_build(build_id)
+        self.emit(event, build_id=build_id, source=plan.source, image=plan.image, ref=plan.ref,
+                  kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
+                  duration=rec.duration if rec else None, **fields)
 
     def wait_for_builds(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else self.monotonic() + timeout
