@@ -253,3 +253,40 @@ def test_registry_down_fails_the_pass_and_marks_nothing_done(tmp_path, registry,
     out = json.loads(res.stdout)
     assert out["ok"] is False and "registry" in out["sources"][0]["error"]
     assert out["sources"][0]["actions"] == []
+
+
+def test_concurrency_limit_and_layer_cache(tmp_path, registry, git_repo, docker_host):
+    git_repo.seed_scratch_app("v1\n")
+    git_repo.tag("v1.0.0")
+    git_repo.tag("v1.0.1")
+    data = make_config(tmp_path, registry, git_repo)
+    data["build"]["concurrency"] = 1
+    pipeline = pipeline_for(data, docker_host)
+    try:
+        reports = pipeline.run_once()
+        assert all(a.status == "succeeded" for a in reports[0].actions)
+    finally:
+        pipeline.shutdown()
+    builds = sorted(pipeline.store.builds(), key=lambda b: b.started_at)
+    assert len(builds) == 3
+    # concurrency=1: no two builds overlapped in time.
+    for a, b in zip(builds, builds[1:]):
+        assert a.finished_at <= b.started_at
+    # The same tree built again reuses the engine's layer cache.
+    assert "Using cache" in builds[-1].log
+
+
+def test_one_build_per_image_and_ref_at_a_time(tmp_path, registry, git_repo, docker_host):
+    git_repo.seed_scratch_app("v1\n")
+    git_repo.commit("slow", {"Dockerfile": open(git_repo.work / "Dockerfile").read() +
+                             'RUN ["/bin/busybox", "sleep", "2"]\n'})
+    pipeline = pipeline_for(make_config(tmp_path, registry, git_repo), docker_host)
+    try:
+        first = pipeline.reconcile_source("game-server", force=True)
+        second = pipeline.reconcile_source("game-server", force=True)
+        pipeline.wait_for_builds()
+    finally:
+        pipeline.shutdown()
+    assert [a.action for a in first.actions] == ["build"]
+    assert [a.action for a in second.actions] == ["in-flight"]
+    assert len(pipeline.store.builds()) == 1
