@@ -199,6 +199,13 @@ class ApiConfig(_Model):
     listen: str | None = Field("127.0.0.1:8081", description="host:port; null disables the API")
     token: SecretStr | None = Field(None, description="bearer token for every call that changes something")
     public_read: bool = Field(True, description="allow read-only calls without the token")
+    gitlab_webhook_token: SecretStr | None = Field(
+        None, description="secret GitLab sends in X-Gitlab-Token; null disables POST /hooks/gitlab")
+    github_webhook_secret: SecretStr | None = Field(
+        None, description="HMAC secret for X-Hub-Signature-256; null disables POST /hooks/github")
+    registry_webhook_token: SecretStr | None = Field(
+        None, description="bearer token the registry's notification endpoint sends; null disables "
+                          "POST /hooks/registry")
 
     @field_validator("listen")
     @classmethod

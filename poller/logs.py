@@ -7,13 +7,15 @@ way out, and registered secrets (tokens from the config) are replaced wherever t
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
@@ -41,6 +43,41 @@ def mask(text: str) -> str:
     return text
 
 
+#: The build or rollout the current thread works for (``build-12``, ``rollout-game-prod-3``):
+#: every log line written meanwhile carries it as ``cid=``, whichever module writes it.
+CORRELATION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("slipway_cid", default=None)
+
+
+@contextlib.contextmanager
+def correlation(cid: str | None) -> Iterator[str | None]:
+    """Tag every log line written inside the block with ``cid``."""
+    token = CORRELATION_ID.set(cid)
+    try:
+        yield cid
+    finally:
+        CORRELATION_ID.reset(token)
+
+
+def correlation_listener(event: str, fields: dict[str, Any]) -> None:
+    """A ``Pipeline.listeners`` hook: builds run in their own thread and emit ``build.started``
+    from it, so the rest of that build's lines (builder, registry) carry ``cid=build-<id>``."""
+    if event == "build.started" and fields.get("build_id") is not None:
+        CORRELATION_ID.set(f"build-{fields['build_id']}")
+    elif event in ("build.succeeded", "build.failed"):
+        CORRELATION_ID.set(None)
+    elif event == "rollout.started" and fields.get("deployment"):
+        CORRELATION_ID.set(str(fields.get("rollout_id") or f"rollout-{fields['deployment']}"))
+    elif event in ("rollout.finished", "rollout.stopped"):
+        CORRELATION_ID.set(None)
+
+
+def _with_cid(fields: dict[str, Any]) -> dict[str, Any]:
+    cid = CORRELATION_ID.get()
+    if cid and "cid" not in fields:
+        return {**fields, "cid": cid}
+    return fields
+
+
 def get_logger(name: str) -> "EventLogger":
     return EventLogger(logging.getLogger(name))
 
@@ -54,7 +91,7 @@ class EventLogger:
     def _log(self, level: int, event: str, fields: dict[str, Any]) -> None:
         if self._logger.isEnabledFor(level):
             exc_info = fields.pop("exc_info", None)
-            self._logger.log(level, event, extra={"fields": fields}, exc_info=exc_info)
+            self._logger.log(level, event, extra={"fields": _with_cid(fields)}, exc_info=exc_info)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, fields)
@@ -86,7 +123,7 @@ class _JsonFormatter(logging.Formatter):
         d = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
              + f".{int(record.msecs):03d}Z",
              "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
-        d.update(getattr(record, "fields", {}) or {})
+        d.update(_with_cid(getattr(record, "fields", {}) or {}))
         if record.exc_info:
             d["exception"] = self.formatException(record.exc_info)
         return mask(json.dumps(d, default=str))
@@ -94,7 +131,7 @@ class _JsonFormatter(logging.Formatter):
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", {}) or {}
+        fields = _with_cid(getattr(record, "fields", {}) or {})
         ctx = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
         line = (f"{time.strftime('%H:%M:%S', time.localtime(record.created))} "
                 f"{record.levelname.lower():7} {record.getMessage()}" + (f"  {ctx}" if ctx else ""))

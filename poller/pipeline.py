@@ -28,7 +28,7 @@ from typing import Callable
 from poller.builds.builder import LABEL_REVISION, BuildPlan, Builder
 from poller.config import Config, SourceConfig
 from poller.errors import BuildError, NotFound, SlipwayError, UpstreamError
-from poller.logs import get_logger
+from poller.logs import correlation, get_logger
 from poller.policy.plans import STAGING_TAG, desired_plans, sha_tag
 from poller.registry.client import RegistryClient
 from poller.sources.base import RefSnapshot, Source
@@ -154,6 +154,8 @@ class Pipeline:
                     self._converged.pop(name, None)
             self.store.record_poll(name, head=snap.head, tags=snap.tags)
             self.backoff.succeeded(f"source:{name}")
+            self.emit("source.polled", source=name, unchanged=snap.unchanged,
+                      skipped_registry=report.skipped_registry)
         except UpstreamError as exc:
             delay = self.backoff.failed(f"source:{name}", exc.retry_after)
             report.error, report.retry_after = str(exc), delay
@@ -232,6 +234,10 @@ class Pipeline:
         build_id = self.store.start_build(source=plan.source, image=plan.image, ref=plan.ref,
                                           kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
                                           pid=os.getpid())
+        with correlation(f"build-{build_id}"):
+            return self._run_build_inner(plan, act, build_id)
+
+    def _run_build_inner(self, plan: BuildPlan, act: Action, build_id: int) -> Action:
         act.build_id = build_id
         blog = log.bind(source=plan.source, image=plan.image, ref=plan.ref, build_id=build_id)
         blog.info("build.started", sha=plan.sha[:12], tags=",".join(plan.tags))

@@ -31,6 +31,9 @@ class Scheduler:
         self.pipeline = pipeline
         self.extra_jobs = extra_jobs or []
         self._stop = threading.Event()
+        self._running: set[str] = set()
+        self._rerun: set[str] = set()
+        self._flags = threading.Lock()
         self._aps = BackgroundScheduler(
             executors={"default": APSThreadPool(max_workers=8)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -43,13 +46,27 @@ class Scheduler:
             seconds=interval, jitter=max(0.0, interval * self.cfg.poll.jitter) or None),
             id=job_id, name=job_id, next_run_time=dt.datetime.now(dt.timezone.utc))
 
-    @staticmethod
-    def _guard(job_id: str, fn: Callable[[], object]) -> Callable[[], None]:
+    def _guard(self, job_id: str, fn: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
+            with self._flags:
+                self._running.add(job_id)
             try:
-                fn()
-            except Exception as exc:  # a job must never take the scheduler down
-                log.error("job.crashed", job=job_id, error=repr(exc), exc_info=True)
+                while True:
+                    try:
+                        fn()
+                    except Exception as exc:  # a job must never take the scheduler down
+                        log.error("job.crashed", job=job_id, error=repr(exc), exc_info=True)
+                    with self._flags:
+                        # A trigger that arrived while this run was under way runs it once more.
+                        if job_id in self._rerun and not self._stop.is_set():
+                            self._rerun.discard(job_id)
+                            continue
+                        self._running.discard(job_id)
+                        return
+            except BaseException:
+                with self._flags:
+                    self._running.discard(job_id)
+                raise
         return run
 
     def start(self) -> None:
@@ -68,6 +85,10 @@ class Scheduler:
             return False
         import datetime as dt
 
+        with self._flags:
+            if job_id in self._running:
+                self._rerun.add(job_id)
+                return True
         job.modify(next_run_time=dt.datetime.now(dt.timezone.utc))
         return True
 

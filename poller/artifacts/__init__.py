@@ -1,1 +1,37 @@
-"""artifacts"""
+"""Plugin artifacts: .jar files in the registry, fetched by servers at start-up, and the
+restart of servers that run an outdated plugin (see :mod:`poller.artifacts.rollout`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from poller.artifacts.store import ArtifactStore
+
+FETCH_SCRIPT = Path(__file__).with_name("fetch-plugins.sh")
+
+
+def open_store(cfg) -> ArtifactStore:
+    """The artifact store for a loaded :class:`~poller.config.Config`."""
+    from poller.registry.client import RegistryClient
+
+    return ArtifactStore(RegistryClient(cfg.registry), cfg.plugins.repository)
+
+
+def docker_client(cfg, docker_host: str | None):
+    """``plugins.docker_url``, else ``docker_host``, else the Docker library's own default."""
+    import docker
+
+    url = cfg.plugins.docker_url or docker_host
+    return docker.DockerClient(base_url=url, timeout=120) if url else docker.from_env(timeout=120)
+
+
+def rollout_for(cfg, env: str, docker_host: str | None):
+    """The plugin rollout that serves ``env``: Kubernetes when it names a namespace, else Docker."""
+    environment = cfg.plugins.environments.get(env)
+    if environment is not None and environment.kubernetes_namespace:
+        from poller.artifacts.kube import KubePluginRollout, apps_api
+
+        return KubePluginRollout(cfg.plugins, open_store(cfg), apps_api(cfg.plugins.kubeconfig))
+    from poller.artifacts.rollout import PluginRollout
+
+    return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg, docker_host))

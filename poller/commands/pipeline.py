@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 from poller.config import load_config
 
@@ -43,8 +44,26 @@ def _docker_host() -> str | None:
 
 
 def _log_printer(mode: str):
-    if mode == "never" or (mode == "auto" and not sys.stderr.isatty()):
+    """What to do with build logs as they stream.
+
+    ``always``: every line of every build log on stderr, prefixed ``[source ref]``.
+    ``auto``: progress, not the log: on a terminal one status line kept at the bottom
+    (``step 3/7``, ``pushing 1.4.0 (1/2)``) with log lines above it; off a terminal a
+    ``build.progress`` log event per step. ``never``: nothing.
+    """
+    if mode == "never":
         return None
+    if mode == "auto":
+        import logging
+
+        from poller.commands.progress import ProgressDisplay
+
+        display = ProgressDisplay(sys.stderr)
+        if display.tty:
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                    handler.setStream(display)
+        return display
     lock = threading.Lock()
 
     def show(plan, text: str) -> None:
@@ -137,19 +156,107 @@ def _chart_jobs(cfg, store) -> list:
     return jobs
 
 
+def _notifications(cfg, pipeline, store):
+    """``notify:`` webhooks for what a team must hear about.
+
+    Pipeline events: build failed, release deployed (a release build succeeded), and
+    ``rollout.stopped`` when a domain emits it. A periodic job (returned as a scheduler job)
+    reads the store for the rest, each announced once (remembered in the store's events, so a
+    restart does not repeat them): approvals waiting, and rollouts that stopped (failed,
+    aborted or paused) since this process started.
+    """
+    if not cfg.notify.webhooks:
+        return None
+    import time as _time
+
+    from poller.notify import Notifier
+
+    notifier = Notifier(cfg.notify)
+    since = _time.time()
+
+    def listener(event: str, f: dict) -> None:
+        where = f"{f.get('source')} {f.get('ref')} ({str(f.get('sha') or '')[:12]})"
+        if event == "build.failed":
+            notifier.send("build.failed", f"Build of {where} failed", build_id=f.get("build_id"),
+                          source=f.get("source"), ref=f.get("ref"), image=f.get("image"),
+                          error=f.get("error"))
+        elif event == "build.succeeded" and f.get("kind") == "release":
+            tags = f.get("tags") or []
+            notifier.send("release.deployed", f"Released {f.get('image')}:{tags[0] if tags else '?'}",
+                          build_id=f.get("build_id"), source=f.get("source"), ref=f.get("ref"),
+                          image=f.get("image"), tags=",".join(tags), digest=f.get("digest"))
+        elif event == "rollout.stopped":
+            notifier.send("rollout.stopped", f"Rollout of {f.get('deployment')} stopped",
+                          **{k: v for k, v in f.items() if isinstance(v, (str, int, float))})
+
+    pipeline.listeners.append(listener)
+
+    def announce() -> int:
+        from poller.approvals import ApprovalQueue
+
+        told = {e["subject"] for e in store.events(kind="notify", limit=10000)}
+        sent = 0
+        for a in ApprovalQueue(store).list():
+            key = f"approval:{a.id}"
+            if key in told:
+                continue
+            notifier.send("approval.requested",
+                          f"Approval needed: {a.subject} {a.from_version or '?'} -> {a.to_version}",
+                          approval_id=a.id, kind=a.kind, subject=a.subject,
+                          from_version=a.from_version, to_version=a.to_version, reason=a.reason)
+            store.record_event("notify", key)
+            sent += 1
+        try:
+            from poller.rollout.control import RolloutControl
+        except ImportError:
+            return sent
+        for r in RolloutControl(store).recent(50):
+            key = f"rollout:{r.id}:{r.state}"
+            if r.state not in ("failed", "aborted", "paused") or r.updated_at < since or key in told:
+                continue
+            notifier.send("rollout.stopped", f"Rollout of {r.deployment} to {r.to_ref} {r.state}",
+                          deployment=r.deployment, to_ref=r.to_ref, state=r.state, step=r.step,
+                          message=r.message)
+            store.record_event("notify", key)
+            sent += 1
+        return sent
+
+    return ("notify", min(15.0, cfg.poll.interval), announce)
+
+
 def cmd_run(args) -> int:
     from poller.app import build_pipeline
     from poller.scheduler import Scheduler
 
     from poller.api import Services, create_app, serve_in_thread
-    from poller.logs import get_logger
+    from poller.api.dashboard import LiveLogs, tee
+    from poller.commands.progress import ProgressDisplay
+    from poller.logs import correlation_listener, get_logger, register_secret
+    from poller.metrics import install as install_metrics
 
     cfg = load_config(args.config)
-    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), on_build_log=_log_printer("auto"))
-    scheduler = Scheduler(cfg, pipeline, extra_jobs=_chart_jobs(cfg, pipeline.store))
+    for secret in (cfg.api.token, cfg.api.gitlab_webhook_token, cfg.api.github_webhook_secret,
+                   cfg.api.registry_webhook_token):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    printer = _log_printer("auto")
+    live_logs = LiveLogs()
+    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(),
+                              on_build_log=tee(printer, live_logs.on_log))
+    pipeline.listeners.append(correlation_listener)
+    pipeline.listeners.append(live_logs.listener)
+    install_metrics(pipeline, pipeline.store)
+    if isinstance(printer, ProgressDisplay):
+        pipeline.listeners.append(printer.listener)
+    jobs = _chart_jobs(cfg, pipeline.store)
+    approvals_job = _notifications(cfg, pipeline, pipeline.store)
+    if approvals_job is not None:
+        jobs.append(approvals_job)
+    scheduler = Scheduler(cfg, pipeline, extra_jobs=jobs)
     server = None
     if cfg.api.listen:
-        app = create_app(Services(config=cfg, store=pipeline.store, pipeline=pipeline, scheduler=scheduler))
+        app = create_app(Services(config=cfg, store=pipeline.store, pipeline=pipeline, scheduler=scheduler,
+                                  extra={"live_logs": live_logs}))
         server = serve_in_thread(app, cfg.api.listen)
         get_logger("poller.api").info("api.listening", listen=cfg.api.listen,
                                       token="set" if cfg.api.token else "none (read-only)")
@@ -184,24 +291,58 @@ def cmd_status(args) -> int:
                          **{k: v for k, v in seen.get(s.name, {}).items() if k != "name"}}
                         for s in cfg.sources],
             "builds": [b.as_dict() for b in builds],
-            "approvals": [a.__dict__ for a in pending]}, indent=2, default=str))
+            "approvals": [a.__dict__ for a in pending],
+            **({"updates": _updates_status(cfg, store, args.limit)} if cfg.updates.deployments else {})},
+            indent=2, default=str))
         return 0
     rows = []
     for s in cfg.sources:
         st = seen.get(s.name, {})
         tags = st.get("tags") or {}
+        err = st.get("last_error")
         rows.append([s.name, s.kind, s.branch, (st.get("head") or "-")[:12], len(tags),
-                     ago(st.get("last_poll")), st.get("last_error") or "ok"])
-    print("SOURCES")
-    print(table(["name", "kind", "branch", "head", "tags", "polled", "state"], rows))
-    print("\nBUILDS")
+                     ago(st.get("last_poll")), f"error: {_clip(err, 60)}" if err else "ok"])
+    print(f"SOURCES ({len(rows)})")
+    print(table(["name", "kind", "branch", "head", "tags", "polled", "state"], rows) if rows
+          else "no sources configured")
+    print(f"\nBUILDS (last {len(builds)})" if builds else "\nBUILDS")
+    now = time.time()
     print(table(["id", "source", "ref", "commit", "status", "tags", "duration", "when"],
-                [[b.id, b.source, b.ref, b.sha[:12], b.status, ",".join(b.tags),
-                  f"{b.duration:.1f}s" if b.duration else "-", ago(b.started_at)] for b in builds])
+                [[b.id, b.source, b.ref, b.sha[:12],
+                  b.status + (f": {_clip(b.error, 40)}" if b.error and b.status != "succeeded" else ""),
+                  ",".join(b.tags),
+                  _took(b.duration if b.duration is not None else
+                        (now - b.started_at if b.status == "running" else None)), ago(b.started_at)]
+                 for b in builds])
           if builds else "no builds yet")
     if pending:
-        print("\nPENDING APPROVALS")
+        print(f"\nPENDING APPROVALS ({len(pending)})")
         print(table(["id", "kind", "subject", "from", "to", "since"],
                     [[a.id, a.kind, a.subject, a.from_version, a.to_version, ago(a.created_at)]
                      for a in pending]))
+    if cfg.updates.deployments:
+        from poller.commands.updates import render
+
+        st = _updates_status(cfg, store, args.limit)
+        st["approvals"] = []  # already listed above
+        print("\n" + render(st, ago, table))
     return 0
+
+
+def _clip(text: str | None, n: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _took(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _updates_status(cfg, store, limit: int) -> dict:
+    from poller.updater.status import updates_status
+
+    return updates_status(cfg, store, limit=limit)

@@ -1,1 +1,1 @@
-"""rollout"""
+"""Gradual release over game servers: canary then steps, low-priority first, busy ones later."""

@@ -1,0 +1,254 @@
+"""The helm API: start helmsman runs in the cluster, by hand or from the poller.
+
+``create_app(config, kube)`` is the only way to build the Flask app; the entry points
+(:mod:`helm_api.__main__`, :mod:`helm_api.wsgi`) read the environment and pass a config in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import threading
+import time
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from werkzeug.exceptions import HTTPException
+
+from helm_api.config import HelmApiConfig
+from helm_api.jobs import (
+    CronJobInvalid,
+    CronJobMissing,
+    JobNotFound,
+    JobRunner,
+    UnknownEnvironment,
+)
+from helm_api.kube import Kube, KubeUnavailable, api_client_from
+from helm_api.openapi import openapi_document
+from poller.errors import PermanentError, UpstreamError
+from poller.logs import get_logger
+
+log = get_logger(__name__)
+
+_JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_MAX_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "message": ...}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra):
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+        super().__init__(message)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("helm_api_http_requests_total", "HTTP requests served",
+                                ["method", "endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("helm_api_http_request_duration_seconds", "time to answer",
+                                 ["endpoint"], registry=self.registry)
+        self.applies = Counter("helm_api_apply_total", "POST /apply outcomes",
+                               ["environment", "outcome"], registry=self.registry)
+        self.jobs = Counter("helm_api_jobs_created_total", "helmsman Jobs created",
+                            ["environment", "trigger"], registry=self.registry)
+        self.queued = Gauge("helm_api_follow_ups_queued", "follow-up runs waiting",
+                            registry=self.registry)
+
+
+class _LazyKube:
+    """Builds the real client on first use, so an app without a reachable cluster still
+    serves /healthz, /openapi.json and 401/403s."""
+
+    def __init__(self, config: HelmApiConfig):
+        self._config = config
+        self._kube: Kube | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        with self._lock:
+            if self._kube is None:
+                try:
+                    self._kube = Kube(api_client_from(kubeconfig=self._config.kubeconfig,
+                                                      in_cluster=self._config.in_cluster))
+                except Exception as exc:  # config missing or unreadable
+                    raise KubeUnavailable(f"cannot load cluster credentials: {exc}",
+                                          upstream="kube-apiserver") from exc
+        return getattr(self._kube, name)
+
+
+def _error(status: int, code: str, message: str, **extra) -> Response:
+    resp = jsonify({"error": code, "message": message, **extra})
+    resp.status_code = status
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="helm-api"'
+    return resp
+
+
+def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
+    """Build the app. ``kube`` is a :class:`~helm_api.kube.Kube`, a
+    ``kubernetes.client.ApiClient``, or ``None`` to use the config's kubeconfig / in-cluster."""
+    config = config or HelmApiConfig()
+    if kube is None:
+        kube = _LazyKube(config)
+    elif not isinstance(kube, Kube) and hasattr(kube, "call_api"):
+        kube = Kube(kube)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = _MAX_BODY
+    metrics = _Metrics()
+    runner = JobRunner(kube, config,
+                       on_created=lambda env, trigger, name: metrics.jobs.labels(env, trigger).inc())
+    app.extensions["helm_api"] = {"config": config, "runner": runner, "kube": kube,
+                                  "metrics": metrics}
+    token = config.token.get_secret_value().encode() if config.token else None
+
+    def require_token() -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise ApiError(401, "unauthorized", "this call needs 'Authorization: Bearer <token>'")
+        if token is None or not hmac.compare_digest(value.strip().encode("utf-8", "replace"), token):
+            raise ApiError(403, "forbidden", "the bearer token is not valid")
+
+    # -- plumbing -------------------------------------------------------------------
+    @app.before_request
+    def _start():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(resp: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(request.method, endpoint, str(resp.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        metrics.queued.set(len(runner.pending()))
+        resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return _error(exc.status, exc.code, exc.message, **exc.extra)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        resp = _error(exc.code or 500, code, exc.description or exc.name)
+        for key, value in exc.get_headers():
+            if key.lower() != "content-type":
+                resp.headers[key] = value
+        return resp
+
+    @app.errorhandler(UnknownEnvironment)
+    def _unknown_env(exc: UnknownEnvironment):
+        if not exc.environment:
+            return _error(400, "environment_required",
+                          "give 'environment' in the body; known: " + ", ".join(exc.known),
+                          known=exc.known)
+        return _error(400, "unknown_environment", str(exc), known=exc.known)
+
+    @app.errorhandler(CronJobMissing)
+    def _no_cronjob(exc):
+        return _error(404, "cronjob_not_found", str(exc))
+
+    @app.errorhandler(CronJobInvalid)
+    def _bad_cronjob(exc):
+        return _error(422, "cronjob_invalid", str(exc))
+
+    @app.errorhandler(JobNotFound)
+    def _no_job(exc):
+        return _error(404, "job_not_found", str(exc))
+
+    @app.errorhandler(UpstreamError)
+    def _upstream(exc):
+        log.warning("helm_api.kube.unavailable", error=str(exc))
+        return _error(503, "cluster_unavailable", str(exc))
+
+    @app.errorhandler(PermanentError)
+    def _permanent(exc):
+        log.error("helm_api.kube.refused", error=str(exc))
+        return _error(502, "cluster_refused", str(exc))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc):
+        log.error("helm_api.unexpected", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return _error(500, "internal_error", "unexpected error; see the helm API log")
+
+    # -- routes -------------------------------------------------------------------------
+    @app.post("/apply")
+    def apply():
+        require_token()
+        raw = request.get_data(cache=False)
+        body: object = {}
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_request", "the body must be a JSON object")
+        unknown = sorted(set(body) - {"environment", "reason"})
+        if unknown:
+            raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(unknown)}")
+        env = body.get("environment")
+        reason = body.get("reason", "")
+        if env is not None and not isinstance(env, str):
+            raise ApiError(400, "bad_request", "'environment' must be a string")
+        if not isinstance(reason, str) or len(reason) > 1000:
+            raise ApiError(400, "bad_request", "'reason' must be a string of at most 1000 characters")
+        try:
+            result = runner.apply(env, reason)
+        except UnknownEnvironment:
+            metrics.applies.labels(env or "", "rejected").inc()
+            raise
+        metrics.applies.labels(result.environment,
+                               "created" if result.created else "queued").inc()
+        return jsonify({
+            "job": result.job, "environment": result.environment, "created": result.created,
+            "follow_up_queued": result.follow_up_queued, "status_url": f"/jobs/{result.job}",
+        }), 202, {"Location": f"/jobs/{result.job}"}
+
+    @app.get("/jobs")
+    def list_jobs():
+        raw = request.args.get("limit", str(config.jobs_limit))
+        if not raw.isdigit() or not 1 <= int(raw) <= 500:
+            raise ApiError(400, "bad_request", "'limit' must be an integer from 1 to 500")
+        runner.tick()
+        return jsonify({"jobs": runner.list_runs(int(raw)), "queued": runner.pending()})
+
+    @app.get("/jobs/<name>")
+    def get_job(name: str):
+        if not _JOB_NAME.match(name):
+            raise JobNotFound(f"'{name}' is not a valid job name")
+        return jsonify(runner.describe(name))
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        try:
+            kube.ready()
+        except UpstreamError as exc:
+            return _error(503, "not_ready", str(exc))
+        return jsonify({"status": "ok"})
+
+    @app.get("/metrics")
+    def metrics_view():
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json")
+    def openapi():
+        return jsonify(openapi_document(sorted(config.environments),
+                                        config.resolved_default_environment))
+
+    return app

@@ -1,0 +1,26 @@
+"""Publish a plugin build over HTTP: ``POST /api/v1/artifacts/<plugin>?version=V`` (body: the .jar),
+or ``?env=E`` for the fast track (refused in production). Needs the API token."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from poller.api import error, require_token, services
+
+blueprint = Blueprint("artifacts", __name__)
+
+
+@blueprint.post("/api/v1/artifacts/<plugin>")
+@require_token
+def publish_plugin(plugin: str):
+    from poller.artifacts import open_store
+    from poller.artifacts.publish import publish
+
+    cfg = services().config
+    if not request.data:
+        return error(400, "bad_request", "the body must be the plugin .jar")
+    artifact = publish(open_store(cfg), cfg.plugins, plugin, request.get_data(),
+                       version=request.args.get("version"), env=request.args.get("env"))
+    services().store.record_event("plugins.published", plugin, version=artifact.version,
+                                  digest=artifact.digest, env=request.args.get("env"))
+    return jsonify({"plugin": plugin, "version": artifact.version, "digest": artifact.digest}), 201

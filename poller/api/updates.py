@@ -1,0 +1,82 @@
+"""Updater routes: tracked images and deployments, update history, pins, rollout control.
+
+Approve/reject of a pending update is the generic ``/api/v1/approvals/<id>/approve|reject``.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify, request
+
+from poller.api import error, json_body, read_access, require_token, services
+from poller.rollout.control import NoActiveRollout, RolloutControl
+from poller.updater.history import UpdateHistory
+from poller.updater.status import updates_status
+
+blueprint = Blueprint("updates", __name__)
+
+
+def _deployment_or_404(name: str):
+    if services().config.updates.deployment(name) is None:
+        return error(404, "not_found", f"no deployment named {name!r} in updates.deployments")
+    return None
+
+
+def _who(body: dict) -> str:
+    return str(body.get("by") or getattr(g, "actor", "api"))
+
+
+@blueprint.get("/api/v1/updates")
+@read_access
+def status():
+    limit = min(int(request.args.get("limit", 20)), 500)
+    svc = services()
+    return jsonify(updates_status(svc.config, svc.store, limit=limit))
+
+
+@blueprint.get("/api/v1/updates/history")
+@read_access
+def history():
+    limit = min(int(request.args.get("limit", 50)), 500)
+    items = UpdateHistory(services().store).list(deployment=request.args.get("deployment"), limit=limit)
+    return jsonify([u.__dict__ for u in items])
+
+
+@blueprint.post("/api/v1/updates/deployments/<name>/pin")
+@require_token
+def pin(name: str):
+    missing = _deployment_or_404(name)
+    if missing:
+        return missing
+    body = json_body(required=True)
+    version = body.get("version")
+    if not isinstance(version, str) or not version:
+        return error(400, "bad_request", "give {\"version\": \"<tag>\"}")
+    UpdateHistory(services().store).pin(name, version, by=_who(body))
+    return jsonify({"deployment": name, "pinned": version})
+
+
+@blueprint.post("/api/v1/updates/deployments/<name>/unpin")
+@require_token
+def unpin(name: str):
+    missing = _deployment_or_404(name)
+    if missing:
+        return missing
+    removed = UpdateHistory(services().store).unpin(name, by=_who(json_body()))
+    return jsonify({"deployment": name, "unpinned": removed})
+
+
+@blueprint.post("/api/v1/updates/deployments/<name>/rollout/<action>")
+@require_token
+def rollout(name: str, action: str):
+    missing = _deployment_or_404(name)
+    if missing:
+        return missing
+    control = RolloutControl(services().store)
+    fn = {"pause": control.pause, "resume": control.resume, "abort": control.abort}.get(action)
+    if fn is None:
+        return error(404, "not_found", "use /pause, /resume or /abort")
+    try:
+        rec = fn(name, by=_who(json_body()))
+    except NoActiveRollout as exc:
+        return error(409, "no_active_rollout", str(exc))
+    return jsonify(rec.__dict__)

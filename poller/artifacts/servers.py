@@ -1,0 +1,96 @@
+"""Game servers on a Docker host, as the plugin rollout sees them.
+
+A server is a container labelled ``slipway.server-type=<type>`` and ``slipway.env=<env>``.
+It reports the plugins it fetched at start (``plugins.txt`` from ``fetch-plugins.sh``) and
+whether players are on it (``busy_path`` answers 2xx) over its probe port (the host binding
+of ``probe.port``, or for a host-network server the port in its ``slipway.port`` label).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+import requests
+
+from poller.artifacts.settings import ServerProbe
+
+TYPE_LABEL = "slipway.server-type"
+ENV_LABEL = "slipway.env"
+PORT_LABEL = "slipway.port"  # host-network servers: the port they answer on
+
+
+def parse_report(text: str) -> dict[str, str]:
+    """``plugins.txt`` lines ``<plugin> <version> <digest>`` -> plugin -> digest."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out[parts[0]] = parts[2]
+    return out
+
+
+@dataclass
+class Server:
+    container: object
+    probe: ServerProbe
+
+    @property
+    def name(self) -> str:
+        return self.container.name
+
+    @property
+    def server_type(self) -> str:
+        return self.container.labels[TYPE_LABEL]
+
+    def _url(self, path: str) -> str | None:
+        self.container.reload()
+        if self.container.status != "running":
+            return None
+        if self.container.attrs["HostConfig"].get("NetworkMode") == "host":
+            port = self.container.labels.get(PORT_LABEL, str(self.probe.port))
+            return f"http://127.0.0.1:{port}{path}"
+        bindings = (self.container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{self.probe.port}/tcp") or []
+        if not bindings:
+            return None
+        host = bindings[0].get("HostIp") or "127.0.0.1"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"http://{host}:{bindings[0]['HostPort']}{path}"
+
+    def report(self) -> dict[str, str] | None:
+        """plugin -> digest the server runs; ``None`` while it is down or has not fetched yet."""
+        url = self._url(self.probe.report_path)
+        if url is None:
+            return None
+        try:
+            resp = requests.get(url, timeout=3)
+        except requests.RequestException:
+            return None
+        return parse_report(resp.text) if resp.ok else None
+
+    def busy(self) -> bool:
+        url = self._url(self.probe.busy_path)
+        if url is None:
+            return False
+        try:
+            return requests.get(url, timeout=3).ok
+        except requests.RequestException:
+            return True  # cannot tell: treat as having players
+
+    def run(self, command: list[str]) -> None:
+        result = self.container.exec_run(command)
+        if result.exit_code != 0:
+            raise docker.errors.APIError(f"{command!r} exited {result.exit_code}: {result.output!r}")
+
+    def restart(self) -> None:
+        self.container.restart(timeout=self.probe.stop_timeout)
+
+
+def find_servers(client: docker.DockerClient, probe: ServerProbe, env: str) -> dict[str, list[Server]]:
+    """server type -> its servers in ``env`` (running or not), by name."""
+    out: dict[str, list[Server]] = {}
+    for c in sorted(client.containers.list(all=True, filters={"label": [f"{ENV_LABEL}={env}", TYPE_LABEL]}),
+                    key=lambda c: c.name):
+        out.setdefault(c.labels[TYPE_LABEL], []).append(Server(c, probe))
+    return out

@@ -1,0 +1,50 @@
+"""``poller run``: start a fleet rollout when a newer release of a service's image is pushed.
+
+With ``fleet.auto_rollout``, every ``fleet.interval`` seconds each service's repository is
+listed; when its highest release tag is newer than the version of the service's last rollout
+(or, before any rollout, than what most machines run), a rollout of that version starts.
+The agents do the rest; this job never waits for them.
+"""
+
+from __future__ import annotations
+
+from poller.versions import parse_version
+
+
+def newest_release(tags: list[str]) -> str | None:
+    releases = [(v, t) for t in tags if (v := parse_version(t)) is not None and not v.is_prerelease]
+    return max(releases)[1] if releases else None
+
+
+def check_for_releases(state, registry, store=None) -> dict[str, str]:
+    """Start rollouts for services with a newer release; returns service -> version started."""
+    started: dict[str, str] = {}
+    rollouts = state.rollouts()
+    for name, svc in state.cfg.services.items():
+        repo = svc.image.split("/", 1)[1] if "/" in svc.image else svc.image
+        newest = newest_release(registry.list_tags(repo))
+        if newest is None:
+            continue
+        ro = rollouts.get(name)
+        known = ro.version if ro is not None else state.majority_version(name)
+        known_v = parse_version(known) if known else None
+        if known_v is not None and parse_version(newest) <= known_v:
+            continue
+        started[name] = newest
+    if started:
+        state.start_rollouts(started, reason="new image")
+        if store is not None:
+            for name, version in started.items():
+                store.record_event("fleet.rollout", name, version=version, reason="new image")
+    return started
+
+
+def jobs(cfg, store) -> list:
+    if not cfg.fleet.auto_rollout or not cfg.fleet.services:
+        return []
+    from poller.fleet import open_state
+    from poller.registry.client import RegistryClient
+
+    state = open_state(cfg.fleet)
+    registry = RegistryClient(cfg.registry)
+    return [("fleet:releases", cfg.fleet.interval, lambda: check_for_releases(state, registry, store))]

@@ -1,0 +1,212 @@
+"""Drive a gradual in-place release over a workload's pods (game servers).
+
+For each step (canary, then percentages): pick the next servers by update priority,
+skipping busy ones when the update restarts the game, never more than ``max_unavailable``
+not ready at once; patch only the named container's image on each pod (Kubernetes updates
+a container image on a live pod in place: the pod, its IP and its players stay); wait until
+each is ready on the new image (the health gate); then reload each and record the result.
+Pause and abort are read from the store between batches. Running it again is safe: servers
+already on the new image are counted, reloads already recorded as ok are not repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from poller.errors import UpstreamError
+from poller.logs import get_logger
+from poller.rollout.control import RolloutControl
+from poller.rollout.plan import Server, next_batch, resolve, step_targets
+from poller.rollout.reload import Reloader
+from poller.targets.base import ImageRef, TargetError
+from poller.updater.settings import RolloutConfig
+
+log = get_logger(__name__)
+_JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass
+class RolloutOutcome:
+    state: str                      # succeeded | paused | aborted | waiting | failed
+    updated: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+def image_matches(status: dict, want: str) -> bool:
+    got = status.get("image") or ""
+    if got == want:
+        return True
+    w = ImageRef.parse(want)
+    if w.digest and (w.digest in got or w.digest in (status.get("imageID") or "")):
+        return True
+    g = ImageRef.parse(got)
+    return not w.digest and (g.repository, g.tag) == (w.repository, w.tag)
+
+
+class PodRollout:
+    def __init__(self, api, cfg: RolloutConfig, *, namespace: str, container: str, selector: dict[str, str],
+                 control: RolloutControl, reloader: Reloader | None = None,
+                 wait: Callable[[float], None] | None = None):
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(api)
+        self.cfg, self.namespace, self.container, self.selector = cfg, namespace, container, selector
+        self.control, self.reloader = control, reloader
+        self._wait = wait or (lambda s: time.sleep(s))
+
+    # -- reading pods -----------------------------------------------------------------------
+    def _pods(self) -> list[dict]:
+        from kubernetes.client.exceptions import ApiException
+
+        sel = ",".join(f"{k}={v}" for k, v in sorted(self.selector.items()))
+        try:
+            resp = self.core.list_namespaced_pod(self.namespace, label_selector=sel, _preload_content=False)
+        except ApiException as exc:
+            raise UpstreamError(f"kubernetes: list pods {sel}: {exc.status}", upstream="kubernetes") from exc
+        pods = [p for p in json.loads(resp.data)["items"] if not p["metadata"].get("deletionTimestamp")]
+        return sorted(pods, key=lambda p: p["metadata"]["name"])
+
+    def _container(self, pod: dict) -> tuple[int, dict]:
+        for i, c in enumerate(pod["spec"]["containers"]):
+            if c["name"] == self.container:
+                return i, c
+        raise TargetError(f"pod {pod['metadata']['name']} has no container {self.container!r}")
+
+    def _ready_on(self, pod: dict, image: str | None) -> bool:
+        status = pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in status.get("conditions") or [])
+        if not ready:
+            return False
+        if image is None:
+            return True
+        cs = next((c for c in status.get("containerStatuses") or [] if c.get("name") == self.container), None)
+        return bool(cs) and cs.get("ready", False) and image_matches(cs, image)
+
+    def _busy(self, pod: dict) -> bool:
+        labels = pod["metadata"].get("labels") or {}
+        if self.cfg.busy_label:
+            key, eq, value = self.cfg.busy_label.partition("=")
+            if key in labels and (not eq or labels[key] == value):
+                return True
+        return labels.get(self.cfg.ops_state_label) in self.cfg.busy_ops_states
+
+    def _priority(self, pod: dict) -> int:
+        raw = (pod["metadata"].get("labels") or {}).get(self.cfg.priority_label, "0")
+        try:
+            return int(raw)
+        except ValueError:
+            return 0
+
+    def _servers(self, pods: list[dict], image: str) -> list[Server]:
+        out = []
+        for p in pods:
+            _, c = self._container(p)
+            spec_new = c.get("image") == image
+            out.append(Server(name=p["metadata"]["name"], priority=self._priority(p), busy=self._busy(p),
+                              ready=self._ready_on(p, c.get("image")), updated=spec_new))
+        return out
+
+    # -- acting -----------------------------------------------------------------------------
+    def _patch(self, pod: dict, image: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        index, _ = self._container(pod)
+        path = f"/spec/containers/{index}"
+        body = [{"op": "test", "path": f"{path}/name", "value": self.container},
+                {"op": "replace", "path": f"{path}/image", "value": image}]
+        try:
+            self.core.patch_namespaced_pod(pod["metadata"]["name"], self.namespace, body,
+                                           _content_type=_JSON_PATCH, _preload_content=False)
+        except ApiException as exc:
+            raise TargetError(f"patch pod {pod['metadata']['name']}: {exc.status} {exc.reason}") from exc
+
+    def _gate(self, names: list[str], image: str) -> None:
+        """Wait until every pod in ``names`` is ready on ``image``; TargetError after the timeout."""
+        deadline = time.monotonic() + self.cfg.health_timeout
+        while True:
+            pods = {p["metadata"]["name"]: p for p in self._pods()}
+            waiting = [n for n in names if n not in pods or not self._ready_on(pods[n], image)]
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                raise TargetError(f"health gate: {', '.join(waiting)} not ready on {image} "
+                                  f"after {self.cfg.health_timeout:.0f}s")
+            self._wait(self.cfg.poll)
+
+    def _reload(self, rollout_id: int, names: list[str]) -> list[str]:
+        if self.reloader is None:
+            return []
+        failed = []
+        pods = {p["metadata"]["name"]: p for p in self._pods()}
+        for name in names:
+            if self.control.reloaded(rollout_id, name):
+                continue
+            address = ((pods.get(name) or {}).get("status") or {}).get("podIP")
+            result = self.reloader.reload(name, address)
+            self.control.reload_result(rollout_id, name, ok=result.ok, attempts=result.attempts,
+                                       detail=result.detail)
+            log.info("rollout.reload", server=name, ok=result.ok, attempts=result.attempts,
+                     detail=result.detail)
+            if not result.ok:
+                failed.append(name)
+        return failed
+
+    def run(self, deployment: str, to_ref: str, image: str) -> RolloutOutcome:
+        rec = self.control.start(deployment, to_ref, image)
+        if rec.state in ("aborted", "paused", "succeeded"):
+            return RolloutOutcome(rec.state, message=rec.message or "")
+        rid = rec.id
+        busy_deadline = time.monotonic() + self.cfg.busy_wait
+        pods = self._pods()
+        total = len(pods)
+        targets = step_targets(self.cfg.steps, total)
+        max_unavailable = max(1, resolve(self.cfg.max_unavailable, total, round_up=False) or 1)
+        done_now: list[str] = []
+        # servers already on the new image (an earlier run) still need their reload
+        already = [s.name for s in self._servers(pods, image) if s.updated]
+        if already:
+            self._gate(already, image)
+            self._reload(rid, already)
+        for step_no, target in enumerate(targets, start=1):
+            while True:
+                state = self.control.by_id(rid).state
+                if state in ("paused", "aborted"):
+                    return RolloutOutcome(state, done_now, f"{state} at step {step_no}")
+                servers = self._servers(self._pods(), image)
+                updated = sum(1 for s in servers if s.updated)
+                if updated >= target:
+                    break
+                batch = next_batch(servers, want=target - updated, max_unavailable=max_unavailable,
+                                   skip_busy=self.cfg.restart, high_first=self.cfg.priority_order == "high-first")
+                if not batch:
+                    if time.monotonic() >= busy_deadline:
+                        msg = f"step {step_no}: waiting for busy servers to free up"
+                        self.control.set_state(rid, "running", message=msg, step=step_no)
+                        return RolloutOutcome("waiting", done_now, msg)
+                    self._wait(self.cfg.poll)
+                    continue
+                names = [s.name for s in batch]
+                by_name = {p["metadata"]["name"]: p for p in self._pods()}
+                for name in names:
+                    self._patch(by_name[name], image)
+                    self.control.server_updated(rid, name, step_no)
+                log.info("rollout.batch", deployment=deployment, step=step_no, servers=",".join(names))
+                try:
+                    self._gate(names, image)
+                except TargetError as exc:
+                    self.control.set_state(rid, "failed", message=str(exc), step=step_no)
+                    raise
+                failed = self._reload(rid, names)
+                done_now.extend(names)
+                if failed:
+                    msg = f"reload failed on {', '.join(failed)}"
+                    self.control.set_state(rid, "failed", message=msg, step=step_no)
+                    raise TargetError(msg)
+            self.control.set_step(rid, step_no)
+        self.control.set_state(rid, "succeeded", message=f"{total} servers on {to_ref}",
+                               step=len(targets))
+        return RolloutOutcome("succeeded", done_now, f"{total} servers on {to_ref}")

@@ -1,0 +1,190 @@
+"""Containers on a machine's own Docker engine (no Kubernetes).
+
+Pull the new image, then replace the container with the same configuration: name, command,
+environment, labels, volumes/mounts, port bindings, restart policy and networks. The old
+container is renamed aside first and removed only once the new one runs (and is healthy when
+it has a health check); if the new one fails, the old one is put back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from poller.targets.base import Applied, ImageRef, TargetError
+
+_KEEP_HOST = ("Binds", "PortBindings", "RestartPolicy", "NetworkMode", "Privileged", "CapAdd",
+              "CapDrop", "Devices", "ExtraHosts", "LogConfig", "Mounts", "Tmpfs", "ShmSize",
+              "Init", "Memory", "NanoCpus", "VolumesFrom", "Dns", "SecurityOpt", "Ulimits")
+
+
+class DockerContainer:
+    def __init__(self, client_factory: Callable, *, container: str, timeout: float = 120.0,
+                 poll: float = 0.5):
+        self._client_factory = client_factory
+        self.container = container
+        self.timeout, self.poll = timeout, poll
+        self.description = f"docker container {container}"
+
+    def _client(self):
+        return self._client_factory()
+
+    def current(self) -> ImageRef | None:
+        import docker
+
+        client = self._client()
+        try:
+            c = client.containers.get(self.container)
+        except docker.errors.NotFound as exc:
+            raise TargetError(f"{self.description} does not exist") from exc
+        return ImageRef.parse(c.attrs["Config"]["Image"])
+
+    def _create_args(self, attrs: dict, image_ref: str, image_attrs: dict) -> dict:
+        cfg, host = attrs["Config"], attrs["HostConfig"]
+        # Keep only what the container set itself, not what the old image defaulted.
+        old_image_cfg = image_attrs.get("old", {}) or {}
+        env = [e for e in cfg.get("Env") or [] if e not in (old_image_cfg.get("Env") or [])]
+        labels = {k: v for k, v in (cfg.get("Labels") or {}).items()
+                  if (old_image_cfg.get("Labels") or {}).get(k) != v}
+        cmd = cfg.get("Cmd") if cfg.get("Cmd") != old_image_cfg.get("Cmd") else None
+        entrypoint = cfg.get("Entrypoint") if cfg.get("Entrypoint") != old_image_cfg.get("Entrypoint") else None
+        return {"image": image_ref, "name": attrs["Name"].lstrip("/"), "command": cmd,
+                "entrypoint": entrypoint, "environment": env, "labels": labels,
+                "user": cfg.get("User") or None, "working_dir": cfg.get("WorkingDir") or None,
+                "hostname": cfg.get("Hostname") if host.get("NetworkMode") not in ("host",) else None,
+                "ports": [tuple(p.split("/", 1)) for p in cfg.get("ExposedPorts") or {}] or None, "healthcheck": cfg.get("Healthcheck"),
+                "tty": cfg.get("Tty", False), "stdin_open": cfg.get("OpenStdin", False),
+                "host_config": {k: host[k] for k in _KEEP_HOST if host.get(k) not in (None, [], {}, "")}}
+
+    def _wait_running(self, client, cid: str) -> str:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            attrs = client.api.inspect_container(cid)
+            state = attrs["State"]
+            health = (state.get("Health") or {}).get("Status")
+            if state.get("Status") == "exited" or state.get("Restarting") and state.get("ExitCode"):
+                raise TargetError(f"{self.description}: new container exited with code {state.get('ExitCode')}")
+            if state.get("Running") and health in (None, "healthy"):
+                return health or "running"
+            if health == "unhealthy":
+                raise TargetError(f"{self.description}: new container is unhealthy")
+            if time.monotonic() >= deadline:
+                raise TargetError(f"{self.description}: not running/healthy after {self.timeout:.0f}s "
+                                  f"(status {state.get('Status')}, health {health})")
+            time.sleep(self.poll)
+
+    def apply(self, image: ImageRef) -> Applied:
+        import docker
+
+        client = self._client()
+        api = client.api
+        ref = str(image)
+        try:
+            pull_ref = f"{image.repository}@{image.digest}" if image.digest else ref
+            output = api.pull(pull_ref if image.digest else image.repository,
+                              tag=None if image.digest else image.tag)
+            if '"errorDetail"' in (output or ""):
+                raise TargetError(f"{self.description}: pulling {ref} failed: {output.strip()[-300:]}")
+            if image.digest and image.tag:
+                api.tag(pull_ref, image.repository, image.tag)
+            old = api.inspect_container(self.container)
+        except docker.errors.APIError as exc:
+            raise TargetError(f"{self.description}: {exc.explanation or exc}") from exc
+        try:
+            old_image_cfg = api.inspect_image(old["Image"]).get("Config") or {}
+        except docker.errors.NotFound:
+            old_image_cfg = {}
+        args = self._create_args(old, ref, {"old": old_image_cfg})
+        name = args.pop("name")
+        host = args.pop("host_config")
+        # Anonymous volumes (VOLUME in the image, ``-v /data``) are carried over by name.
+        binds = list(host.get("Binds") or [])
+        bound = {b.split(":")[1] for b in binds if ":" in b}
+        bound |= {m.get("Target") for m in host.get("Mounts") or []}
+        for m in old.get("Mounts") or []:
+            if m.get("Type") == "volume" and m.get("Name") and m["Destination"] not in bound:
+                binds.append(f"{m['Name']}:{m['Destination']}" + ("" if m.get("RW", True) else ":ro"))
+        if binds:
+            host["Binds"] = binds
+        # A port published on a random host port keeps the one it got: players know it.
+        live = (old.get("NetworkSettings") or {}).get("Ports") or {}
+        if host.get("PortBindings"):
+            host["PortBindings"] = {
+                port: [b if b.get("HostPort") else {**b, "HostPort": _live_port(live, port, i)}
+                       for i, b in enumerate(bindings or [])]
+                for port, bindings in host["PortBindings"].items()}
+        host_config = api.create_host_config(**_host_kwargs(host))
+        networks = old.get("NetworkSettings", {}).get("Networks") or {}
+        aside = f"{name}-slipway-old"
+        api.rename(old["Id"], aside)
+        was_running = old["State"].get("Running")
+        new_id = None
+        try:
+            if was_running:
+                api.stop(old["Id"], timeout=10)
+            new_id = api.create_container(name=name, host_config=host_config,
+                                          **{k: v for k, v in args.items() if v is not None})["Id"]
+            mode = (old["HostConfig"].get("NetworkMode") or "")
+            for net, conf in networks.items():
+                if net in ("bridge", "host", "none") or net == mode:
+                    continue
+                api.connect_container_to_network(new_id, net, aliases=conf.get("Aliases"))
+            api.start(new_id)
+            health = self._wait_running(client, new_id)
+        except Exception as exc:
+            if new_id:
+                api.remove_container(new_id, force=True)
+            api.rename(old["Id"], name)
+            if was_running:
+                api.start(old["Id"])
+            if isinstance(exc, TargetError):
+                raise
+            raise TargetError(f"{self.description}: {exc}") from exc
+        api.remove_container(old["Id"], force=True, v=False)
+        return Applied({"container": name, "from_image": old["Config"]["Image"], "to_image": ref,
+                        "old_id": old["Id"][:12], "new_id": new_id[:12], "health": health})
+
+
+def _live_port(live: dict, port: str, index: int) -> str:
+    bindings = live.get(port) or []
+    return bindings[index].get("HostPort", "") if index < len(bindings) else ""
+
+
+def _host_kwargs(host: dict) -> dict:
+    """``HostConfig`` as returned by inspect -> ``create_host_config`` keyword arguments."""
+    out: dict = {}
+    if "Binds" in host:
+        out["binds"] = host["Binds"]
+    if "PortBindings" in host:
+        out["port_bindings"] = {
+            port: [(b.get("HostIp") or "0.0.0.0", int(b["HostPort"])) if b.get("HostPort")
+                   else (b.get("HostIp") or "0.0.0.0",) for b in bindings or []] for port, bindings in (host["PortBindings"] or {}).items()}
+    if "RestartPolicy" in host and host["RestartPolicy"].get("Name"):
+        out["restart_policy"] = host["RestartPolicy"]
+    if host.get("NetworkMode"):
+        out["network_mode"] = host["NetworkMode"]
+    if "Mounts" in host:
+        import docker.types
+
+        out["mounts"] = [docker.types.Mount(target=m["Target"], source=m.get("Source"),
+                                            type=m.get("Type", "volume"),
+                                            read_only=m.get("ReadOnly", False)) for m in host["Mounts"]]
+    simple = {"Privileged": "privileged", "CapAdd": "cap_add", "CapDrop": "cap_drop",
+              "ExtraHosts": "extra_hosts", "Tmpfs": "tmpfs", "ShmSize": "shm_size", "Init": "init",
+              "Memory": "mem_limit", "NanoCpus": "nano_cpus", "VolumesFrom": "volumes_from",
+              "Dns": "dns", "SecurityOpt": "security_opt"}
+    for key, kw in simple.items():
+        if key in host:
+            out[kw] = host[key]
+    return out
+
+
+def container_servers(target: DockerContainer) -> list[tuple[str, str | None]]:
+    """``[(name, ip)]`` of the container now running (for a reload after the replacement)."""
+    attrs = target._client().api.inspect_container(target.container)
+    nets = attrs.get("NetworkSettings") or {}
+    ip = nets.get("IPAddress") or next((n.get("IPAddress") for n in (nets.get("Networks") or {}).values()
+                                        if n.get("IPAddress")), None)
+    if attrs["HostConfig"].get("NetworkMode") == "host":
+        ip = "127.0.0.1"
+    return [(target.container, ip)]

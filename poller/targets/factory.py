@@ -1,0 +1,96 @@
+"""Build a deployment's target (and, for game servers, its rollout and reloader) from settings."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from poller.targets.base import Target
+from poller.updater.settings import DeploymentConfig, UpdatesConfig
+
+OKG_OWNER_LABEL = "game.kruise.io/owner-gss"
+
+
+def docker_factory(base_url: str | None) -> Callable:
+    import docker
+
+    url = base_url or "unix:///var/run/docker.sock"
+    return lambda: docker.DockerClient(base_url=url, timeout=300)
+
+
+class TargetFactory:
+    """Caches one Kubernetes API client per kubeconfig; everything else is cheap to build."""
+
+    def __init__(self, updates: UpdatesConfig, *, docker_base_url: str | None = None,
+                 rollout_timeout: float = 300.0):
+        self.updates = updates
+        self.docker_base_url = docker_base_url
+        self.rollout_timeout = rollout_timeout
+        self._apis: dict[tuple, object] = {}
+
+    def kube_api(self, kubeconfig: str | None, context: str | None = None):
+        from poller.targets.kubernetes import api_client
+
+        path = kubeconfig or self.updates.kubeconfig
+        path = os.path.expanduser(path) if path else None
+        key = (path, context)
+        if key not in self._apis:
+            self._apis[key] = api_client(path, context)
+        return self._apis[key]
+
+    def target(self, d: DeploymentConfig) -> Target:
+        t = d.target
+        if t.kubernetes is not None:
+            from poller.targets.kubernetes import KubernetesWorkload
+
+            k = t.kubernetes
+            timeout = d.rollout.health_timeout if d.rollout else self.rollout_timeout
+            return KubernetesWorkload(self.kube_api(k.kubeconfig, k.context), kind=k.kind, name=k.name,
+                                      namespace=k.namespace, container=k.container, timeout=timeout,
+                                      wait_rollout=d.rollout is None)
+        if t.helm is not None:
+            from poller.targets.helm import HelmRelease
+
+            h = t.helm
+            kubeconfig = h.kubeconfig or self.updates.kubeconfig
+            return HelmRelease(release=h.release, namespace=h.namespace, chart=h.chart, repository=d.image,
+                               value_path=h.value_path, value_format=h.value_format, repo=h.repo,
+                               version=h.version, executable=h.helm or self.updates.helm,
+                               kubeconfig=os.path.expanduser(kubeconfig) if kubeconfig else None,
+                               timeout=self.rollout_timeout)
+        from poller.targets.docker_host import DockerContainer
+
+        return DockerContainer(docker_factory(t.docker.base_url or self.docker_base_url),
+                               container=t.docker.container, timeout=self.rollout_timeout)
+
+    def selector(self, d: DeploymentConfig, target) -> dict[str, str]:
+        if d.rollout and d.rollout.selector:
+            return dict(d.rollout.selector)
+        k = d.target.kubernetes
+        if k.kind == "GameServerSet":
+            return {OKG_OWNER_LABEL: k.name}
+        return dict(((target.read().get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+
+    def reloader(self, d: DeploymentConfig):
+        from poller.rollout.reload import DockerExecReloader, HttpReloader, KubernetesExecReloader
+
+        if d.reload is None:
+            return None
+        if d.reload.http is not None:
+            return HttpReloader(d.reload.http)
+        if d.target.kubernetes is not None:
+            k = d.target.kubernetes
+            return KubernetesExecReloader(self.kube_api(k.kubeconfig, k.context), d.reload.exec,
+                                          namespace=k.namespace, container=k.container)
+        if d.target.docker is not None:
+            return DockerExecReloader(docker_factory(d.target.docker.base_url or self.docker_base_url),
+                                      d.reload.exec)
+        return None
+
+    def pod_rollout(self, d: DeploymentConfig, target, control):
+        from poller.rollout.pods import PodRollout
+
+        k = d.target.kubernetes
+        return PodRollout(self.kube_api(k.kubeconfig, k.context), d.rollout, namespace=k.namespace,
+                          container=k.container, selector=self.selector(d, target), control=control,
+                          reloader=self.reloader(d))

@@ -1,0 +1,168 @@
+"""Kubernetes workloads: Deployment, StatefulSet, DaemonSet and OpenKruiseGame GameServerSet.
+
+Only the named container's image changes, through a JSON patch guarded by a ``test`` on the
+container's name (so a reordered pod template fails instead of patching the wrong one). For
+a GameServerSet this is exactly what lets ``InPlaceIfPossible`` restart just that container.
+Health: the controller observed the new generation and all replicas are updated and
+available (GameServerSet: the ``updatedReadyReplicas`` OpenKruiseGame reports, unless Slipway
+drives the rollout itself, see :mod:`poller.rollout`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+from poller.errors import UpstreamError
+from poller.targets.base import Applied, ImageRef, TargetError
+
+GSS = ("game.kruise.io", "v1alpha1", "gameserversets")
+_JSON_PATCH = "application/json-patch+json"
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None):
+    from kubernetes import config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
+    config.load_incluster_config()
+    from kubernetes import client
+
+    return client.ApiClient()
+
+
+def containers_path(kind: str) -> str:
+    return "/spec/gameServerTemplate/spec/containers" if kind == "GameServerSet" \
+        else "/spec/template/spec/containers"
+
+
+def find_container(obj: dict, kind: str, name: str) -> tuple[int, dict]:
+    node: Any = obj
+    for part in containers_path(kind).strip("/").split("/"):
+        node = (node or {}).get(part)
+    for i, c in enumerate(node or []):
+        if c.get("name") == name:
+            return i, c
+    raise TargetError(f"{kind} {obj['metadata']['name']} has no container named {name!r}")
+
+
+def image_patch(path: str, index: int, container: str, image: str) -> list[dict]:
+    return [{"op": "test", "path": f"{path}/{index}/name", "value": container},
+            {"op": "replace", "path": f"{path}/{index}/image", "value": image}]
+
+
+class KubernetesWorkload:
+    def __init__(self, api, *, kind: str, name: str, namespace: str, container: str,
+                 timeout: float = 300.0, poll: float = 1.0, wait_rollout: bool = True,
+                 sleep: Callable[[float], None] | None = None):
+        from kubernetes import client
+
+        self.api = api
+        self.kind, self.name, self.namespace, self.container = kind, name, namespace, container
+        self.timeout, self.poll, self.wait_rollout = timeout, poll, wait_rollout
+        self.apps = client.AppsV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self._sleep = sleep or (lambda s: time.sleep(s))
+        self.description = f"{kind} {namespace}/{name} container {container}"
+
+    # -- raw reads and writes (JSON dicts, camelCase as the API server speaks) -----------
+    def _call(self, what: str, fn, *args, **kwargs) -> dict:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = fn(*args, _preload_content=False, **kwargs)
+        except ApiException as exc:
+            if exc.status in (429,) or (exc.status or 0) >= 500:
+                raise UpstreamError(f"kubernetes: {what}: {exc.status} {exc.reason}",
+                                    upstream="kubernetes", status=exc.status) from exc
+            raise TargetError(f"kubernetes: {what}: {exc.status} {exc.reason}: "
+                              f"{(exc.body or '')[:300]}") from exc
+        except Exception as exc:  # connection refused, TLS...
+            raise UpstreamError(f"kubernetes: {what}: {type(exc).__name__}: {exc}",
+                                upstream="kubernetes") from exc
+        return json.loads(resp.data)
+
+    def read(self) -> dict:
+        ns, name = self.namespace, self.name
+        if self.kind == "GameServerSet":
+            return self._call(f"read {self.description}", self.custom.get_namespaced_custom_object,
+                              *GSS[:2], ns, GSS[2], name)
+        fn = {"Deployment": self.apps.read_namespaced_deployment,
+              "StatefulSet": self.apps.read_namespaced_stateful_set,
+              "DaemonSet": self.apps.read_namespaced_daemon_set}[self.kind]
+        return self._call(f"read {self.description}", fn, name, ns)
+
+    def _patch(self, body: list[dict]) -> dict:
+        ns, name = self.namespace, self.name
+        if self.kind == "GameServerSet":
+            return self._call(f"patch {self.description}", self.custom.patch_namespaced_custom_object,
+                              *GSS[:2], ns, GSS[2], name, body, _content_type=_JSON_PATCH)
+        fn = {"Deployment": self.apps.patch_namespaced_deployment,
+              "StatefulSet": self.apps.patch_namespaced_stateful_set,
+              "DaemonSet": self.apps.patch_namespaced_daemon_set}[self.kind]
+        return self._call(f"patch {self.description}", fn, name, ns, body, _content_type=_JSON_PATCH)
+
+    # -- Target -------------------------------------------------------------------------
+    def current(self) -> ImageRef | None:
+        _, c = find_container(self.read(), self.kind, self.container)
+        return ImageRef.parse(c["image"]) if c.get("image") else None
+
+    def apply(self, image: ImageRef) -> Applied:
+        obj = self.read()
+        index, c = find_container(obj, self.kind, self.container)
+        before = c.get("image")
+        patched = self._patch(image_patch(containers_path(self.kind), index, self.container, str(image)))
+        generation = patched["metadata"].get("generation")
+        detail = {"kind": self.kind, "namespace": self.namespace, "name": self.name,
+                  "container": self.container, "from_image": before, "to_image": str(image),
+                  "generation": generation}
+        if self.wait_rollout:
+            detail["status"] = self.wait_healthy(generation)
+        return Applied(detail)
+
+    def rollout_state(self, obj: dict, generation: int | None) -> tuple[bool, str]:
+        """(done, why not) from a workload's status, as ``kubectl rollout status`` judges it."""
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        if generation and (status.get("observedGeneration") or 0) < generation:
+            return False, "controller has not observed the new generation yet"
+        if self.kind == "DaemonSet":
+            want = status.get("desiredNumberScheduled", 0)
+            updated, available = status.get("updatedNumberScheduled", 0), status.get("numberAvailable", 0)
+        else:
+            want = spec.get("replicas", 1)
+            updated = status.get("updatedReplicas", 0)
+            available = status.get("updatedReadyReplicas" if self.kind == "GameServerSet"
+                                   else "availableReplicas", 0)
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+                raise TargetError(f"{self.description}: rollout stuck: {cond.get('message')}")
+        if updated < want:
+            return False, f"{updated}/{want} replicas updated"
+        if available < want:
+            return False, f"{available}/{want} replicas available"
+        if self.kind == "Deployment" and status.get("replicas", 0) > updated:
+            return False, f"{status.get('replicas', 0) - updated} old replicas still terminating"
+        return True, f"{updated}/{want} updated and available"
+
+    def wait_healthy(self, generation: int | None) -> str:
+        deadline = time.monotonic() + self.timeout
+        why = "not checked"
+        while True:
+            done, why = self.rollout_state(self.read(), generation)
+            if done:
+                return why
+            if time.monotonic() >= deadline:
+                raise TargetError(f"{self.description}: not healthy after {self.timeout:.0f}s: {why}")
+            self._sleep(self.poll)
+
+
+def workload_servers(target: KubernetesWorkload, selector: dict[str, str]) -> list[tuple[str, str | None]]:
+    """``[(pod, ip)]`` of the workload's live pods (for a reload after a rollout)."""
+    from kubernetes import client
+
+    sel = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    resp = client.CoreV1Api(target.api).list_namespaced_pod(target.namespace, label_selector=sel,
+                                                            _preload_content=False)
+    pods = [p for p in json.loads(resp.data)["items"] if not p["metadata"].get("deletionTimestamp")]
+    return sorted((p["metadata"]["name"], (p.get("status") or {}).get("podIP")) for p in pods)

@@ -1,0 +1,51 @@
+"""Compose the updater from the whole config: registry clients (one per registry, shared by
+that registry's watchers, so its request limit holds), one watcher per image, targets."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from poller.config import Config, RegistryConfig
+from poller.http import RequestCounter
+from poller.logs import register_secret
+from poller.notify import Notifier
+from poller.registry.client import RegistryClient
+from poller.targets.factory import TargetFactory
+from poller.updater.engine import UpdateEngine
+from poller.updater.history import UpdateHistory
+from poller.updater.watcher import ImageWatcher
+
+
+def registry_config(cfg: Config, host: str) -> RegistryConfig:
+    if cfg.registry.host == host:
+        return cfg.registry
+    for r in cfg.updates.registries:
+        reg = RegistryConfig(url=r.url, insecure=r.insecure, username=r.username, password=r.password)
+        if reg.host == host:
+            if r.password:
+                register_secret(r.password.get_secret_value())
+            return reg
+    return RegistryConfig(url=host)
+
+
+def build_engine(cfg: Config, store, *, docker_base_url: str | None = None,
+                 counter: RequestCounter | None = None, targets: TargetFactory | None = None,
+                 max_concurrency: int = 4, backoff_initial: float = 5.0, page_size: int = 200,
+                 clock: Callable[[], float] = time.time) -> UpdateEngine:
+    history = UpdateHistory(store, clock=clock)
+    clients: dict[str, RegistryClient] = {}
+    watchers: dict[str, ImageWatcher] = {}
+    for d in cfg.updates.deployments:
+        host = d.registry_host
+        if host not in clients:
+            clients[host] = RegistryClient(registry_config(cfg, host), counter=counter,
+                                           max_concurrency=max_concurrency)
+        if d.image not in watchers:
+            watchers[d.image] = ImageWatcher(d.image, clients[host], history,
+                                             backoff_initial=backoff_initial,
+                                             backoff_max=cfg.updates.backoff_max,
+                                             page_size=page_size, clock=clock)
+    targets = targets or TargetFactory(cfg.updates, docker_base_url=cfg.docker.base_url or docker_base_url)
+    return UpdateEngine(cfg.updates, store, watchers=watchers, targets=targets, notifier=Notifier(cfg.notify),
+                        clock=clock)

@@ -1,0 +1,80 @@
+"""One watcher per image (not per deployment).
+
+Each cycle a watcher asks the registry only what its deployments need: one ``HEAD`` per
+mutable tag followed by digest, and the tag list (paginated) when any deployment follows
+versions or patterns. A failing registry (429/5xx, connection errors) makes the watcher
+back off (``Retry-After`` when given, else doubling up to ``backoff_max``) and report no
+offer at all, so a failure is never mistaken for "nothing new" nor for "something new".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from poller.errors import SlipwayError, UpstreamError
+from poller.logs import get_logger
+from poller.policy.base import Offer
+from poller.registry.client import RegistryClient
+from poller.updater.history import UpdateHistory
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Observation:
+    image: str
+    offer: Offer | None        # None: the registry could not be read this cycle
+    error: str | None = None
+
+
+class ImageWatcher:
+    def __init__(self, image: str, client: RegistryClient, history: UpdateHistory, *,
+                 backoff_initial: float = 5.0, backoff_max: float = 900.0, page_size: int = 200,
+                 clock: Callable[[], float] = time.time):
+        self.image = image
+        self.repository = image.split("/", 1)[1]
+        self.client = client
+        self.history = history
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.clock = clock
+        self.page_size = page_size
+        self.mutable_tags: set[str] = set()
+        self.lists_tags = False
+
+    def want(self, *, mutable_tags: tuple[str, ...] = (), lists_tags: bool = False) -> None:
+        self.mutable_tags.update(mutable_tags)
+        self.lists_tags = self.lists_tags or lists_tags
+
+    def backing_off(self) -> float | None:
+        state = self.history.watcher_state(self.image)
+        retry_at = state and state.get("retry_at")
+        if retry_at and retry_at > self.clock():
+            return retry_at
+        return None
+
+    def observe(self) -> Observation:
+        retry_at = self.backing_off()
+        if retry_at is not None:
+            return Observation(self.image, None, f"backing off until {retry_at:.0f}")
+        try:
+            tags = tuple(self.client.list_tags(self.repository, page_size=self.page_size)) if self.lists_tags else ()
+            digests = {}
+            for tag in sorted(self.mutable_tags):
+                digest = self.client.head_manifest(self.repository, tag)
+                if digest:
+                    digests[tag] = digest
+        except (UpstreamError, SlipwayError) as exc:
+            failures = self.history.watched(self.image, ok=False, error=str(exc))
+            delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))
+            if isinstance(exc, UpstreamError) and exc.retry_after is not None:
+                delay = min(self.backoff_max, max(delay, exc.retry_after))
+            self.history.set_retry(self.image, self.clock() + delay)
+            log.warning("watch.failed", image=self.image, error=str(exc), failures=failures,
+                        retry_in=round(delay, 1))
+            return Observation(self.image, None, str(exc))
+        self.history.watched(self.image, ok=True, tags=len(tags) if self.lists_tags else None,
+                             digests=digests)
+        return Observation(self.image, Offer(tags=tags, digests=tuple(sorted(digests.items()))))

@@ -1,0 +1,244 @@
+"""The helm API served over HTTP against the real control plane (kube-apiserver v1.32,
+controller-manager, scheduler, KWOK nodes that run Jobs to completion)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import yaml
+from werkzeug.serving import make_server
+
+from helm_api import create_app
+from helm_api.config import HelmApiConfig
+
+pytestmark = pytest.mark.cluster
+
+TOKEN = "cluster-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        threading.Event().wait(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def cronjob_manifest(namespace: str, *, node_selector: dict | None = None,
+                     name: str = "helmsman-cronjob") -> str:
+    pod_spec = {
+        "restartPolicy": "Never",
+        "containers": [{"name": "helmsman", "image": "slipway-helmsman:test",
+                        "command": ["sh", "-c", "echo helmsman --apply -f /dss/$(DSS_FILE)"],
+                        "env": [{"name": "DSS_FILE", "value": "default.yaml"}]}],
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    return yaml.safe_dump({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"suspend": True, "schedule": "0 4 * * *", "jobTemplate": {
+            "metadata": {"labels": {"app.kubernetes.io/name": "helmsman"},
+                         "annotations": {"team": "sre"}},
+            "spec": {"backoffLimit": 0, "template": {"spec": pod_spec}}}},
+    })
+
+
+class Served:
+    def __init__(self, app):
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def runner(self):
+        return self.app.extensions["helm_api"]["runner"]
+
+    def stop(self):
+        self.server.shutdown()
+        self.runner.stop()
+
+
+@pytest.fixture
+def serve(kube):
+    served: list[Served] = []
+
+    def start(namespace: str, **overrides) -> Served:
+        cfg = HelmApiConfig(token=TOKEN, namespace=namespace, follow_up_interval=0.2, **overrides)
+        s = Served(create_app(cfg, kube=kube.api_client()))
+        served.append(s)
+        return s
+
+    yield start
+    for s in served:
+        s.stop()
+
+
+def our_jobs(kube, namespace: str) -> list[dict]:
+    out = kube.kubectl("get", "jobs", "-n", namespace, "-l",
+                       "app.kubernetes.io/managed-by=slipway-helm-api", "-o", "json").stdout
+    return json.loads(out)["items"]
+
+
+def test_apply_creates_a_job_from_the_cronjob_that_runs_to_completion(kube, namespace, serve):
+    kube.kubectl("apply", "-f", "-", input=cronjob_manifest(namespace))
+    cj = json.loads(kube.kubectl("get", "cronjob", "helmsman-cronjob", "-n", namespace,
+                                 "-o", "json").stdout)
+    api = serve(namespace)
+
+    resp = requests.post(f"{api.url}/apply", headers=AUTH,
+                         json={"environment": "production", "reason": "chart game-server 2.0.0"})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["created"] and not body["follow_up_queued"]
+    assert body["status_url"] == f"/jobs/{body['job']}"
+    assert resp.headers["Location"] == body["status_url"]
+
+    job = json.loads(kube.kubectl("get", "job", body["job"], "-n", namespace, "-o", "json").stdout)
+    meta = job["metadata"]
+    assert meta["annotations"]["cronjob.kubernetes.io/instantiate"] == "manual"
+    assert meta["annotations"]["team"] == "sre"
+    assert meta["annotations"]["slipway.dev/reason"] == "chart game-server 2.0.0"
+    assert meta["labels"]["app.kubernetes.io/name"] == "helmsman"
+    assert meta["labels"]["slipway.dev/environment"] == "production"
+    [owner] = meta["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "CronJob", "helmsman-cronjob", cj["metadata"]["uid"], True)
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DSS_FILE"] == "production.yaml"
+
+    def finished():
+        detail = requests.get(f"{api.url}/jobs/{body['job']}").json()
+        return detail if detail["phase"] in ("succeeded", "failed") else None
+
+    detail = wait_for(finished, 120, "the helmsman job to finish")
+    assert detail["phase"] == "succeeded"
+    assert detail["environment"] == "production"
+    assert detail["started_at"] and detail["finished_at"]
+    assert detail["pod"] and "log" in detail
+
+    listed = requests.get(f"{api.url}/jobs").json()
+    assert [j["name"] for j in listed["jobs"]] == [body["job"]]
+    assert listed["queued"] == {}
+
+
+def test_concurrent_applies_collapse_into_one_follow_up(kube, namespace, serve):
+    # Pods of this CronJob only schedule on a node carrying a label unique to this test, so
+    # the first run stays active until the test lets it go.
+    hold_key = f"slipway.test/hold-{namespace}"
+    kube.kubectl("apply", "-f", "-", input=cronjob_manifest(namespace, node_selector={hold_key: "go"}))
+    node = kube.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").stdout.strip()
+    api = serve(namespace)
+    try:
+        first = requests.post(f"{api.url}/apply", headers=AUTH, json={"environment": "staging"}).json()
+        assert first["created"]
+
+        def call(i):
+            return requests.post(f"{api.url}/apply", headers=AUTH,
+                                 json={"environment": "staging", "reason": f"push {i}"})
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            answers = list(pool.map(call, range(10)))
+        assert {r.status_code for r in answers} == {202}
+        assert {r.json()["job"] for r in answers} == {first["job"]}
+        assert all(r.json()["follow_up_queued"] and not r.json()["created"] for r in answers)
+        assert [j["metadata"]["name"] for j in our_jobs(kube, namespace)] == [first["job"]]
+        queued = requests.get(f"{api.url}/jobs").json()["queued"]
+        assert queued["staging"]["requests"] == 10 and queued["staging"]["after"] == first["job"]
+
+        # a different environment is a different target: it starts at once
+        prod = requests.post(f"{api.url}/apply", headers=AUTH, json={"environment": "production"}).json()
+        assert prod["created"]
+
+        kube.kubectl("label", "node", node, f"{hold_key}=go", "--overwrite")
+
+        def follow_up():
+            jobs = [j for j in our_jobs(kube, namespace)
+                    if j["metadata"]["labels"]["slipway.dev/environment"] == "staging"]
+            return jobs if len(jobs) == 2 else None
+
+        jobs = wait_for(follow_up, 120, "exactly one follow-up run")
+        second = next(j for j in jobs if j["metadata"]["name"] != first["job"])
+        assert second["metadata"]["annotations"]["slipway.dev/follows"] == first["job"]
+        assert "push 3" in second["metadata"]["annotations"]["slipway.dev/reason"]
+        assert requests.get(f"{api.url}/jobs/{first['job']}").json()["phase"] == "succeeded"
+
+        # the queue is empty and stays empty: more rounds (GET /jobs runs one) start nothing
+        wait_for(lambda: requests.get(f"{api.url}/jobs/{second['metadata']['name']}").json()
+                 ["phase"] == "succeeded", 120, "the follow-up to finish")
+        for _ in range(3):
+            assert requests.get(f"{api.url}/jobs").json()["queued"] == {}
+        staging = [j for j in our_jobs(kube, namespace)
+                   if j["metadata"]["labels"]["slipway.dev/environment"] == "staging"]
+        assert len(staging) == 2
+    finally:
+        kube.kubectl("label", "node", node, f"{hold_key}-", check=False)
+
+
+def test_auth_and_validation_over_http(kube, namespace, serve):
+    kube.kubectl("apply", "-f", "-", input=cronjob_manifest(namespace))
+    api = serve(namespace)
+    assert requests.post(f"{api.url}/apply", json={"environment": "staging"}).status_code == 401
+    wrong = requests.post(f"{api.url}/apply", headers={"Authorization": "Bearer nope"},
+                          json={"environment": "staging"})
+    assert wrong.status_code == 403 and wrong.json()["error"] == "forbidden"
+    unknown = requests.post(f"{api.url}/apply", headers=AUTH, json={"environment": "qa"})
+    assert unknown.status_code == 400 and unknown.json()["error"] == "unknown_environment"
+    bad = requests.post(f"{api.url}/apply", headers={**AUTH, "Content-Type": "application/json"},
+                        data="{")
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_json"
+    assert our_jobs(kube, namespace) == []
+    missing = requests.get(f"{api.url}/jobs/helmsman-cronjob-staging-0101000000-abcd")
+    assert missing.status_code == 404 and missing.json()["error"] == "job_not_found"
+
+
+def test_missing_cronjob_is_a_clear_404(kube, namespace, serve):
+    api = serve(namespace, cronjob="no-such-cronjob")
+    resp = requests.post(f"{api.url}/apply", headers=AUTH, json={"environment": "staging"})
+    assert resp.status_code == 404
+    assert resp.json()["error"] == "cronjob_not_found"
+    assert "no-such-cronjob" in resp.json()["message"]
+
+
+def test_readyz_checks_the_api_server(kube, namespace, serve):
+    api = serve(namespace)
+    assert requests.get(f"{api.url}/readyz").json() == {"status": "ok"}
+    metrics = requests.get(f"{api.url}/metrics").text
+    assert 'helm_api_http_requests_total{endpoint="/readyz",method="GET",status="200"}' in metrics
+
+
+def test_schemathesis_against_the_live_api(kube, namespace, serve):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, settings
+
+    kube.kubectl("apply", "-f", "-", input=cronjob_manifest(namespace))
+    api = serve(namespace)
+    schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
+    failures, calls = [], []
+    for op in schema.get_all_operations():
+        operation = op.ok()
+        strategy = operation.as_strategy()
+
+        @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck),
+                  database=None)
+        @__import__("hypothesis").given(case=strategy)
+        def run(case):
+            calls.append(case.call_and_validate(base_url=api.url, headers=AUTH).status_code)
+
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 - collect, report all operations at once
+            failures.append(f"{operation.method.upper()} {operation.path}: {exc}")
+    assert not failures, "\n\n".join(failures)
+    assert len(calls) >= 20 and 202 in calls, calls

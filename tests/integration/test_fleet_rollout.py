@@ -1,0 +1,300 @@
+"""Fleet rollouts with real agents (separate processes), real etcd, real containers.
+
+Each "machine" is an agent process with its own containers on the shared Docker engine,
+labelled with this test's id. A monitor thread samples Docker and etcd the whole time and
+records every violation of the rules; the test asserts on that record and on the end state,
+never on the agents' logs (logs are only used to know an outage has been noticed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures.fleet import Namespace, etcd, netns_available  # noqa: F401  (fixture)
+from tests.fixtures.services import ROOT, wait_until
+
+pytestmark = pytest.mark.integration
+
+BUSYBOX = "/bin/busybox"
+DOCKERFILE = """FROM scratch
+COPY busybox /bin/busybox
+COPY www /www
+HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"]
+CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
+"""
+SERVICES = {"db": {"max_unavailable": 1}, "api": {"max_unavailable": 2, "depends_on": ["db"]}}
+
+
+def build_images(docker_client, tmp: Path, registry, versions: dict[str, bool]) -> None:
+    """Push <service>:<version> for each service; ``versions`` maps version -> healthy."""
+    for svc in SERVICES:
+        for version, healthy in versions.items():
+            ctx = tmp / "img" / f"{svc}-{version}"
+            (ctx / "www").mkdir(parents=True)
+            (ctx / "busybox").write_bytes(Path(BUSYBOX).read_bytes())
+            (ctx / "busybox").chmod(0o755)
+            (ctx / "www" / "index.html").write_text(f"{svc} {version}\n")
+            if healthy:
+                (ctx / "www" / "health").write_text("ok\n")
+            (ctx / "Dockerfile").write_text(DOCKERFILE)
+            tag = f"{registry.addr}/{svc}:{version}"
+            docker_client.images.build(path=str(ctx), tag=tag, rm=True)
+            for line in docker_client.images.push(f"{registry.addr}/{svc}", tag=version, stream=True,
+                                                  decode=True):
+                assert "error" not in line, line
+            if version != "1.0.0":  # agents must pre-pull these themselves
+                docker_client.images.remove(tag)
+
+
+class Fleet:
+    def __init__(self, tmp: Path, docker_client, docker_host: str, registry, etcd_server):
+        self.id = uuid.uuid4().hex[:8]
+        self.tmp, self.docker, self.docker_host = tmp, docker_client, docker_host
+        self.registry, self.etcd = registry, etcd_server
+        self.agents: dict[str, subprocess.Popen] = {}
+        self.dead: set[str] = set()
+        self.namespaces: dict[str, Namespace] = {}
+        self.machines: list[str] = []
+
+    def name(self, machine: str, svc: str) -> str:
+        return f"slw{self.id}-{machine}-{svc}"
+
+    def config(self, machine: str, endpoint: str) -> Path:
+        services = {s: {"image": f"{self.registry.addr}/{s}", "health": {"kind": "docker", "timeout": 30},
+                        "stop_timeout": 1,
+                        **extra} for s, extra in SERVICES.items()}
+        data = {"registry": {"url": self.registry.addr, "insecure": True},
+                "fleet": {"etcd": {"endpoints": [endpoint], "prefix": f"/dc{self.id}", "timeout": 3},
+                          "services": services,
+                          "agent": {"machine": machine, "lease_ttl": 3, "interval": 0.5,
+                                    "containers": {s: self.name(machine, s) for s in SERVICES}}}}
+        path = self.tmp / f"{machine}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def add_machine(self, machine: str, version: str = "1.0.0") -> None:
+        self.machines.append(machine)
+        for svc in SERVICES:
+            self.docker.containers.run(f"{self.registry.addr}/{svc}:{version}", name=self.name(machine, svc),
+                                       detach=True, labels={"slipway.test": self.id, "machine": machine,
+                                                            "service": svc})
+
+    def start_agent(self, machine: str, *, netns: Namespace | None = None) -> None:
+        endpoint = f"http://127.0.0.1:{netns.port}" if netns else self.etcd.url
+        cmd = [sys.executable, "-m", "poller", "--log-format", "text", "agent",
+               "--config", str(self.config(machine, endpoint))]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns.name, *cmd]
+            self.namespaces[machine] = netns
+        log = open(self.tmp / f"agent-{machine}.log", "ab")
+        self.agents[machine] = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log,
+                                                env={**os.environ, "DOCKER_HOST": self.docker_host,
+                                                     "PYTHONPATH": str(ROOT)})
+        self.dead.discard(machine)
+
+    def kill_agent(self, machine: str) -> None:
+        self.dead.add(machine)
+        self.agents[machine].kill()
+        self.agents[machine].wait(10)
+
+    def log(self, machine: str) -> str:
+        return (self.tmp / f"agent-{machine}.log").read_text(errors="replace")
+
+    def cli(self, *args: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "poller", "fleet", *args, "--config",
+                              str(self.config("m1", self.etcd.url))], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    # -- what is really there ---------------------------------------------------------
+    def containers(self) -> dict[tuple[str, str], dict]:
+        """(machine, service) -> {version, up} for the service's container (not the -old one)."""
+        out = {}
+        for c in self.docker.api.containers(all=True, filters={"label": f"slipway.test={self.id}"}):
+            name = c["Names"][0].lstrip("/")
+            labels = c["Labels"]
+            if name != self.name(labels["machine"], labels["service"]):
+                continue
+            up = c["State"] == "running" and "(healthy)" in c["Status"]
+            out[(labels["machine"], labels["service"])] = {"version": c["Image"].rsplit(":", 1)[1], "up": up}
+        return out
+
+    def versions(self, svc: str) -> dict[str, str]:
+        return {m: info["version"] for (m, s), info in self.containers().items() if s == svc and info["up"]}
+
+    def etcd_view(self) -> dict:
+        return self.etcd.items(f"/dc{self.id}/")
+
+    def rollout(self, svc: str) -> dict | None:
+        return self.etcd_view().get(f"/dc{self.id}/rollout/{svc}")
+
+    def cleanup(self) -> None:
+        for p in self.agents.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.agents.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for ns in self.namespaces.values():
+            ns.close()
+        for c in self.docker.containers.list(all=True, filters={"label": f"slipway.test={self.id}"}):
+            c.remove(force=True)
+
+
+class Monitor(threading.Thread):
+    """Samples Docker and etcd until stopped; records every broken rule."""
+
+    def __init__(self, fleet: Fleet, new: str):
+        super().__init__(daemon=True)
+        self.fleet, self.new = fleet, new
+        self.violations: list[str] = []
+        self.samples = 0
+        self.halt = threading.Event()
+        self.frozen: dict[str, str] = {}  # unreachable machine -> the version it must keep
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.sample()
+            except Exception as exc:  # etcd is stopped on purpose for a while
+                if "Connection" not in type(exc).__name__ and "Connection" not in str(exc):
+                    self.violations.append(f"monitor error: {exc!r}")
+            self.halt.wait(0.1)
+
+    def sample(self) -> None:
+        f = self.fleet
+        cont = f.containers()
+        for svc, rules in SERVICES.items():
+            down = [m for (m, s), info in cont.items()
+                    if s == svc and not info["up"] and m not in f.dead]
+            missing = [m for m in f.machines if (m, svc) not in cont and m not in f.dead]
+            if len(down) + len(missing) > rules["max_unavailable"]:
+                self.violations.append(f"{svc}: {sorted(down + missing)} down at once")
+        for m, version in self.frozen.items():
+            for svc in SERVICES:
+                info = cont.get((m, svc))
+                if info is None or info["version"] != version or not info["up"]:
+                    self.violations.append(f"unreachable {m} was touched: {svc} {info}")
+        view = f.etcd_view()
+        self.samples += 1
+        for svc, rules in SERVICES.items():
+            slots = [k for k in view if k.startswith(f"/dc{f.id}/slots/{svc}/")]
+            if len(slots) > rules["max_unavailable"]:
+                self.violations.append(f"{svc}: {len(slots)} slots held")
+        # order: an api container on the new version only once db's rollout is done
+        if any(s == "api" and info["version"] == self.new for (m, s), info in cont.items()):
+            db = view.get(f"/dc{f.id}/rollout/db")
+            if not db or db.get("state") != "done":
+                self.violations.append(f"api switched before db was done (db rollout: {db})")
+
+
+@pytest.fixture
+def fleet(tmp_path, docker_client, docker_host, registry, etcd):
+    f = Fleet(tmp_path, docker_client, docker_host, registry, etcd)
+    yield f
+    f.cleanup()
+
+
+def all_current(fleet: Fleet, machines: list[str], version: str) -> bool:
+    view = fleet.etcd_view()
+    return all(view.get(f"/dc{fleet.id}/current/{s}/{m}", {}).get("version") == version
+               for s in SERVICES for m in machines)
+
+
+@pytest.mark.skipif(not netns_available(), reason="cannot create network namespaces here")
+def test_rollout_survives_killed_agent_etcd_outage_and_unreachable_machine(fleet, docker_client, registry,
+                                                                           tmp_path):
+    build_images(docker_client, tmp_path, registry, {"1.0.0": True, "2.0.0": True})
+    machines = ["m1", "m2", "m3", "m4"]
+    for m in machines:
+        fleet.add_machine(m)
+    wait_until(lambda: len([i for i in fleet.containers().values() if i["up"]]) == 8, timeout=60,
+               what="all containers healthy")
+    for m in ("m1", "m2", "m3"):
+        fleet.start_agent(m)
+    fleet.start_agent("m4", netns=Namespace(tmp_path, fleet.etcd.client_port))
+    wait_until(lambda: all_current(fleet, machines, "1.0.0"), timeout=60, what="every agent registered")
+
+    # m4 loses its network: its lease (3 s) expires and it drops out of /current.
+    fleet.namespaces["m4"].link(up=False)
+    wait_until(lambda: not any(f"/m4" in k for k in fleet.etcd_view()), timeout=30,
+               what="m4 to drop out of etcd")
+
+    monitor = Monitor(fleet, "2.0.0")
+    monitor.frozen["m4"] = "1.0.0"
+    monitor.start()
+    fleet.cli("rollout", "api", "2.0.0", "db", "2.0.0")
+
+    # kill an agent mid-rollout, once the first machine has switched db
+    wait_until(lambda: "2.0.0" in fleet.versions("db").values(), timeout=120, what="a first db switch")
+    victim = next(m for m in ("m2", "m3", "m1") if fleet.versions("db").get(m) != "2.0.0")
+    fleet.kill_agent(victim)
+
+    # etcd goes away; wait until the live agents noticed, then bring it back
+    marks = {m: len(fleet.log(m)) for m in ("m1", "m2", "m3") if m not in fleet.dead}
+    fleet.etcd.stop()
+    wait_until(lambda: all("agent.step_failed" in fleet.log(m)[n:] or "agent.etcd_unreachable" in
+                           fleet.log(m)[n:] for m, n in marks.items()),
+               timeout=60, what="agents to notice the etcd outage")
+    fleet.etcd.start()
+    fleet.start_agent(victim)
+
+    reachable = ["m1", "m2", "m3"]
+    wait_until(lambda: (fleet.rollout("db") or {}).get("state") == "done", timeout=180, what="db done")
+    wait_until(lambda: (fleet.rollout("api") or {}).get("state") == "done", timeout=180, what="api done")
+    for svc in SERVICES:
+        assert {m: fleet.versions(svc).get(m) for m in reachable} == {m: "2.0.0" for m in reachable}
+    assert fleet.versions("db")["m4"] == "1.0.0"
+    status = fleet.cli("status", "--json")
+    assert '"deploy": []' in status
+
+    # m4 comes back: it starts the version most of its peers run, not the one it had
+    monitor.frozen.clear()
+    fleet.namespaces["m4"].link(up=True)
+    wait_until(lambda: all_current(fleet, machines, "2.0.0"), timeout=120, what="m4 on the majority version")
+    for svc in SERVICES:
+        assert fleet.versions(svc) == {m: "2.0.0" for m in machines}
+    monitor.halt.set()
+    monitor.join(10)
+    assert monitor.samples > 20
+    assert monitor.violations == [], sorted(set(monitor.violations))[:10]
+
+
+def test_failed_health_check_stops_the_rollout_and_keeps_the_old_version(fleet, docker_client, registry,
+                                                                         tmp_path):
+    build_images(docker_client, tmp_path, registry, {"1.0.0": True, "3.0.0": False})
+    machines = ["m1", "m2", "m3"]
+    for m in machines:
+        fleet.add_machine(m)
+    for m in machines:
+        fleet.start_agent(m)
+    wait_until(lambda: all_current(fleet, machines, "1.0.0"), timeout=60, what="every agent registered")
+    monitor = Monitor(fleet, "3.0.0")
+    monitor.start()
+    fleet.cli("rollout", "db", "3.0.0", "api", "3.0.0")
+    wait_until(lambda: (fleet.rollout("db") or {}).get("state") == "failed", timeout=120, what="db failed")
+    ro = fleet.rollout("db")
+    assert ro["detail"]["failed_on"] in machines and "unhealthy" in ro["detail"]["error"]
+    wait_until(lambda: all_current(fleet, machines, "1.0.0") and not any(
+        "/slots/" in k for k in fleet.etcd_view()), timeout=60, what="the failed machine back on 1.0.0")
+    # api waits behind the failed db rollout; aborting it leaves everything where it is
+    assert (fleet.rollout("api") or {}).get("state") == "active"
+    fleet.cli("abort", "api")
+    assert fleet.rollout("api")["state"] == "aborted"
+    for svc in SERVICES:
+        assert fleet.versions(svc) == {m: "1.0.0" for m in machines}
+    monitor.halt.set()
+    monitor.join(10)
+    assert monitor.violations == [], sorted(set(monitor.violations))[:10]

@@ -1,0 +1,219 @@
+"""The updater end to end on a Docker host: real registry (real pushes, digests move when a tag
+moves), real Docker engine (containers replaced with their configuration kept), a real HTTP
+server for the reload call."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from poller.approvals import ApprovalQueue
+from poller.http import RequestCounter
+from poller.store import Store
+from poller.updater.history import UpdateHistory
+from tests.integration.test_updater_support import (build_local_image, engine_for, push_base,
+                                                    reload_server, retag)
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+REPO = "game"
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client, tmp_path_factory):
+    return build_local_image(docker_client, tmp_path_factory.mktemp("img"))
+
+
+@pytest.fixture
+def containers(docker_client):
+    names: list[str] = []
+    yield names
+    for name in names:
+        for n in (name, f"{name}-slipway-old"):
+            try:
+                docker_client.containers.get(n).remove(force=True, v=True)
+            except Exception:
+                pass
+
+
+def run(docker_client, containers, name_hint: str, image: str, **kw):
+    name = f"slipway-{name_hint}-{secrets.token_hex(3)}"
+    containers.append(name)
+    return docker_client.containers.run(image, name=name, detach=True, **kw)
+
+
+def image_of(docker_client, name: str) -> str:
+    return docker_client.containers.get(name).attrs["Config"]["Image"]
+
+
+def config(tmp_path, registry, deployments, docker_host, **updates) -> dict:
+    return {"registry": {"url": registry.addr, "insecure": True},
+            "store": {"path": str(tmp_path / "slipway.db")}, "api": {"listen": None, "token": "t0ken"},
+            "docker": {"base_url": docker_host},
+            "updates": {"deployments": deployments, **updates}}
+
+
+def deployment(name, container, policy, registry, **extra) -> dict:
+    return {"name": name, "image": f"{registry.addr}/{REPO}", "policy": policy,
+            "target": {"docker": {"container": container}}, **extra}
+
+
+def poller(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "poller", *args], cwd=ROOT, text=True,
+                          capture_output=True, env=dict(os.environ))
+
+
+def test_staging_digest_change_updates_staging_only(tmp_path, registry, docker_client, docker_host,
+                                                    base_image, containers):
+    d1 = push_base(docker_client, registry, REPO, "staging")
+    retag(registry, REPO, "staging", "1.0.0", label="1.0.0")
+    vol = f"slipway-test-{secrets.token_hex(3)}"
+    staging = run(docker_client, containers, "staging", f"{registry.addr}/{REPO}:staging@{d1}",
+                  environment={"GAME_MODE": "staging"}, labels={"team": "ops"},
+                  ports={"7777/tcp": ("127.0.0.1", None)}, volumes={vol: {"bind": "/data", "mode": "rw"}},
+                  restart_policy={"Name": "unless-stopped"})
+    staging.exec_run(["/bin/busybox", "sh", "-c", "echo saved > /data/state"])
+    port_before = docker_client.api.inspect_container(staging.id)["NetworkSettings"]["Ports"]["7777/tcp"]
+    prod = run(docker_client, containers, "prod", f"{registry.addr}/{REPO}:1.0.0")
+    counter = RequestCounter()
+    data = config(tmp_path, registry, [
+        deployment("staging", staging.name, "digest", registry, tag="staging"),
+        deployment("prod", prod.name, "minor", registry)], docker_host)
+    engine, _ = engine_for(data, tmp_path / "slipway.db", counter=counter)
+
+    # Nothing moved: one HEAD for the mutable tag and one tag listing, for both deployments.
+    out = {o.deployment: o.action for o in engine.cycle()}
+    assert out == {"staging": "up-to-date", "prod": "up-to-date"}
+    assert counter.total() == 2
+
+    d2 = retag(registry, REPO, "staging", "staging", label="second staging build")
+    assert d2 != d1
+    outcomes = {o.deployment: o for o in engine.cycle()}
+    assert outcomes["staging"].action == "updated", outcomes["staging"]
+    assert outcomes["prod"].action == "up-to-date"
+    assert image_of(docker_client, staging.name) == f"{registry.addr}/{REPO}:staging@{d2}"
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:1.0.0"
+
+    # The replacement kept name, env, labels, port, volume (with its data) and restart policy.
+    new = docker_client.containers.get(staging.name)
+    assert new.id != staging.id and new.status == "running"
+    assert "GAME_MODE=staging" in new.attrs["Config"]["Env"]
+    assert new.attrs["Config"]["Labels"]["team"] == "ops"
+    assert new.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert new.attrs["NetworkSettings"]["Ports"]["7777/tcp"] == port_before  # same host port
+    assert new.exec_run(["/bin/busybox", "cat", "/data/state"]).output == b"saved\n"
+    assert not [c for c in docker_client.containers.list(all=True) if c.name.endswith("-slipway-old")
+                and c.name.startswith(staging.name)]
+
+    # The audit says what, from where to where, why.
+    rec = UpdateHistory(engine.store).list(deployment="staging")[0]
+    assert (rec.status, rec.from_ref, rec.to_ref) == ("succeeded", f"staging@{d1}", f"staging@{d2}")
+    assert rec.policy == "digest:staging" and "tag now points at" in rec.reason and rec.approved_by is None
+
+    # And the next cycle is quiet again.
+    counter.reset()
+    assert {o.action for o in engine.cycle()} == {"up-to-date"}
+    assert counter.total() == 2
+
+
+def test_minor_applies_major_waits_rejected_never_returns_pin_holds(
+        tmp_path, registry, docker_client, docker_host, base_image, containers):
+    push_base(docker_client, registry, REPO, "1.0.0")
+    prod = run(docker_client, containers, "prod", f"{registry.addr}/{REPO}:1.0.0")
+    hooks = reload_server(statuses=[500])   # a real webhook receiver; its first answer fails
+    data = config(tmp_path, registry, [deployment("prod", prod.name, "major", registry, approval="major")],
+                  docker_host)
+    data["notify"] = {"webhooks": [
+        {"url": f"http://127.0.0.1:{hooks.server_address[1]}/slack", "format": "slack"},
+        {"url": f"http://127.0.0.1:{hooks.server_address[1]}/json", "format": "json",
+         "events": ["approval.requested"]}]}
+    cfg_path = tmp_path / "slipway.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    engine, _ = engine_for(data, tmp_path / "slipway.db")
+
+    # A minor release applies by itself.
+    retag(registry, REPO, "1.0.0", "1.1.0", label="1.1.0")
+    [o] = engine.cycle()
+    assert (o.action, o.to_ref) == ("updated", "1.1.0")
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:1.1.0"
+
+    # A major one waits for a person.
+    retag(registry, REPO, "1.0.0", "2.0.0", label="2.0.0")
+    [o] = engine.cycle()
+    assert o.action == "waiting-approval" and o.to_ref == "2.0.0"
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:1.1.0"
+
+    # Notified: the Slack hook failed once (logged, the cycle went on), the JSON one got it.
+    assert [p for _, p in hooks.calls] == ["/slack", "/slack", "/json"]
+    assert hooks.bodies[2]["event"] == "approval.requested" and hooks.bodies[2]["deployment"] == "prod"
+    assert "1.1.0 -> 2.0.0 waits for approval" in hooks.bodies[1]["text"]
+    assert "2.0.0" in hooks.bodies[1]["blocks"][0]["text"]["text"]
+
+    # Restart mid-approval: a new process (the CLI) and new objects on the same store file.
+    status = json.loads(poller("updates", "status", "-c", str(cfg_path), "--json").stdout)
+    [pending] = status["approvals"]
+    assert (pending["subject"], pending["from_version"], pending["to_version"]) == ("prod", "1.1.0", "2.0.0")
+    del engine
+    engine, _ = engine_for(data, tmp_path / "slipway.db")
+    [o] = engine.cycle()
+    assert o.action == "waiting-approval"
+    assert [a.id for a in ApprovalQueue(Store(tmp_path / "slipway.db")).list()] == [pending["id"]]
+
+    res = poller("updates", "approve", str(pending["id"]), "-c", str(cfg_path), "--by", "alice")
+    assert res.returncode == 0, res.stderr
+    [o] = engine.cycle()
+    assert (o.action, o.to_ref) == ("updated", "2.0.0")
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:2.0.0"
+    rec = UpdateHistory(engine.store).list(deployment="prod")[0]
+    assert (rec.from_ref, rec.to_ref, rec.approved_by, rec.status) == ("1.1.0", "2.0.0", "alice", "succeeded")
+    assert ApprovalQueue(engine.store).get(pending["id"]).status == "applied"
+
+    # Rejected through the HTTP API: never proposed again.
+    retag(registry, REPO, "1.0.0", "3.0.0", label="3.0.0")
+    [o] = engine.cycle()
+    assert o.action == "waiting-approval"
+    from poller.api import Services, create_app
+    from poller.config import parse_config
+
+    app = create_app(Services(config=parse_config(data, file="t", env={}), store=engine.store))
+    client = app.test_client()
+    appr_id = int(o.detail.split()[-1])
+    resp = client.post(f"/api/v1/approvals/{appr_id}/reject", json={"by": "bob"},
+                       headers={"Authorization": "Bearer t0ken"})
+    assert resp.status_code == 200 and resp.json["status"] == "rejected"
+    for _ in range(2):
+        [o] = engine.cycle()
+        assert o.action == "up-to-date"
+    assert ApprovalQueue(engine.store).list() == []
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:2.0.0"
+
+    # Pinned never moves, even to an auto-applicable minor; unpinning lets it go.
+    resp = client.post("/api/v1/updates/deployments/prod/pin", json={"version": "2.0.0", "by": "carol"},
+                       headers={"Authorization": "Bearer t0ken"})
+    assert resp.status_code == 200
+    retag(registry, REPO, "1.0.0", "2.1.0", label="2.1.0")
+    for _ in range(2):
+        [o] = engine.cycle()
+        assert o.action == "pinned" and "carol" in o.detail
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:2.0.0"
+    assert client.get("/api/v1/updates").json["deployments"][0]["pinned"] == "2.0.0"
+    assert poller("updates", "unpin", "prod", "-c", str(cfg_path)).returncode == 0
+    [o] = engine.cycle()
+    assert (o.action, o.to_ref) == ("updated", "2.1.0")
+
+    hooks.shutdown()
+    assert any(b.get("text", "").endswith("1.1.0 -> 2.0.0 succeeded") for b in hooks.bodies if isinstance(b, dict))
+
+    # poller status shows tracked images and the last updates.
+    text = poller("status", "-c", str(cfg_path)).stdout
+    assert "TRACKED IMAGES" in text and f"{registry.addr}/{REPO}" in text
+    assert "LAST UPDATES" in text and "carol" not in text
+    assert any(line.split()[1:4] == ["prod", "2.0.0", "2.1.0"] for line in text.splitlines()
+               if line.strip() and line.split()[0].isdigit())
