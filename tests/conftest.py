@@ -9,5 +9,6 @@ pytest_plugins = [
         "tests.fixtures.services",
         "tests.fixtures.cluster",
         "tests.fixtures.hosted",
+        "tests.fixtures.fleet",
     ) if importlib.util.find_spec(name) is not None
 ]

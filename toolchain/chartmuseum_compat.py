@@ -41,7 +41,7 @@ VERSION = "0.16.5-slipway-compat"
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def read_chart_metadata(data: bytes) -> dict:
@@ -74,7 +74,7 @@ class Store:
             entry["urls"] = [f"charts/{p.name}"]
             entry["digest"] = hashlib.sha256(data).hexdigest()
             entry["created"] = self.created.setdefault(p.name, _dt.datetime.fromtimestamp(
-                p.stat().st_mtime, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+                p.stat().st_mtime, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
             entry.setdefault("apiVersion", "v1")
             yield entry
 

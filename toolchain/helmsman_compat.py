@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import shutil
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -257,8 +256,8 @@ def main(argv=None) -> int:
             cmd += ["--timeout", f"{app['timeout']}s" if str(app["timeout"]).isdigit() else str(app["timeout"])]
         if app.get("description"):
             cmd += ["--description", str(app["description"])]
-        plan.append((app["priority"], f"{action} release [ {release} ] version [ {app.get('version', '')} ] "
-                     f"in namespace [ {ns} ]", cmd))
+        plan.append((app["priority"], (f"{action} release [ {release} ] version [ {app.get('version', '')} ] "
+                     f"in namespace [ {ns} ]"), cmd))
 
     if not opts.destroy and not opts.keep_untracked_releases and not opts.target and not opts.group:
         proc = subprocess.run([helm, "list", "-A", "-a", "-o", "json", "--selector",
@@ -267,8 +266,8 @@ def main(argv=None) -> int:
         if proc.returncode == 0:
             for rel in json.loads(proc.stdout or "[]"):
                 if (rel["name"], rel["namespace"]) not in keep:
-                    plan.append((0, f"Delete untracked release [ {rel['name']} ] in namespace "
-                                 f"[ {rel['namespace']} ]",
+                    plan.append((0, (f"Delete untracked release [ {rel['name']} ] in namespace "
+                                 f"[ {rel['namespace']} ]"),
                                  [helm, "uninstall", rel["name"], "-n", rel["namespace"]]))
 
     print("-------- PLAN starts here --------------", flush=True)

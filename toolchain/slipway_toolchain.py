@@ -23,7 +23,7 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -58,6 +58,11 @@ KWOK_STAGES = (
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+
+
+def _pause(seconds: float) -> None:
+    """Poll interval inside condition waits that all have deadlines."""
+    threading.Event().wait(seconds)
 
 
 class ToolchainError(RuntimeError):
@@ -534,7 +539,7 @@ class Cluster:
                 log_part = f"\n--- {proc.log} (tail) ---\n{tail(proc.log)}" if proc else ""
                 raise ClusterStartError(f"timed out after {timeout:.0f}s waiting for {what}"
                                         f" (last error: {last}){log_part}")
-            time.sleep(0.25)  # poll interval of a condition wait with a deadline
+            _pause(0.25)  # poll interval of a condition wait with a deadline
 
     def _openssl(self, *args: str) -> None:
         proc = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=self.pki)
@@ -759,7 +764,7 @@ class Cluster:
             deadline = time.monotonic() + timeout
             while _pid_alive(pid, exe) and time.monotonic() < deadline:
                 self._reap(pid)
-                time.sleep(0.05)
+                _pause(0.05)
             if _pid_alive(pid, exe):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -841,7 +846,7 @@ def start_chartmuseum(tc: Toolchain, storage_dir: Path, port: int, spawn=None, t
         if time.monotonic() > deadline:
             popen.kill()
             raise ClusterStartError(f"timed out waiting for chartmuseum /health\n--- {log} ---\n{tail(log)}")
-        time.sleep(0.1)  # poll interval of a condition wait with a deadline
+        _pause(0.1)  # poll interval of a condition wait with a deadline
     return {"url": url, "storage_dir": str(storage_dir), "pid": popen.pid, "log": str(log), "popen": popen}
 
 

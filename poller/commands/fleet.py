@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = fsub.add_parser("rollout", help="start rolling SERVICE out to VERSION (several pairs: one "
                         "deploy queue, dependencies first)")
     p.add_argument("pairs", nargs="+", metavar="SERVICE VERSION")
+    p.add_argument("--paused", action="store_true", help="stage only: machines pull and report ready")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(handler=cmd_rollout)
     for action in ("pause", "resume", "abort"):
@@ -70,7 +71,7 @@ def cmd_rollout(args) -> int:
     if len(args.pairs) % 2:
         raise SlipwayError("give SERVICE VERSION pairs")
     versions = dict(zip(args.pairs[::2], args.pairs[1::2]))
-    for ro in open_state(load_config(args.config).fleet).start_rollouts(versions).values():
+    for ro in open_state(load_config(args.config).fleet).start_rollouts(versions, paused=args.paused).values():
         print(f"rollout {ro.id}: {ro.service} -> {ro.version} ({ro.state})")
     return 0
 

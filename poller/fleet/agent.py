@@ -72,8 +72,6 @@ class Agent:
 
     # -- main loop ------------------------------------------------------------------
     def run(self) -> None:
-        for c in self.containers.values():
-            c.recover()
         threading.Thread(target=self._keepalive_loop, name="lease", daemon=True).start()
         revision = 0
         while not self.stop.is_set():
@@ -85,10 +83,14 @@ class Agent:
                 _, revision = self.state.etcd.range(self.state.key("rollout"))
             except SlipwayError as exc:
                 log.warning("agent.step_failed", machine=self.machine, error=str(exc))
-            if self.stop.is_set():
-                break
+                self.stop.wait(self.agent.interval)  # etcd is away: look again later
+                continue
+            except Exception as exc:  # the Docker engine failing must not end the agent
+                log.error("agent.step_failed", machine=self.machine, error=repr(exc), exc_info=True)
+                self.stop.wait(self.agent.interval)
+                continue
             self.state.etcd.wait_for_change(self.state.prefix + "/", revision, self.agent.interval)
-            # etcd down answers at once: never spin faster than a tenth of the interval
+            # a watch that fails answers at once: never spin faster than a tenth of the interval
             self.stop.wait(max(0.0, self.agent.interval / 10 - (time.monotonic() - started)))
         try:
             if self.lease:
@@ -108,6 +110,7 @@ class Agent:
             self.state.release_slot(service, self.machine)
             self._stale_slots.discard(service)
         container = self.containers[service]
+        container.recover()  # a switch cut short (agent killed, engine error) is undone first
         if not container.exists():  # nothing to switch: this machine does not run it (yet)
             self._publish(service, None)
             return

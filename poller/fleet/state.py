@@ -124,8 +124,11 @@ class FleetState:
     def start_rollout(self, service: str, version: str, *, reason: str = "manual") -> Rollout:
         return self.start_rollouts({service: version}, reason=reason)[service]
 
-    def start_rollouts(self, versions: dict[str, str], *, reason: str = "manual") -> dict[str, Rollout]:
-        """Queue several services in one transaction, so agents see the whole deploy queue at once."""
+    def start_rollouts(self, versions: dict[str, str], *, reason: str = "manual",
+                       paused: bool = False) -> dict[str, Rollout]:
+        """Queue several services in one transaction, so agents see the whole deploy queue at once.
+
+        ``paused``: machines pre-pull and register as ready, but none switches until resumed."""
         started: dict[str, Rollout] = {}
         ops: list[dict] = []
         for service, version in versions.items():
@@ -136,7 +139,8 @@ class FleetState:
             if current and current.state in MOVING and current.version == version:
                 started[service] = current
                 continue
-            ro = Rollout(service=service, version=version, image=f"{svc.image}:{version}", state=ACTIVE,
+            ro = Rollout(service=service, version=version, image=f"{svc.image}:{version}",
+                         state=PAUSED if paused else ACTIVE,
                          id=uuid.uuid4().hex[:12], started_at=_now(), detail={"reason": reason})
             ops += [put_op(self.key("rollout", service), json.dumps(ro.as_dict())),
                     put_op(self.key("deploy", service), json.dumps({"version": version})),

@@ -98,7 +98,13 @@ class TargetConfig(SettingsModel):
 
 
 class RolloutConfig(SettingsModel):
-    """Gradual release over a workload's pods, driven by Slipway (patching pods in place)."""
+    """Gradual release over a workload's pods, driven by Slipway (patching pods in place).
+
+    Slipway patches the workload's template (so new pods get the image), then each pod's
+    container image, step by step. Where a controller would also roll the pods itself (a real
+    OpenKruiseGame with ``RollingUpdate``), give the workload ``updateStrategy.type: OnDelete``
+    so that Slipway is the only one moving pods; without ``rollout:`` the controller does it.
+    """
 
     steps: list[int | str] = Field(default_factory=lambda: [1, "50%", "100%"],
                                    description="cumulative servers updated after each step: a count or a percentage")

@@ -298,3 +298,24 @@ def test_failed_health_check_stops_the_rollout_and_keeps_the_old_version(fleet, 
     monitor.halt.set()
     monitor.join(10)
     assert monitor.violations == [], sorted(set(monitor.violations))[:10]
+
+
+def test_a_paused_rollout_stages_every_machine_and_switches_none_until_resumed(fleet, docker_client, registry,
+                                                                              tmp_path):
+    build_images(docker_client, tmp_path, registry, {"1.0.0": True, "2.0.0": True})
+    machines = ["m1", "m2"]
+    for m in machines:
+        fleet.add_machine(m)
+        fleet.start_agent(m)
+    wait_until(lambda: all_current(fleet, machines, "1.0.0"), timeout=60, what="every agent registered")
+    fleet.cli("rollout", "db", "2.0.0", "--paused")
+    staged = f"/dc{fleet.id}/staging/db/"
+    wait_until(lambda: sorted(k[len(staged):] for k in fleet.etcd_view() if k.startswith(staged)) == machines,
+               timeout=60, what="both machines staged (image pulled, ready)")
+    assert docker_client.images.get(f"{registry.addr}/db:2.0.0")  # pre-pulled (build_images removed it)
+    assert fleet.versions("db") == {m: "1.0.0" for m in machines}
+    assert not any("/slots/" in k for k in fleet.etcd_view())
+    fleet.cli("resume", "db")
+    wait_until(lambda: (fleet.rollout("db") or {}).get("state") == "done", timeout=120, what="db done")
+    assert fleet.versions("db") == {m: "2.0.0" for m in machines}
+    assert not any(k.startswith(staged) for k in fleet.etcd_view())
