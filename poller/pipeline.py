@@ -124,7 +124,7 @@ class Pipeline:
             try:
                 listener(event, fields)
             except Exception as exc:  # a listener must never break a build
-                log.warning("listener.failed", event=event, error=repr(exc))
+                log.warning("listener.failed", for_event=event, error=repr(exc))
 
     # -- one source -------------------------------------------------------------------
     def reconcile_source(self, name: str, *, force: bool = False) -> SourceReport:

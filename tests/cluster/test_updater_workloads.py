@@ -15,7 +15,7 @@ from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
 from poller.config import parse_config
-from tests.integration.test_updater_support import seed_tag
+from tests.integration.updater_support import seed_tag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from poller.approvals import ApprovalQueue
 from poller.http import RequestCounter
 from poller.store import Store
 from poller.updater.history import UpdateHistory
-from tests.integration.test_updater_support import (build_local_image, engine_for, push_base,
+from tests.integration.updater_support import (build_local_image, engine_for, push_base,
                                                     reload_server, retag)
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import requests
 from poller.http import RequestCounter
 from poller.updater.history import UpdateHistory
 from tests.integration.test_updater_docker import base_image, containers, image_of, run  # noqa: F401
-from tests.integration.test_updater_support import (MANIFEST, engine_for, failing_front, push_base,
+from tests.integration.updater_support import (MANIFEST, engine_for, failing_front, push_base,
                                                     retag)
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import pytest
 
 from poller.updater.history import UpdateHistory
 from tests.integration.test_updater_docker import base_image, containers, image_of, run  # noqa: F401
-from tests.integration.test_updater_support import engine_for, push_base, reload_server, retag
+from tests.integration.updater_support import engine_for, push_base, reload_server, retag
 
 pytestmark = pytest.mark.integration
 
