@@ -293,8 +293,9 @@ def test_failed_health_check_stops_the_rollout_and_keeps_the_old_version(fleet, 
     assert (fleet.rollout("api") or {}).get("state") == "active"
     fleet.cli("abort", "api")
     assert fleet.rollout("api")["state"] == "aborted"
-    for svc in SERVICES:
-        assert fleet.versions(svc) == {m: "1.0.0" for m in machines}
+    # Docker settles a moment after etcd says current: wait for every container to be up.
+    wait_until(lambda: all(fleet.versions(svc) == {m: "1.0.0" for m in machines} for svc in SERVICES),
+               timeout=60, what="every machine running 1.0.0 of every service")
     monitor.halt.set()
     monitor.join(10)
     assert monitor.violations == [], sorted(set(monitor.violations))[:10]
