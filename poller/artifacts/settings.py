@@ -25,6 +25,12 @@ class ServerType(SettingsModel):
                                     "'staging', an exact version, or '1.x' / '1.2.x'")
     depends_on: list[str] = Field(default_factory=list, description="server types restarted before this one")
     max_unavailable: int = Field(1, ge=1, description="servers of this type restarting at once")
+    busy_labels: dict[str, list[str]] | None = Field(
+        None, description="Kubernetes: pod label -> values that mean players are on it; "
+        "default: plugins.kube.busy_labels")
+    fleet_service: str | None = Field(
+        None, description="Docker hosts with a fleet: the fleet.services entry whose etcd quorum slots "
+        "a plugin restart takes; default: the service of the same name, if any")
 
     @field_validator("plugins")
     @classmethod
@@ -41,7 +47,7 @@ class Environment(SettingsModel):
     fast_track: bool = Field(False, description="allow `poller plugin push FILE --env NAME` straight to it")
     production: bool = Field(False, description="a production environment never takes the fast track")
     kubernetes_namespace: str | None = Field(None, description="servers are pods in this namespace "
-                                             "(restart: pod template annotation bump)")
+                                             "(restart: delete the outdated pod; busy pods drain first)")
 
 
 class ServerProbe(SettingsModel):
@@ -59,11 +65,24 @@ class ServerProbe(SettingsModel):
     restart_timeout: float = Field(60.0, gt=0, description="a restarted server must report within this")
 
 
+class KubeSettings(SettingsModel):
+    """How plugin restarts read and drain game-server pods."""
+
+    busy_labels: dict[str, list[str]] = Field(
+        default_factory=lambda: {"slipway.io/busy": ["true"], "game.kruise.io/gs-opsState": ["Allocated"],
+                                 "opsState": ["Allocated"]},
+        description="pod label -> values meaning players are on the pod (any match: busy)")
+    drain_annotation: str = Field("slipway.io/drain", description="set to 'requested' on a busy outdated pod")
+    record_configmap: str = Field("slipway-plugins", description="ConfigMap (in the environment's namespace) "
+                                  "holding the plugin set each server type's channel was last seen at")
+
+
 class PluginsConfig(SettingsModel):
     repository: str = Field("plugins", description="registry path prefix for plugin artifacts")
     server_types: dict[str, ServerType] = Field(default_factory=dict)
     environments: dict[str, Environment] = Field(default_factory=dict)
     probe: ServerProbe = ServerProbe()
+    kube: KubeSettings = KubeSettings()
     docker_url: str | None = Field(None, description="Docker engine of the servers; default DOCKER_HOST")
     kubeconfig: str | None = Field(None, description="for Kubernetes environments; default: in-cluster, "
                                    "then ~/.kube/config")
