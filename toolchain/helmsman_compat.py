@@ -113,6 +113,22 @@ def _app_hash(app: dict, values_files: list[str]) -> str:
     return h.hexdigest()[:32]
 
 
+def _resolve_version(helm: str, chart: str, constraint) -> str | None:
+    """The newest version of repo chart ``chart`` matching ``constraint`` (None for local charts)."""
+    if "/" not in chart or chart.startswith((".", "/")) or os.path.exists(chart):
+        return None
+    cmd = [helm, "search", "repo", chart, "-o", "json"]
+    if constraint:
+        cmd += ["--version", str(constraint)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    for item in json.loads(proc.stdout or "[]"):
+        if item.get("name") == chart:
+            return str(item.get("version"))
+    return None
+
+
 def _deployed(helm: str, release: str, ns: str) -> dict | None:
     proc = subprocess.run([helm, "list", "-n", ns, "--filter", f"^{release}$", "-a", "-o", "json"],
                           capture_output=True, text=True)
@@ -230,6 +246,11 @@ def main(argv=None) -> int:
                              [helm, "uninstall", release, "-n", ns]))
             continue
         vfiles = _values_files(app, base)
+        # Like helmsman, compare against the version the constraint resolves to now, so a
+        # newer chart inside the range upgrades the release.
+        resolved = _resolve_version(helm, str(app["chart"]), app.get("version"))
+        if resolved:
+            app = {**app, "version": resolved}
         digest = _app_hash(app, vfiles)
         if current and current.get("status") == "deployed":
             labels = _stored_labels(release, ns, int(current.get("revision", 0)))

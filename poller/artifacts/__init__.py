@@ -34,4 +34,14 @@ def rollout_for(cfg, env: str, docker_host: str | None):
         return KubePluginRollout(cfg.plugins, open_store(cfg), apps_api(cfg.plugins.kubeconfig))
     from poller.artifacts.rollout import PluginRollout
 
-    return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg, docker_host))
+    return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg, docker_host), fleet=fleet_state(cfg))
+
+
+def fleet_state(cfg):
+    """The fleet's etcd state when some server type shares a fleet service's quorum, else None."""
+    services = cfg.fleet.services
+    if not any((t.fleet_service or name) in services for name, t in cfg.plugins.server_types.items()):
+        return None
+    from poller.fleet import open_state
+
+    return open_state(cfg.fleet)

@@ -6,13 +6,14 @@ from __future__ import annotations
 def jobs(cfg, store) -> list:
     if not cfg.plugins.server_types or not cfg.plugins.environments:
         return []
-    from poller.artifacts import docker_client, open_store
+    from poller.artifacts import docker_client, fleet_state, open_store
     from poller.artifacts.rollout import PluginRollout
     from poller.logs import get_logger
 
     log = get_logger("poller.artifacts")
     docker_envs = [env for env, e in cfg.plugins.environments.items() if e.kubernetes_namespace is None]
-    rollout = PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg, None)) if docker_envs else None
+    rollout = PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg, None),
+                            fleet=fleet_state(cfg)) if docker_envs else None
 
     def make(env: str, runner):
         def run() -> dict:

@@ -8,14 +8,22 @@ One :meth:`PluginRollout.cycle` per environment:
 * at most ``max_unavailable`` servers of a type are down at once (servers already down count);
 * a server with players is never restarted: it is asked to drain (``drain_command``) and is
   restarted in a later pass, once it reports no players; idle outdated servers go first;
-* a restarted server must report the new plugin set within ``restart_timeout``, else the type
-  stops for this cycle (the rest keeps the old plugins) and the error is reported.
+* a restarted server must report the new plugin set (and be healthy, when its image has a
+  HEALTHCHECK) within ``restart_timeout``, else the type stops for this cycle (the rest keeps
+  the old plugins) and the error is reported;
+* with a fleet (``fleet.services`` holds the type's ``fleet_service``, default the service of the
+  same name), every restart also holds one of that service's etcd quorum slots
+  (:meth:`~poller.fleet.state.FleetState.take_named_slot`: the agents' guard transaction, under
+  a lease, holder ``<machine>.plugins``), and never while that machine's agent holds its slot;
+  so plugin restarts and image switches of the same service together never exceed its
+  ``max_unavailable``. No free slot: the server waits for a later cycle.
 
 Up-to-date servers are never touched.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,11 +52,32 @@ class CycleReport:
 
 class PluginRollout:
     def __init__(self, cfg: PluginsConfig, store: ArtifactStore, docker_client, *,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, fleet=None):
         self.cfg = cfg
         self.store = store
         self.docker = docker_client
         self.stop = stop or threading.Event()
+        self.fleet = fleet  # a FleetState, when the servers' machines run fleet agents
+
+    def fleet_service(self, type_name: str) -> str | None:
+        """The fleet service whose quorum slots a restart of this type takes (None: no fleet)."""
+        if self.fleet is None:
+            return None
+        name = self.cfg.server_types[type_name].fleet_service or type_name
+        return name if name in self.fleet.cfg.services else None
+
+    def _take_slot(self, service: str, server: Server) -> int | None:
+        """A lease holding ``service``'s slot for ``server``, or None when no slot is free."""
+        ttl = math.ceil(self.cfg.probe.stop_timeout + self.cfg.probe.restart_timeout) + 10
+        lease = self.fleet.etcd.grant(ttl)
+        if self.fleet.take_named_slot(service, f"{server.machine}.plugins", lease, unless=(server.machine,)):
+            return lease
+        self.fleet.etcd.revoke(lease)
+        return None
+
+    def _release_slot(self, service: str, server: Server, lease: int) -> None:
+        self.fleet.release_slot(service, f"{server.machine}.plugins")
+        self.fleet.etcd.revoke(lease)
 
     def cycle(self, env: str) -> CycleReport:
         report = CycleReport(env)
@@ -90,27 +119,43 @@ class PluginRollout:
                     report.draining.append(s.name)
                     log.info("plugins.draining", server=s.name, server_type=type_name)
             batch = idle[:max(0, limit - down)]
+            service = self.fleet_service(type_name)
+            leases: dict[str, int] = {}
+            if service is not None:
+                for s in list(batch):
+                    lease = self._take_slot(service, s)
+                    if lease is None:  # the fleet's slots are taken (an image rollout): later
+                        batch = batch[:batch.index(s)]
+                        break
+                    leases[s.name] = lease
             if not batch:
+                if service is not None and idle and type_name not in report.waiting:
+                    report.waiting.append(type_name)
                 return False  # busy ones drain; the next cycle restarts them
-            for s in batch:
-                log.info("plugins.restarting", server=s.name, server_type=type_name)
-                s.restart()
-            for s in batch:
-                if not self._wait_current(s, wanted):
-                    report.errors.append(f"{s.name}: did not report the new plugins within "
-                                         f"{self.cfg.probe.restart_timeout:g}s")
-                    return False
-                s.run(self.cfg.probe.undrain_command)
-                report.restarted.append(s.name)
-                todo.remove(s)
-                if s.name in report.draining:
-                    report.draining.remove(s.name)
+            try:
+                for s in batch:
+                    log.info("plugins.restarting", server=s.name, server_type=type_name)
+                    s.restart()
+                for s in batch:
+                    if not self._wait_current(s, wanted):
+                        report.errors.append(f"{s.name}: did not report the new plugins within "
+                                             f"{self.cfg.probe.restart_timeout:g}s")
+                        return False
+                    s.run(self.cfg.probe.undrain_command)
+                    report.restarted.append(s.name)
+                    todo.remove(s)
+                    if s.name in report.draining:
+                        report.draining.remove(s.name)
+            finally:
+                for s in batch:
+                    if s.name in leases:
+                        self._release_slot(service, s, leases[s.name])
         return not todo
 
     def _wait_current(self, server: Server, wanted: dict[str, str]) -> bool:
         deadline = time.monotonic() + self.cfg.probe.restart_timeout
         while time.monotonic() < deadline and not self.stop.is_set():
-            if not self._outdated(server, wanted):
+            if not self._outdated(server, wanted) and server.healthy():
                 return True
             self.stop.wait(0.2)
         return False

@@ -19,6 +19,7 @@ from poller.artifacts.settings import ServerProbe
 TYPE_LABEL = "slipway.server-type"
 ENV_LABEL = "slipway.env"
 PORT_LABEL = "slipway.port"  # host-network servers: the port they answer on
+MACHINE_LABEL = "slipway.machine"  # fleet machines: the machine the server runs on
 
 
 def parse_report(text: str) -> dict[str, str]:
@@ -44,8 +45,35 @@ class Server:
     def server_type(self) -> str:
         return self.container.labels[TYPE_LABEL]
 
+    @property
+    def machine(self) -> str:
+        """The fleet machine it runs on (label ``slipway.machine``), else its container name."""
+        return self.container.labels.get(MACHINE_LABEL) or self.container.name
+
+    def _reload(self) -> bool:
+        """Refresh; a container replaced under the same name (a fleet agent's image switch) is
+        followed by name. False when there is no container of that name right now."""
+        try:
+            self.container.reload()
+            return True
+        except docker.errors.NotFound:
+            pass
+        try:
+            self.container = self.container.client.containers.get(self.container.name)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    def healthy(self) -> bool:
+        """Running, and healthy when the image has a HEALTHCHECK."""
+        if not self._reload() or self.container.status != "running":
+            return False
+        health = self.container.attrs["State"].get("Health")
+        return health is None or health.get("Status") == "healthy"
+
     def _url(self, path: str) -> str | None:
-        self.container.reload()
+        if not self._reload():
+            return None
         if self.container.status != "running":
             return None
         if self.container.attrs["HostConfig"].get("NetworkMode") == "host":
@@ -84,6 +112,7 @@ class Server:
             raise docker.errors.APIError(f"{command!r} exited {result.exit_code}: {result.output!r}")
 
     def restart(self) -> None:
+        self._reload()
         self.container.restart(timeout=self.probe.stop_timeout)
 
 

@@ -233,3 +233,32 @@ class FleetState:
 
     def release_slot(self, service: str, machine: str) -> None:
         self.etcd.delete(self.key("slots", service, machine))
+
+    def take_named_slot(self, service: str, holder: str, lease: int, *, unless: tuple[str, ...] = ()) -> bool:
+        """Like :meth:`take_slot`, for a holder that is not a machine's agent (e.g. the poller
+        restarting a server for a plugin change: ``<machine>.plugins``).
+
+        Same guard transaction, so it and the agents together never hold more than the service's
+        ``max_unavailable`` slots. ``unless``: holders (e.g. the machine's own agent) whose slot
+        must not exist, checked in the same transaction. A holder already present is *not*
+        taken again: the caller must release what it took."""
+        svc = self.cfg.services[service]
+        guard = self.key("guard", service)
+        guard_kv = self.etcd.get(guard)
+        holders = self.slots(service)
+        if holder in holders or any(u in holders for u in unless):
+            return False
+        if len(holders) >= svc.max_unavailable:
+            return False
+        if svc.min_available:
+            up = len(self.current().get(service, {}))
+            if up - len(holders) - 1 < svc.min_available:
+                return False
+        seen = guard_kv.mod_revision if guard_kv else 0
+        count = int(guard_kv.value) + 1 if guard_kv and guard_kv.value.isdigit() else 1
+        compares = [Compare(guard, "MOD", "EQUAL", seen)]
+        compares += [Compare(self.key("slots", service, u), "CREATE", "EQUAL", 0) for u in unless]
+        return self.etcd.txn(
+            compares,
+            [put_op(guard, str(count)),
+             put_op(self.key("slots", service, holder), json.dumps({"at": _now(), "holder": holder}), lease)])

@@ -231,6 +231,11 @@ def test_chart_version_flows_from_push_through_helmsman_dss_to_the_cluster(
                                          "json").stdout)["items"][0]
     assert [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]] == [
         "engine", "hot-update"]
+    # A newer build inside the range, pushed after the install, is picked up by the next run
+    # of the same file: no commit needed for staging.
+    push("game-server", "0.2.0-staging.3")
+    helmsman(staging)
+    assert _releases(helm, namespace)["game-server"] == "game-server-0.2.0-staging.3"
 
     # production takes stable releases of the pinned major only
     prod_ns = f"{namespace}-prod"
