@@ -22,7 +22,7 @@ _COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
+    from poller.optional import import_optional
 
     parser = argparse.ArgumentParser(
         prog="poller", allow_abbrev=False, description="Slipway: poll sources, build and push images, roll them out.")
@@ -32,13 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: readable on a terminal, JSON otherwise")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-                continue  # that domain is not part of this build
-            raise
-        module.register(sub)
+        module = import_optional(name)
+        if module is not None:  # a domain left out of this build adds no commands
+            module.register(sub)
     return parser
 
 

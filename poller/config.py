@@ -21,10 +21,9 @@ from pydantic import (Field, SecretStr, ValidationError, field_validator,
 from poller.errors import ConfigError
 
 _REF = re.compile(r"\$\{([^}]+)\}")
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
 
 
-from poller.config_base import _Model  # noqa: E402  (shared by every settings module)
+from poller.config_base import _Model, check_image_repository, check_name  # noqa: E402
 
 
 class RegistryConfig(_Model):
@@ -91,21 +90,8 @@ class SourceConfig(_Model):
     interval: float | None = Field(None, gt=0, description="poll interval in seconds (default: poll.interval)")
     tags: bool = Field(True, description="build semver git tags as releases")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("must be lowercase letters, digits, '.', '_' or '-' (at most 63)")
-        return v
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, v: str) -> str:
-        if ":" in v.rsplit("/", 1)[-1] or "@" in v:
-            raise ValueError("give the repository only, without a tag or digest")
-        if "/" not in v:
-            raise ValueError("must include the registry host, e.g. 127.0.0.1:5000/name")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+    _image = field_validator("image")(classmethod(lambda cls, v: check_image_repository(v)))
 
     @field_validator("dockerfile", "context")
     @classmethod

@@ -10,7 +10,7 @@ Domains add their routes with ``register_blueprint`` hooks listed in :data:`BLUE
 from __future__ import annotations
 
 import hmac
-import importlib
+from poller.optional import import_optional
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable
@@ -136,13 +136,9 @@ def create_app(svc: Services) -> Flask:
         return error(500, "internal", "internal error; see the poller's log")
 
     for name in BLUEPRINTS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-                continue
-            raise
-        app.register_blueprint(module.blueprint)
+        module = import_optional(name)
+        if module is not None:
+            app.register_blueprint(module.blueprint)
     return app
 
 

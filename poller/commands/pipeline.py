@@ -136,7 +136,7 @@ JOB_PROVIDERS = ("poller.updater.jobs", "poller.fleet.jobs", "poller.artifacts.j
 
 
 def _chart_jobs(cfg, store) -> list:
-    import importlib
+    from poller.optional import import_optional
 
     jobs = []
     if cfg.charts.repos:
@@ -146,13 +146,9 @@ def _chart_jobs(cfg, store) -> list:
             watcher = ChartWatcher(repo, cfg.charts, store)
             jobs.append((f"charts:{repo.name}", repo.interval or cfg.poll.interval, watcher.reconcile))
     for name in JOB_PROVIDERS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-                continue
-            raise
-        jobs.extend(module.jobs(cfg, store))
+        module = import_optional(name)
+        if module is not None:
+            jobs.extend(module.jobs(cfg, store))
     return jobs
 
 

@@ -26,9 +26,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from poller.config_base import SettingsModel
+from poller.config_base import SettingsModel, check_image_repository, check_name
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
 _LABEL = re.compile(r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")
 _PERCENT = re.compile(r"^(100|[1-9]?\d)%$")
 
@@ -187,21 +186,8 @@ class DeploymentConfig(SettingsModel):
     rollout: RolloutConfig | None = Field(None, description="drive a gradual in-place release over the pods")
     reload: ReloadConfig | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("must be lowercase letters, digits, '.', '_' or '-' (at most 63)")
-        return v
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, v: str) -> str:
-        if ":" in v.rsplit("/", 1)[-1] or "@" in v:
-            raise ValueError("give the repository only, without a tag or digest")
-        if "/" not in v:
-            raise ValueError("must include the registry host, e.g. 127.0.0.1:5000/name")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+    _image = field_validator("image")(classmethod(lambda cls, v: check_image_repository(v)))
 
     @model_validator(mode="after")
     def _policy_args(self) -> "DeploymentConfig":
