@@ -40,6 +40,12 @@ def rollout_for(cfg, env: str, docker_host: str | None):
 def fleet_state(cfg):
     """The fleet's etcd state when some server type shares a fleet service's quorum, else None."""
     services = cfg.fleet.services
+    for name, t in cfg.plugins.server_types.items():
+        if t.fleet_service and t.fleet_service not in services:
+            from poller.errors import ConfigError
+
+            raise ConfigError(f"plugins.server_types.{name}.fleet_service: no service "
+                              f"'{t.fleet_service}' in fleet.services")
     if not any((t.fleet_service or name) in services for name, t in cfg.plugins.server_types.items()):
         return None
     from poller.fleet import open_state

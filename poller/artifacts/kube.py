@@ -132,14 +132,15 @@ class KubePluginRollout:
         return any(labels.get(k) in values for k, values in markers.items())
 
     # -- the record of what each channel was at ------------------------------------------
-    def _read_record(self, namespace: str) -> dict[str, str]:
+    def _read_record(self, namespace: str) -> dict[str, str] | None:
+        """server type -> stamp; None when there is no record yet."""
         from kubernetes.client.exceptions import ApiException
 
         try:
             return dict(self.core.read_namespaced_config_map(self.cfg.kube.record_configmap, namespace).data or {})
         except ApiException as exc:
             if exc.status == 404:
-                return {}
+                return None
             raise
 
     def _write_record(self, namespace: str, record: dict[str, str], *, exists: bool) -> None:
@@ -164,14 +165,15 @@ class KubePluginRollout:
         namespace = self.cfg.environments[env].kubernetes_namespace
         wanted = {t: plugin_stamp({p: a.digest for p, a in plugins.items()})
                   for t, plugins in sync_channels(self.store, self.cfg, env).items()}
-        record = self._read_record(namespace)
+        found = self._read_record(namespace)
+        record = found or {}
         by_type = self._pods(namespace)
         for type_name, pods in by_type.items():
             if type_name in wanted:
                 self._stamp_new(namespace, pods, record.get(type_name) or UNKNOWN)
         moved = {**record, **wanted}
-        if moved != record:
-            self._write_record(namespace, moved, exists=bool(record))
+        if found is None or moved != record:
+            self._write_record(namespace, moved, exists=found is not None)
         pending: set[str] = set()
         for type_name in type_order(self.cfg):
             pods = by_type.get(type_name, [])

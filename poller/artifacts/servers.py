@@ -112,8 +112,15 @@ class Server:
             raise docker.errors.APIError(f"{command!r} exited {result.exit_code}: {result.output!r}")
 
     def restart(self) -> None:
-        self._reload()
-        self.container.restart(timeout=self.probe.stop_timeout)
+        """Restart it; a container replaced under the same name meanwhile is followed by name."""
+        for attempt in range(3):
+            self._reload()
+            try:
+                self.container.restart(timeout=self.probe.stop_timeout)
+                return
+            except docker.errors.NotFound:
+                if attempt == 2:
+                    raise
 
 
 def find_servers(client: docker.DockerClient, probe: ServerProbe, env: str) -> dict[str, list[Server]]:

@@ -104,7 +104,7 @@ class PluginFleet:
                          "SLIPWAY_CHANNEL": "production-lobby", "SLIPWAY_PLUGINS": "chat"})
 
     def start_agent(self, machine: str) -> None:
-        log = open(self.tmp / f"agent-{machine}.log", "ab")
+        log = open(self.tmp / f"agent-{machine}.log", "ab")  # noqa: SIM115  (the agent process keeps it)
         self.agents[machine] = subprocess.Popen(
             [sys.executable, "-m", "poller", "--log-format", "text", "agent", "--config", str(self.config(machine))],
             cwd=ROOT, stdout=log, stderr=log,
@@ -176,7 +176,7 @@ class Monitor(threading.Thread):
 
 
 @pytest.fixture
-def plugin_fleet(tmp_path, docker_client, docker_host, registry, etcd):
+def plugin_fleet(tmp_path, docker_client, docker_host, registry, etcd):  # noqa: F811
     f = PluginFleet(tmp_path, docker_client, docker_host, registry, etcd)
     yield f
     f.cleanup()
@@ -223,7 +223,7 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
         while not finished.is_set():
             try:
                 report = rollout.cycle("production")
-            except Exception as exc:  # reported below, not swallowed
+            except Exception as exc:  # noqa: BLE001  (reported below, not swallowed)
                 errors.append(repr(exc))
                 return
             restarted.extend(report.restarted)
@@ -255,4 +255,3 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     # both kinds of holder took the slot during the run
     assert restarted and any(h.endswith(".plugins") for h in monitor.holders_seen), monitor.holders_seen
     assert any(h in MACHINES for h in monitor.holders_seen), monitor.holders_seen
-    print("DEBUG", restarted, monitor.holders_seen, monitor.samples)
