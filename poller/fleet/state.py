@@ -211,25 +211,12 @@ class FleetState:
         self.etcd.delete(self.key(area, service, machine))
 
     def take_slot(self, service: str, machine: str, lease: int) -> bool:
-        """Atomically claim one of the service's ``max_unavailable`` switching slots."""
-        svc = self.cfg.services[service]
-        guard = self.key("guard", service)
-        guard_kv = self.etcd.get(guard)
-        holders = self.slots(service)
-        if machine in holders:
+        """Atomically claim one of the service's ``max_unavailable`` switching slots for a
+        machine's agent. Refused while the poller restarts that machine's server for a plugin
+        change (holder ``<machine>.plugins``), checked in the same transaction."""
+        if machine in self.slots(service):
             return True
-        if len(holders) >= svc.max_unavailable:
-            return False
-        if svc.min_available:
-            up = len(self.current().get(service, {}))
-            if up - len(holders) - 1 < svc.min_available:
-                return False
-        seen = guard_kv.mod_revision if guard_kv else 0
-        count = int(guard_kv.value) + 1 if guard_kv and guard_kv.value.isdigit() else 1
-        return self.etcd.txn(
-            [Compare(guard, "MOD", "EQUAL", seen)],
-            [put_op(guard, str(count)),
-             put_op(self.key("slots", service, machine), json.dumps({"at": _now()}), lease)])
+        return self.take_named_slot(service, machine, lease, unless=(f"{machine}.plugins",))
 
     def release_slot(self, service: str, machine: str) -> None:
         self.etcd.delete(self.key("slots", service, machine))
