@@ -253,3 +253,33 @@ def test_chart_version_flows_from_push_through_helmsman_dss_to_the_cluster(
             "InPlaceIfPossible"]
     finally:
         kube.kubectl("delete", "namespace", prod_ns, "--wait=false", check=False)
+
+
+def test_poller_gets_workload_rights_only_in_the_namespaces_it_manages(helm, kube, namespace):
+    """poller.kubernetes.namespaces: the updater and plugin restarts may change workloads and
+    pods there, and nothing else anywhere."""
+    games = f"{namespace}-games"
+    kube.kubectl("create", "namespace", games)
+    try:
+        helm.run("install", "slipway", SLIPWAY, "--namespace", namespace, "--wait", "--timeout", "180s",
+                 "--set", f"poller.kubernetes.namespaces={{{games}}}")
+        who = f"--as=system:serviceaccount:{namespace}:slipway-poller"
+
+        def can(ns, *args):
+            return kube.kubectl("auth", "can-i", *args, who, "-n", ns, check=False).stdout.strip() == "yes"
+
+        for args in [("patch", "deployments.apps"), ("patch", "statefulsets.apps"),
+                     ("patch", "daemonsets.apps"), ("patch", "gameserversets.game.kruise.io"),
+                     ("delete", "pods"), ("patch", "pods"), ("create", "pods", "--subresource=exec"),
+                     ("create", "configmaps"), ("patch", "configmaps")]:
+            assert can(games, *args), f"poller should be allowed in {games}: {args}"
+        for args in [("get", "secrets"), ("create", "deployments.apps"), ("delete", "deployments.apps"),
+                     ("create", "rolebindings.rbac.authorization.k8s.io"), ("delete", "configmaps")]:
+            assert not can(games, *args), f"poller must be refused in {games}: {args}"
+        for args in [("patch", "deployments.apps"), ("delete", "pods")]:
+            assert not can(namespace, *args) and not can("default", *args)
+        pod_spec = json.loads(kube.kubectl("get", "deployment", "slipway-poller", "-n", namespace,
+                                           "-o", "json").stdout)["spec"]["template"]["spec"]
+        assert pod_spec["automountServiceAccountToken"] is True
+    finally:
+        kube.kubectl("delete", "namespace", games, "--wait=false", check=False)
