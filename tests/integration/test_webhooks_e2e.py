@@ -243,3 +243,45 @@ def test_push_webhook_starts_the_build_at_once_and_registry_pushes_are_heard(tmp
     build_id = build_lines[0]["build_id"]
     assert {e.get("cid") for e in build_lines[1:]} == {f"build-{build_id}"}
     assert any(e["event"] == "build.progress" and e.get("step") for e in build_lines)
+
+
+def test_github_push_webhook_starts_the_build_at_once(tmp_path, git_repo, github_double, registry, docker_host):
+    """GitHub: a real ``poller run`` polling hourly, a GitHub source served by the REST double
+    over a real repository, and a push webhook signed with HMAC-SHA256."""
+    from poller.api.webhooks import github_signature
+    from tests.doubles.github import DEFAULT_TOKEN as GH_TOKEN
+
+    secret = "gh-webhook-e2e-secret"
+    git_repo.seed_scratch_app("v1\n")
+    github_double.add_repo("studio/matchmaker", git_repo)
+    api_port = free_port()
+    run = start_poller(tmp_path, git_repo.url, registry.addr, docker_host, api_port=api_port, extra={
+        "api": {"listen": f"127.0.0.1:{api_port}", "token": API_TOKEN, "github_webhook_secret": secret},
+        "sources": [{"name": "matchmaker", "branch": "master", "image": f"{registry.addr}/matchmaker",
+                     "github": {"repo": "studio/matchmaker", "api_url": github_double.url, "token": GH_TOKEN}}]})
+    try:
+        wait_until(lambda: (b := run.build_for("branch:master")) and b["status"] == "succeeded",
+                   timeout=120, what="the start-up staging build")
+        new = git_repo.commit("merge", {"app.txt": "v2\n"})
+        body = json.dumps({"ref": "refs/heads/master", "after": new,
+                           "repository": {"full_name": "studio/matchmaker",
+                                          "clone_url": "https://github.com/studio/matchmaker.git"}}).encode()
+
+        def hook(signature: str, delivery: str) -> requests.Response:
+            return requests.post(f"{run.api}/hooks/github", data=body, timeout=10, headers={
+                "Content-Type": "application/json", "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": signature})
+
+        assert hook("sha256=" + "0" * 64, str(uuid.uuid4())).status_code == 401
+        assert not [b for b in run.builds() if b["sha"] == new]
+        r = hook(github_signature(secret, body), str(uuid.uuid4()))
+        assert r.status_code == 202 and r.json()["matched"] == ["matchmaker"], r.text
+        wait_until(lambda: any(b["sha"] == new for b in run.builds()), timeout=5, interval=0.02,
+                   what="the merge's build to start after the webhook")
+        wait_until(lambda: registry.digest("matchmaker", "staging") and
+                   registry.labels("matchmaker", "staging")["org.opencontainers.image.revision"] == new,
+                   timeout=120, what="staging at the merged commit")
+    finally:
+        text = run.stop()
+    assert run.proc.returncode == 0, text[-3000:]
+    assert secret not in text and GH_TOKEN not in text
