@@ -22,7 +22,7 @@ import yaml
 
 from poller.approvals import ApprovalQueue
 from poller.store import Store
-from tests.fixtures.services import (Registry, _Sink, free_port, stop_registry, wait_until)
+from tests.fixtures.services import Registry, free_port, start_registry, stop_registry, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,39 +35,8 @@ API_TOKEN = "api-e2e-token"
 
 def start_notifying_registry(root: Path, hook_url: str, token: str) -> Registry:
     """A docker-registry that notifies ``hook_url`` (with a bearer token) and a counting sink."""
-    import shutil
-
-    if not shutil.which("docker-registry"):
-        pytest.fail("docker-registry is not installed: apt-get install docker-registry")
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    storage = root / "registry-data"
-    storage.mkdir(exist_ok=True)
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    sink.events, sink.lock = [], threading.Lock()
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    config = root / "registry.yml"
-    config.write_text(yaml.safe_dump({
-        "version": 0.1, "log": {"level": "info"},
-        "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-        "notifications": {"endpoints": [
-            {"name": "sink", "url": f"http://127.0.0.1:{sink.server_address[1]}/events",
-             "timeout": "2s", "threshold": 5, "backoff": "100ms"},
-            {"name": "slipway", "url": hook_url, "headers": {"Authorization": [f"Bearer {token}"]},
-             "timeout": "2s", "threshold": 5, "backoff": "200ms"},
-        ]}}))
-    log_path = root / "registry.log"
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=open(log_path, "wb"),
-                            stderr=subprocess.STDOUT)
-    reg = Registry(addr=f"127.0.0.1:{port}", storage=storage, process=proc, sink=sink, log_path=log_path)
-    try:
-        wait_until(lambda: proc.poll() is None and requests.get(f"{reg.url}/v2/", timeout=1).ok,
-                   timeout=20, what="docker-registry to answer /v2/")
-    except AssertionError:
-        proc.kill()
-        raise AssertionError("docker-registry did not start:\n" + log_path.read_text()[-2000:])
-    return reg
+    return start_registry(root, notify=[(hook_url, token)])
 
 
 class _JsonSink(BaseHTTPRequestHandler):
