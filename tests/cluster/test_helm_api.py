@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,22 +14,12 @@ from werkzeug.serving import make_server
 
 from helm_api import create_app
 from helm_api.config import HelmApiConfig
+from tests.fixtures.services import wait_until as wait_for
 
 pytestmark = pytest.mark.cluster
 
 TOKEN = "cluster-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        threading.Event().wait(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def cronjob_manifest(namespace: str, *, node_selector: dict | None = None,
@@ -122,7 +111,7 @@ def test_apply_creates_a_job_from_the_cronjob_that_runs_to_completion(kube, name
         detail = requests.get(f"{api.url}/jobs/{body['job']}").json()
         return detail if detail["phase"] in ("succeeded", "failed") else None
 
-    detail = wait_for(finished, 120, "the helmsman job to finish")
+    detail = wait_for(finished, 120, what="the helmsman job to finish")
     assert detail["phase"] == "succeeded"
     assert detail["environment"] == "production"
     assert detail["started_at"] and detail["finished_at"]
@@ -168,7 +157,7 @@ def test_concurrent_applies_collapse_into_one_follow_up(kube, namespace, serve):
                     if j["metadata"]["labels"]["slipway.dev/environment"] == "staging"]
             return jobs if len(jobs) == 2 else None
 
-        jobs = wait_for(follow_up, 120, "exactly one follow-up run")
+        jobs = wait_for(follow_up, 120, what="exactly one follow-up run")
         second = next(j for j in jobs if j["metadata"]["name"] != first["job"])
         assert second["metadata"]["annotations"]["slipway.dev/follows"] == first["job"]
         assert "push 3" in second["metadata"]["annotations"]["slipway.dev/reason"]
@@ -176,7 +165,7 @@ def test_concurrent_applies_collapse_into_one_follow_up(kube, namespace, serve):
 
         # the queue is empty and stays empty: more rounds (GET /jobs runs one) start nothing
         wait_for(lambda: requests.get(f"{api.url}/jobs/{second['metadata']['name']}").json()
-                 ["phase"] == "succeeded", 120, "the follow-up to finish")
+                 ["phase"] == "succeeded", 120, what="the follow-up to finish")
         for _ in range(3):
             assert requests.get(f"{api.url}/jobs").json()["queued"] == {}
         staging = [j for j in our_jobs(kube, namespace)

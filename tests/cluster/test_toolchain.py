@@ -7,29 +7,14 @@ import datetime as dt
 import json
 import re
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
+from tests.fixtures.services import wait_until as wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # not there yet
-            last = exc
-        threading.Event().wait(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last: {last!r})" if last else ""))
 
 
 def make_chart(root: Path, name: str, version: str = "0.1.0") -> Path:
@@ -98,7 +83,7 @@ def test_deployment_becomes_available(kube, namespace):
         d = apps.read_namespaced_deployment("gs", namespace)
         return (d.status.available_replicas or 0) == d.spec.replicas == 3
 
-    wait_for(available, 90, "deployment gs available")
+    wait_for(available, 90, what="deployment gs available")
     pods = client.CoreV1Api(kube.api_client()).list_namespaced_pod(namespace, label_selector="app=gs").items
     assert len(pods) == 3
     assert all(p.status.pod_ip for p in pods), [p.status.pod_ip for p in pods]
@@ -119,7 +104,7 @@ def test_job_from_cronjob_completes(kube, namespace):
         job = json.loads(kube.kubectl("get", "job", "nightly-manual", "-n", namespace, "-o", "json").stdout)
         return any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"].get("conditions", []))
 
-    wait_for(complete, 90, "job nightly-manual Complete")
+    wait_for(complete, 90, what="job nightly-manual Complete")
     job = json.loads(kube.kubectl("get", "job", "nightly-manual", "-n", namespace, "-o", "json").stdout)
     assert job["status"]["succeeded"] == 1
     assert job["metadata"]["ownerReferences"][0]["kind"] == "CronJob"

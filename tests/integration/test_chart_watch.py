@@ -317,7 +317,7 @@ def test_push_watch_apply_runs_helmsman_job_in_the_cluster(chartmuseum, kube, na
         assert env["DSS_FILE"] == "staging.yaml"
         assert "game-server 2.1.0-staging.7" in job["metadata"]["annotations"]["slipway.dev/reason"]
         wait_for(lambda: requests.get(f"{served.url}/jobs/{done.job}").json()["phase"] == "succeeded",
-                 120, "the helmsman job to succeed")
+                 120, what="the helmsman job to succeed")
         # next poll: nothing new, no second job
         assert make_watcher(chartmuseum.url, served.url, store_path).reconcile().applied == []
         jobs = json.loads(kube.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
