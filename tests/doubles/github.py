@@ -21,25 +21,20 @@ import json
 import re
 import secrets
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote, unquote, urlencode
 
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.doubles._wire import Abort, WireDouble
 from tests.doubles.gitrepo import GitRepo, git
 
 DEFAULT_TOKEN = "ghp_slipwayDoubleToken000000000000000000"
 DOCS = "https://docs.github.com/rest"
 RATE_LIMIT = 5000
 
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: Any, **kwargs: Any) -> None:  # keep test output readable
-        pass
 
 
 @dataclass
@@ -58,7 +53,7 @@ class _Repo:
         return git(*args, cwd=self.repo.bare, check=check)
 
 
-class GitHubDouble:
+class GitHubDouble(WireDouble):
     """An HTTP server on ``127.0.0.1`` answering like ``https://api.github.com``.
 
     ``token`` is the only token accepted (``Authorization: Bearer``/``token``); ``None``
@@ -68,20 +63,12 @@ class GitHubDouble:
     def __init__(self, *, token: str | None = DEFAULT_TOKEN, host: str = "127.0.0.1",
                  rate_limit: int = RATE_LIMIT):
         self.token = token
-        self.requests: list[tuple[str, str]] = []
         self.rate_limit = rate_limit
         self.rate_limit_remaining = rate_limit
         self.rate_limit_reset = int(time.time()) + 3600
-        self._faults: list[_Fault] = []
         self._repos: dict[str, _Repo] = {}
         self._codeload_tokens: set[str] = set()
-        self._lock = threading.Lock()
-        self._server = make_server(host, 0, self._wsgi, threaded=True,
-                                   request_handler=_QuietHandler)
-        self.url = f"http://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="github-double", daemon=True)
-        self._thread.start()
+        self._serve(host, "github-double", self._wsgi)
 
     # -- test API ----------------------------------------------------------------------
 
@@ -91,54 +78,23 @@ class GitHubDouble:
         with self._lock:
             self._repos[full_name.lower()] = _Repo(len(self._repos) + 1, owner, name, repo, private)
 
-    def fail_next(self, count: int = 1, status: int = 503, retry_after: float | None = None,
-                  *, path: str | None = None) -> None:
-        """Answer the next ``count`` requests with ``status`` (and ``Retry-After``).
-
-        With ``path`` (a regular expression searched in the raw request path) only matching
-        requests fail; others are served normally.
-        """
-        with self._lock:
-            self._faults.extend([_Fault(status, retry_after, path)] * count)
-
     def exhaust_rate_limit(self, reset_in: float = 60) -> None:
         """Spend the whole primary rate limit; it resets ``reset_in`` seconds from now."""
         with self._lock:
             self.rate_limit_remaining = 0
             self.rate_limit_reset = int(time.time() + reset_in)
 
-    def stop(self) -> None:
-        """Stop serving and close the socket; safe to call twice."""
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-        self._server.server_close()
-
-    def __enter__(self) -> "GitHubDouble":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- HTTP plumbing -----------------------------------------------------------------
 
     def _wsgi(self, environ: dict, start_response: Callable) -> Any:
-        request = Request(environ)
-        raw_path = (environ.get("RAW_URI") or environ.get("REQUEST_URI") or quote(request.path))
-        raw_path = raw_path.split("?", 1)[0]
-        environ["double.raw_path"] = raw_path
-        with self._lock:
-            self.requests.append((request.method, raw_path))
-            fault = next((f for f in self._faults if f.matches(raw_path)), None)
-            if fault is not None:
-                self._faults.remove(fault)
+        request, raw_path, fault = self._accept(environ)
         if fault is not None:
             return _fault_response(fault.status, fault.retry_after)(environ, start_response)
         if raw_path.startswith("/_codeload/"):
             return self._codeload(request, raw_path)(environ, start_response)
         try:
             response = self._route(request, raw_path)
-        except _Abort as abort:
+        except Abort as abort:
             response = abort.response
         return self._finish(request, response)(environ, start_response)
 
@@ -167,20 +123,20 @@ class GitHubDouble:
         with self._lock:
             exhausted = self.rate_limit_remaining <= 0
         if exhausted:
-            raise _Abort(_error(403, "API rate limit exceeded for user. (But here's the good news: "
+            raise Abort(_error(403, "API rate limit exceeded for user. (But here's the good news: "
                                      "Authenticated requests get a higher rate limit.)"))
         match = re.fullmatch(r"/repos/([^/]+)/([^/]+)(?:/(.*))?", raw_path)
         if not match or request.method != "GET":
-            raise _Abort(_error(404, "Not Found"))
+            raise Abort(_error(404, "Not Found"))
         owner, name, rest = unquote(match[1]), unquote(match[2]), match[3] or ""
         repo = self._repos.get(f"{owner}/{name}".lower())
         if repo is None or (repo.private and not authenticated):
-            raise _Abort(_error(404, "Not Found"))
+            raise Abort(_error(404, "Not Found"))
         for pattern, handler in self._routes():
             found = re.fullmatch(pattern, rest)
             if found:
                 return handler(request, repo, *(unquote(g) for g in found.groups()))
-        raise _Abort(_error(404, "Not Found"))
+        raise Abort(_error(404, "Not Found"))
 
     def _routes(self) -> list[tuple[str, Callable[..., Response]]]:
         return [
@@ -200,7 +156,7 @@ class GitHubDouble:
             return self.token is None
         if self.token is not None and (scheme.lower() not in ("bearer", "token")
                                        or given.strip() != self.token):
-            raise _Abort(_error(401, "Bad credentials"))
+            raise Abort(_error(401, "Bad credentials"))
         return True
 
     # -- endpoints ---------------------------------------------------------------------
@@ -220,19 +176,19 @@ class GitHubDouble:
     def _list_refs(self, request: Request, repo: _Repo, prefix: str) -> Response:
         refs = self._refs(repo, prefix)
         if not self._refs(repo, "refs/"):
-            raise _Abort(_error(409, "Git Repository is empty."))
+            raise Abort(_error(409, "Git Repository is empty."))
         items = [self._ref_json(request, repo, name, obj) for name, obj in sorted(refs.items())]
         return _paginated(request, items)
 
     def _get_ref(self, request: Request, repo: _Repo, ref: str) -> Response:
         obj = self._refs(repo, f"refs/{ref}").get(f"refs/{ref}")
         if obj is None:
-            raise _Abort(_error(404, "Not Found"))
+            raise Abort(_error(404, "Not Found"))
         return _json(self._ref_json(request, repo, f"refs/{ref}", obj))
 
     def _get_tag(self, request: Request, repo: _Repo, sha: str) -> Response:
         if repo.git("cat-file", "-t", sha, check=False) != "tag":
-            raise _Abort(_error(404, "Not Found"))
+            raise Abort(_error(404, "Not Found"))
         header, _, message = repo.git("cat-file", "tag", sha).partition("\n\n")
         fields = dict(line.split(" ", 1) for line in header.splitlines())
         tagger = re.fullmatch(r"(.*) <(.*)> (\d+) ([+-]\d{4})", fields.get("tagger", ""))
@@ -253,7 +209,7 @@ class GitHubDouble:
         sha = repo.git("rev-parse", "--verify", "--quiet", "--end-of-options",
                        f"{ref}^{{commit}}", check=False)
         if not sha:
-            raise _Abort(_error(404, "Not Found"))
+            raise Abort(_error(404, "Not Found"))
         token = secrets.token_hex(8)
         with self._lock:
             self._codeload_tokens.add(token)
@@ -300,21 +256,6 @@ class GitHubDouble:
         return f"{request.host_url.rstrip('/')}/repos/{repo.full_name}/git/{plural}/{sha}"
 
 
-@dataclass(frozen=True)
-class _Fault:
-    status: int
-    retry_after: float | None
-    path: str | None
-
-    def matches(self, raw_path: str) -> bool:
-        return self.path is None or re.search(self.path, raw_path) is not None
-
-
-class _Abort(Exception):
-    def __init__(self, response: Response):
-        self.response = response
-
-
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(body), status, headers=headers,
                     content_type="application/json; charset=utf-8")
@@ -344,7 +285,7 @@ def _paginated(request: Request, items: list[Any]) -> Response:
         page = max(1, int(request.args.get("page", 1)))
         per_page = min(100, max(1, int(request.args.get("per_page", 30))))
     except ValueError:
-        raise _Abort(_error(400, "Invalid pagination parameters")) from None
+        raise Abort(_error(400, "Invalid pagination parameters")) from None
     pages = max(1, -(-len(items) // per_page))
     base = request.host_url.rstrip("/") + request.environ["double.raw_path"]
 

@@ -21,14 +21,13 @@ import itertools
 import json
 import re
 import subprocess
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import quote, unquote, urlencode
 
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.doubles._wire import Abort, WireDouble
 from tests.doubles.gitrepo import GitRepo, git
 
 DEFAULT_TOKEN = "glpat-slipway-double-token"
@@ -42,10 +41,6 @@ def _now() -> str:
     now = dt.datetime.now(dt.timezone.utc)
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: Any, **kwargs: Any) -> None:  # keep test output readable
-        pass
 
 
 @dataclass
@@ -71,7 +66,7 @@ class _Project:
         return git(*args, cwd=self.repo.bare, check=check)
 
 
-class GitLabDouble:
+class GitLabDouble(WireDouble):
     """An HTTP server on ``127.0.0.1`` that answers like GitLab's ``/api/v4``.
 
     ``token`` is the only personal access token accepted (``PRIVATE-TOKEN`` header,
@@ -80,18 +75,10 @@ class GitLabDouble:
 
     def __init__(self, *, token: str | None = DEFAULT_TOKEN, host: str = "127.0.0.1"):
         self.token = token
-        self.requests: list[tuple[str, str]] = []
-        self._faults: list[_Fault] = []
         self._projects: dict[int, _Project] = {}
-        self._lock = threading.RLock()
         self._project_ids = itertools.count(1)
         self._event_ids = itertools.count(1)
-        self._server = make_server(host, 0, self._wsgi, threaded=True,
-                                   request_handler=_QuietHandler)
-        self.url = f"http://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="gitlab-double", daemon=True)
-        self._thread.start()
+        self._serve(host, "gitlab-double", self._wsgi)
 
     # -- test API ----------------------------------------------------------------------
 
@@ -107,16 +94,6 @@ class GitLabDouble:
             self._sync_events(project)
             return project.id
 
-    def fail_next(self, count: int = 1, status: int = 503, retry_after: float | None = None,
-                  *, path: str | None = None) -> None:
-        """Answer the next ``count`` requests with ``status`` (and ``Retry-After``).
-
-        With ``path`` (a regular expression searched in the raw request path) only matching
-        requests fail; others are served normally.
-        """
-        with self._lock:
-            self._faults.extend([_Fault(status, retry_after, path)] * count)
-
     def events(self, project_id: int) -> list[dict]:
         """The project's synthesized events, newest first (as the API lists them)."""
         with self._lock:
@@ -124,50 +101,26 @@ class GitLabDouble:
             self._sync_events(project)
             return list(reversed(project.events))
 
-    def request_count(self) -> int:
-        return len(self.requests)
-
-    def stop(self) -> None:
-        """Stop serving and close the socket; safe to call twice."""
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-        self._server.server_close()
-
-    def __enter__(self) -> "GitLabDouble":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- HTTP plumbing -----------------------------------------------------------------
 
     def _wsgi(self, environ: dict, start_response: Callable) -> Any:
-        request = Request(environ)
-        raw_path = environ.get("RAW_URI") or environ.get("REQUEST_URI") or quote(request.path)
-        raw_path = raw_path.split("?", 1)[0]
-        environ["double.raw_path"] = raw_path
-        with self._lock:
-            self.requests.append((request.method, raw_path))
-            fault = next((f for f in self._faults if f.matches(raw_path)), None)
-            if fault is not None:
-                self._faults.remove(fault)
+        request, raw_path, fault = self._accept(environ)
         if fault is not None:
             response = _fault_response(fault.status, fault.retry_after)
         else:
             try:
                 response = self._route(request, raw_path)
-            except _Abort as abort:
+            except Abort as abort:
                 response = abort.response
         return response(environ, start_response)
 
     def _route(self, request: Request, raw_path: str) -> Response:
         segments = raw_path.split("/")
         if segments[:3] != ["", "api", "v4"]:
-            raise _Abort(_json({"error": "404 Not Found"}, 404))
+            raise Abort(_json({"error": "404 Not Found"}, 404))
         self._authenticate(request)
         if len(segments) < 5 or segments[3] != "projects" or request.method != "GET":
-            raise _Abort(_json({"error": "404 Not Found"}, 404))
+            raise Abort(_json({"error": "404 Not Found"}, 404))
         project = self._project(request, unquote(segments[4]))
         rest = "/".join(segments[5:])
         for pattern, handler in self._routes():
@@ -177,7 +130,7 @@ class GitLabDouble:
                 with self._lock:
                     self._sync_events(project)
                 return handler(request, project, **args)
-        raise _Abort(_json({"error": "404 Not Found"}, 404))
+        raise Abort(_json({"error": "404 Not Found"}, 404))
 
     def _routes(self) -> list[tuple[str, Callable[..., Response]]]:
         return [
@@ -198,7 +151,7 @@ class GitLabDouble:
             given = auth[7:].strip()
         request.environ["double.authenticated"] = self.token is None or given == self.token
         if given is not None and self.token is not None and given != self.token:
-            raise _Abort(_json({"message": "401 Unauthorized"}, 401))
+            raise Abort(_json({"message": "401 Unauthorized"}, 401))
 
     def _project(self, request: Request, ref: str) -> _Project:
         with self._lock:
@@ -210,7 +163,7 @@ class GitLabDouble:
         visible = project is not None and (project.visibility == "public"
                                            or request.environ["double.authenticated"])
         if not visible:
-            raise _Abort(_json({"message": "404 Project Not Found"}, 404))
+            raise Abort(_json({"message": "404 Project Not Found"}, 404))
         return project  # type: ignore[return-value]
 
     # -- endpoints ---------------------------------------------------------------------
@@ -238,7 +191,7 @@ class GitLabDouble:
     def _get_branch(self, request: Request, project: _Project, name: str) -> Response:
         sha = self._refs(project, "refs/heads/").get(name)
         if sha is None:
-            raise _Abort(_json({"message": "404 Branch Not Found"}, 404))
+            raise Abort(_json({"message": "404 Branch Not Found"}, 404))
         return _json(self._branch_json(request, project, name, sha))
 
     def _list_tags(self, request: Request, project: _Project) -> Response:
@@ -255,20 +208,20 @@ class GitLabDouble:
     def _get_tag(self, request: Request, project: _Project, name: str) -> Response:
         tag = next((t for t in self._tags(request, project) if t["name"] == name), None)
         if tag is None:
-            raise _Abort(_json({"message": "404 Tag Not Found"}, 404))
+            raise Abort(_json({"message": "404 Tag Not Found"}, 404))
         return _json(tag)
 
     def _get_commit(self, request: Request, project: _Project, sha: str) -> Response:
         resolved = self._resolve(project, sha)
         if resolved is None:
-            raise _Abort(_json({"message": "404 Commit Not Found"}, 404))
+            raise Abort(_json({"message": "404 Commit Not Found"}, 404))
         return _json(self._commit_json(request, project, resolved))
 
     def _archive(self, request: Request, project: _Project, fmt: str = "tar.gz") -> Response:
         ref = request.args.get("sha") or project.repo.branch
         sha = self._resolve(project, ref)
         if sha is None:
-            raise _Abort(_json({"message": "404 File Not Found"}, 404))
+            raise Abort(_json({"message": "404 File Not Found"}, 404))
         git_format, content_type = _ARCHIVE_FORMATS[fmt]
         stem = f"{project.path}-{ref.replace('/', '-')}-{sha}"
         data = subprocess.run(
@@ -394,21 +347,6 @@ class GitLabDouble:
                           "commit_to": new, "ref": name, "commit_title": title, "ref_count": None},
             "author_username": _AUTHOR["username"],
         }
-
-
-@dataclass(frozen=True)
-class _Fault:
-    status: int
-    retry_after: float | None
-    path: str | None
-
-    def matches(self, raw_path: str) -> bool:
-        return self.path is None or re.search(self.path, raw_path) is not None
-
-
-class _Abort(Exception):
-    def __init__(self, response: Response):
-        self.response = response
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

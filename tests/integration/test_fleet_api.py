@@ -14,7 +14,6 @@ from poller.fleet import open_state
 from poller.fleet.jobs import check_for_releases
 from poller.registry.client import RegistryClient
 from poller.store import Store
-from tests.fixtures.fleet import etcd  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": "Bearer t0ken-value"}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.fleet import Namespace, etcd, netns_available  # noqa: F401  (fixture)
+from tests.fixtures.fleet import Namespace, netns_available
 from tests.fixtures.services import ROOT, wait_until
 
 pytestmark = pytest.mark.integration
@@ -229,7 +229,7 @@ def test_rollout_survives_killed_agent_etcd_outage_and_unreachable_machine(fleet
 
     # m4 loses its network: its lease (3 s) expires and it drops out of /current.
     fleet.namespaces["m4"].link(up=False)
-    wait_until(lambda: not any(f"/m4" in k for k in fleet.etcd_view()), timeout=30,
+    wait_until(lambda: not any("/m4" in k for k in fleet.etcd_view()), timeout=30,
                what="m4 to drop out of etcd")
 
     monitor = Monitor(fleet, "2.0.0")

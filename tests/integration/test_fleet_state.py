@@ -9,7 +9,6 @@ import pytest
 from poller.fleet import open_state, snapshot
 from poller.fleet.settings import FleetConfig
 from poller.fleet.state import ABORTED, DONE, PAUSED, RolloutError
-from tests.fixtures.fleet import etcd  # noqa: F401  (fixture, until conftest lists tests.fixtures.fleet)
 from tests.fixtures.services import wait_until
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,6 @@ from poller.sources.base import Source
 from poller.sources.github import GitHubSource
 from tests.doubles.github import DEFAULT_TOKEN, GitHubDouble
 from tests.doubles.gitrepo import GitRepo
-from tests.fixtures.hosted import github_double  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 

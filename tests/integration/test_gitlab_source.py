@@ -19,7 +19,6 @@ from poller.sources.base import Source
 from poller.sources.gitlab import GitLabSource
 from tests.doubles.gitlab import DEFAULT_TOKEN, GitLabDouble
 from tests.doubles.gitrepo import GitRepo
-from tests.fixtures.hosted import gitlab_double  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,6 @@ from poller.artifacts.rollout import PluginRollout
 from poller.artifacts.store import ArtifactStore
 from poller.config import load_config
 from poller.registry.client import RegistryClient
-from tests.fixtures.fleet import etcd  # noqa: F401  (fixture)
 from tests.fixtures.services import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
