@@ -37,9 +37,15 @@ class Server:
     container: object
     probe: ServerProbe
 
+    def __post_init__(self) -> None:
+        # The server's identity is the name it was found under. A fleet agent switching its
+        # image renames the running container to ``<name>-old`` for a moment, so the
+        # container object's own name can drift; lookups always use this one.
+        self._name = self.container.name
+
     @property
     def name(self) -> str:
-        return self.container.name
+        return self._name
 
     @property
     def server_type(self) -> str:
@@ -48,18 +54,19 @@ class Server:
     @property
     def machine(self) -> str:
         """The fleet machine it runs on (label ``slipway.machine``), else its container name."""
-        return self.container.labels.get(MACHINE_LABEL) or self.container.name
+        return self.container.labels.get(MACHINE_LABEL) or self._name
 
     def _reload(self) -> bool:
         """Refresh; a container replaced under the same name (a fleet agent's image switch) is
         followed by name. False when there is no container of that name right now."""
         try:
             self.container.reload()
-            return True
+            if self.container.name == self._name:
+                return True
         except docker.errors.NotFound:
             pass
         try:
-            self.container = self.container.client.containers.get(self.container.name)
+            self.container = self.container.client.containers.get(self._name)
             return True
         except docker.errors.NotFound:
             return False
