@@ -112,6 +112,8 @@ class Pipeline:
                                             thread_name_prefix="build")
         self._inflight: dict[tuple[str, str], Future] = {}
         self._inflight_lock = threading.Lock()
+        #: One reconcile of a source at a time (the scheduler, a webhook and the API may all ask).
+        self._source_locks: dict[str, threading.Lock] = {name: threading.Lock() for name in sources}
         self._converged: dict[str, tuple[tuple, float]] = {}
         self._last_snapshot: dict[str, RefSnapshot] = {}
         self._shutting_down = threading.Event()
@@ -128,7 +130,14 @@ class Pipeline:
 
     # -- one source -------------------------------------------------------------------
     def reconcile_source(self, name: str, *, force: bool = False) -> SourceReport:
-        """One pass over one source. Builds are submitted, not waited for."""
+        """One pass over one source. Builds are submitted, not waited for.
+
+        Two reconciles of one source never overlap: a second caller waits for the first.
+        """
+        with self._source_locks.setdefault(name, threading.Lock()):
+            return self._reconcile_source(name, force=force)
+
+    def _reconcile_source(self, name: str, *, force: bool) -> SourceReport:
         report = SourceReport(source=name)
         wait = self.backoff.wait_left(f"source:{name}")
         if wait > 0 and not force:
@@ -178,6 +187,13 @@ class Pipeline:
         for plan in plans:
             act = Action(source=cfg.name, ref=plan.ref, sha=plan.sha, kind=plan.kind,
                          tags=list(plan.tags), action="up-to-date")
+            if self._in_flight(plan.key):
+                # A build of this ref is still pushing: the registry is half-way (sha-<head>
+                # pushed, ``staging`` not yet), so reading it now would re-tag what the build
+                # is about to push. Decide again once the build has finished.
+                act.action, act.status = "in-flight", "pending"
+                actions.append(act)
+                continue
             if plan.kind == "staging":
                 digest = self.registry.head_manifest(repo, STAGING_TAG)
                 if digest and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha:
@@ -206,6 +222,11 @@ class Pipeline:
         log.info("image.retagged", image=plan.image, src=src, dst=dst, digest=digest)
         self.emit("image.retagged", source=plan.source, image=plan.image, tag=dst, digest=digest, sha=plan.sha)
         return digest
+
+    def _in_flight(self, key: tuple[str, str]) -> bool:
+        with self._inflight_lock:
+            running = self._inflight.get(key)
+            return running is not None and not running.done()
 
     # -- builds -----------------------------------------------------------------------
     def _schedule(self, plan: BuildPlan, act: Action) -> Action:
