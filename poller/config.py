@@ -12,27 +12,34 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping
+from urllib.parse import unquote
 
 import yaml
-from pydantic import (Field, SecretStr, ValidationError, field_validator,
+from pydantic import (BaseModel, Field, SecretStr, ValidationError, field_validator,
                       model_validator)
 
 from poller.errors import ConfigError
+from poller.logs import register_secret
 
 _REF = re.compile(r"\$\{([^}]+)\}")
 
 
-from poller.config_base import _Model, check_image_repository, check_name  # noqa: E402
+from poller.config_base import (_Model, check_image_repository, check_name,  # noqa: E402
+                                refuse_url_credentials, split_url_credentials)
+from poller.names import check_git_ref, check_git_url  # noqa: E402
 
 
 class RegistryConfig(_Model):
-    """The registry images are pushed to and watched in."""
+    """The registry images are pushed to and watched in. Credentials written inline in ``url``
+    (``https://user:PW@host``) are moved to ``username`` / ``password`` at load."""
 
     url: str = Field(description="host[:port], optionally with http:// or https://")
     insecure: bool = Field(False, description="talk plain HTTP instead of HTTPS")
     username: str | None = None
     password: SecretStr | None = None
+
+    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
 
     @field_validator("url")
     @classmethod
@@ -56,6 +63,8 @@ class RegistryConfig(_Model):
 class GitRemote(_Model):
     url: str = Field(description="any URL git understands: file://, https://, ssh://, git://")
 
+    _url = field_validator("url")(classmethod(lambda cls, v: check_git_url(v)))
+
 
 class GitLabRemote(_Model):
     url: str = Field(description="GitLab base URL, e.g. https://gitlab.example.com")
@@ -63,11 +72,15 @@ class GitLabRemote(_Model):
     token: SecretStr | None = None
     ssl_verify: bool = True
 
+    _url = field_validator("url")(classmethod(lambda cls, v: refuse_url_credentials(v)))
+
 
 class GitHubRemote(_Model):
     repo: str = Field(description="owner/name")
     api_url: str = "https://api.github.com"
     token: SecretStr | None = None
+
+    _api_url = field_validator("api_url")(classmethod(lambda cls, v: refuse_url_credentials(v)))
 
     @field_validator("repo")
     @classmethod
@@ -92,6 +105,7 @@ class SourceConfig(_Model):
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
     _image = field_validator("image")(classmethod(lambda cls, v: check_image_repository(v)))
+    _branch = field_validator("branch")(classmethod(lambda cls, v: check_git_ref(v, "branch")))
 
     @field_validator("dockerfile", "context")
     @classmethod
@@ -150,6 +164,8 @@ class ChartRepoConfig(_Model):
     url: str = Field(description="Helm repository URL (serves index.yaml)")
     username: str | None = None
     password: SecretStr | None = None
+
+    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
     charts: list[str] | None = Field(None, description="charts to watch; default: all")
     staging_pattern: str = Field(r"^\d+\.\d+\.\d+-staging(\.|$)",
                                  description="regex on a chart version that marks a staging build")
@@ -168,6 +184,8 @@ class ChartRepoConfig(_Model):
 class HelmApiClientConfig(_Model):
     url: str = Field(description="base URL of the helm API, e.g. http://helm-api:8080")
     token: SecretStr | None = None
+
+    _url = field_validator("url")(classmethod(lambda cls, v: refuse_url_credentials(v)))
 
 
 class ChartsConfig(_Model):
@@ -270,16 +288,25 @@ def _format_loc(loc: tuple) -> str:
     return out
 
 
-def _expand(value: Any, env: Mapping[str, str], path: str, file: str) -> Any:
-    """Replace ``${VAR}`` and ``${file:/path}`` in every string of the raw YAML tree."""
+def _expand(value: Any, env: Mapping[str, str], path: str, file: str,
+            seen: list[tuple[str, str]] | None = None) -> Any:
+    """Replace ``${VAR}`` and ``${file:/path}`` in every string of the raw YAML tree; every
+    substituted value is appended to ``seen`` as ``(key path, value)``."""
     if isinstance(value, dict):
-        return {k: _expand(v, env, f"{path}.{k}" if path else str(k), file) for k, v in value.items()}
+        return {k: _expand(v, env, f"{path}.{k}" if path else str(k), file, seen)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, env, f"{path}[{i}]", file) for i, v in enumerate(value)]
+        return [_expand(v, env, f"{path}[{i}]", file, seen) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
     def sub(m: re.Match) -> str:
+        out = _sub(m)
+        if seen is not None:
+            seen.append((path, out))
+        return out
+
+    def _sub(m: re.Match) -> str:
         ref = m.group(1).strip()
         if ref.startswith("file:"):
             fpath = Path(os.path.expanduser(ref[5:]))
@@ -303,7 +330,8 @@ def parse_config(data: Any, *, file: str = "<config>", env: Mapping[str, str] | 
     env = os.environ if env is None else env
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping (registry:, sources:, ...)", file=file)
-    data = _expand(data, env, "", file)
+    substituted: list[tuple[str, str]] = []
+    data = _expand(data, env, "", file, substituted)
     try:
         cfg = Config.model_validate({**data, "path": file} if "path" not in data else data)
     except ValidationError as exc:
@@ -320,7 +348,42 @@ def parse_config(data: Any, *, file: str = "<config>", env: Mapping[str, str] | 
         key, msg = problems[0]
         more = "".join(f"\n  {k}: {m}" for k, m in problems[1:])
         raise ConfigError(msg + more, file=file, key=key or None) from None
+    for value in secret_values(cfg, substituted):
+        register_secret(value)
     return cfg
+
+
+_BUILD_ARG = re.compile(r"sources\[\d+\]\.build_args\.")
+
+
+def _secrets_in(model: Any) -> Iterator[str]:
+    if isinstance(model, SecretStr):
+        yield model.get_secret_value()
+    elif isinstance(model, BaseModel):
+        for name in type(model).model_fields:
+            yield from _secrets_in(getattr(model, name))
+    elif isinstance(model, dict):
+        for v in model.values():
+            yield from _secrets_in(v)
+    elif isinstance(model, (list, tuple)):
+        for v in model:
+            yield from _secrets_in(v)
+
+
+def secret_values(cfg: Config, substituted: list[tuple[str, str]] = ()) -> list[str]:
+    """Every real secret of ``cfg``: each ``SecretStr`` setting, a password written inline in
+    a git URL, and each ``build_args`` value taken from ``${VAR}`` or ``${file:}``. Empty values
+    are not secrets (and are never masked)."""
+    out = list(_secrets_in(cfg))
+    for s in cfg.sources:
+        if s.git is not None:
+            netloc = s.git.url.partition("://")[2].partition("/")[0]
+            userinfo = netloc.rpartition("@")[0]
+            if ":" in userinfo:
+                out.append(userinfo.partition(":")[2])
+                out.append(unquote(userinfo.partition(":")[2]))
+    out += [v for path, v in substituted if _BUILD_ARG.match(path)]
+    return [v for v in dict.fromkeys(out) if v and v.strip()]
 
 
 def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> Config:

@@ -227,14 +227,10 @@ def cmd_run(args) -> int:
     from poller.api import Services, create_app, serve_in_thread
     from poller.api.dashboard import LiveLogs, tee
     from poller.commands.progress import ProgressDisplay
-    from poller.logs import correlation_listener, get_logger, register_secret
+    from poller.logs import correlation_listener, get_logger
     from poller.metrics import install as install_metrics
 
     cfg = load_config(args.config)
-    for secret in (cfg.api.token, cfg.api.gitlab_webhook_token, cfg.api.github_webhook_secret,
-                   cfg.api.registry_webhook_token):
-        if secret is not None:
-            register_secret(secret.get_secret_value())
     printer = _log_printer("auto")
     live_logs = LiveLogs()
     pipeline = build_pipeline(cfg, docker_base_url=_docker_host(),

@@ -6,13 +6,11 @@ The same section is shared by the poller (which starts rollouts) and by every ma
 
 from __future__ import annotations
 
-import re
-
 from pydantic import Field, field_validator, model_validator
 
 from poller.config_base import SettingsModel
+from poller.names import valid_name
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
 
 
 class EtcdConfig(SettingsModel):
@@ -83,7 +81,7 @@ class AgentConfig(SettingsModel):
     @field_validator("machine")
     @classmethod
     def _machine(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not valid_name(v):
             raise ValueError("must be lowercase letters, digits, '.', '_' or '-'")
         return v
 
@@ -99,7 +97,7 @@ class FleetConfig(SettingsModel):
     @model_validator(mode="after")
     def _graph(self) -> "FleetConfig":
         for name, svc in self.services.items():
-            if not _NAME.match(name):
+            if not valid_name(name):
                 raise ValueError(f"services.{name}: names are lowercase letters, digits, '.', '_' or '-'")
             for dep in svc.depends_on:
                 if dep not in self.services:

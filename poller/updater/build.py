@@ -8,7 +8,6 @@ from typing import Callable
 
 from poller.config import Config, RegistryConfig
 from poller.http import RequestCounter
-from poller.logs import register_secret
 from poller.notify import Notifier
 from poller.registry.client import RegistryClient
 from poller.targets.factory import TargetFactory
@@ -23,8 +22,6 @@ def registry_config(cfg: Config, host: str) -> RegistryConfig:
     for r in cfg.updates.registries:
         reg = RegistryConfig(url=r.url, insecure=r.insecure, username=r.username, password=r.password)
         if reg.host == host:
-            if r.password:
-                register_secret(r.password.get_secret_value())
             return reg
     return RegistryConfig(url=host)
 

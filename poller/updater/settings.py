@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from poller.config_base import SettingsModel, check_image_repository, check_name
+from poller.config_base import SettingsModel, check_image_repository, check_name, split_url_credentials
 
 _LABEL = re.compile(r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")
 _PERCENT = re.compile(r"^(100|[1-9]?\d)%$")
@@ -49,6 +49,8 @@ class RegistryAuth(SettingsModel):
     insecure: bool = False
     username: str | None = None
     password: SecretStr | None = None
+
+    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
 
 
 class KubernetesTarget(SettingsModel):
