@@ -152,6 +152,16 @@ def check_git_ref(v: str, what: str = "git ref") -> str:
     return v
 
 
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def check_commit(v: str, what: str = "commit") -> str:
+    """A full git object id (SHA-1 or SHA-256, lowercase hex), as ls-remote prints it."""
+    if not isinstance(v, str) or not _OBJECT_ID.fullmatch(v):
+        raise _fail(what, str(v), "must be a full commit id (40 or 64 lowercase hex digits)")
+    return v
+
+
 def check_git_url(v: str, what: str = "git URL") -> str:
     """A git remote URL: never something git would read as an option."""
     if not isinstance(v, str) or not v.strip():

@@ -18,6 +18,7 @@ import requests
 
 from poller.errors import NotFound, SourceError, UpstreamError
 from poller.http import RequestCounter, make_session, redact_url
+from poller.names import check_commit
 from poller.sources.smart_http import advertised_refs
 from poller.sources.base import RefSnapshot
 
@@ -95,27 +96,30 @@ class GitSource:
             # One request, no subprocess: the smart-HTTP ref advertisement.
             return parse_ls_remote(advertised_refs(self._session, self.url, upstream=self.upstream),
                                    self.branch)
-        res = self._git("ls-remote", "--heads", "--tags", self.url)
+        res = self._git("ls-remote", "--heads", "--tags", "--end-of-options", self.url)
         return parse_ls_remote(res.stdout.decode(), self.branch)
 
     def _ensure_commit(self, sha: str) -> None:
+        # Every argument that comes from outside (URL, commit) follows --end-of-options, and
+        # the commit must be a full object id: nothing here can be read as a git option.
+        check_commit(sha)
         with self._fetch_lock:
             if not self.mirror.exists():
                 self.mirror.parent.mkdir(parents=True, exist_ok=True)
-                self._git("init", "--bare", "-q", str(self.mirror))
-            have = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.mirror,
-                                  capture_output=True)
+                self._git("init", "--bare", "-q", "--end-of-options", str(self.mirror))
+            have = subprocess.run(["git", "cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}"],
+                                  cwd=self.mirror, capture_output=True)
             if have.returncode == 0:
                 return
-            self._git("fetch", "-q", "--no-tags", self.url, sha, cwd=self.mirror)
-            check = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.mirror,
-                                   capture_output=True)
+            self._git("fetch", "-q", "--no-tags", "--end-of-options", self.url, sha, cwd=self.mirror)
+            check = subprocess.run(["git", "cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}"],
+                                   cwd=self.mirror, capture_output=True)
             if check.returncode != 0:
                 raise NotFound(f"commit {sha} is not in {self.web_url()}")
 
     def write_archive(self, sha: str, out: BinaryIO) -> None:
         self._ensure_commit(sha)
-        proc = subprocess.Popen(["git", "archive", "--format=tar", sha], cwd=self.mirror,
+        proc = subprocess.Popen(["git", "archive", "--format=tar", "--end-of-options", sha], cwd=self.mirror,
                                 env={**os.environ, **_GIT_ENV}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         assert proc.stdout is not None
