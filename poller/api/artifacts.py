@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from poller.api import error, require_token, services
+from poller.names import InvalidName, check_plugin_name, check_tag
 
 blueprint = Blueprint("artifacts", __name__)
 
@@ -17,6 +18,13 @@ def publish_plugin(plugin: str):
     from poller.artifacts.publish import publish
 
     cfg = services().config
+    try:
+        check_plugin_name(plugin)
+        for key in ("version", "env"):
+            if request.args.get(key) is not None:
+                check_tag(request.args[key], key)
+    except InvalidName as exc:
+        return error(400, "bad_request", str(exc))
     if not request.data:
         return error(400, "bad_request", "the body must be the plugin .jar")
     artifact = publish(open_store(cfg), cfg.plugins, plugin, request.get_data(),
