@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from poller.logs import mask, mask_value
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -140,6 +142,9 @@ class Store:
     def finish_build(self, build_id: int, *, status: str, digest: str | None = None,
                      error: str | None = None, log: str = "") -> None:
         now = time.time()
+        # Build output and errors are masked before they are kept (and again when read, for
+        # rows written before a secret was known): a build that prints a secret stores ***.
+        log, error = mask(log), (mask(error) if error else error)
         if len(log) > self.log_limit:
             log = "[... log truncated ...]\n" + log[-self.log_limit:]
         self.execute(
@@ -163,6 +168,7 @@ class Store:
         d = dict(row)
         d.pop("pid", None)
         d["tags"] = json.loads(d["tags"])
+        d["log"], d["error"] = mask(d.get("log") or ""), (mask(d["error"]) if d.get("error") else d.get("error"))
         return BuildRecord(**d)
 
     def get_build(self, build_id: int) -> BuildRecord | None:
@@ -198,6 +204,8 @@ class Store:
     def record_poll(self, name: str, *, head: str | None = None, tags: dict | None = None,
                     error: str | None = None) -> None:
         now = time.time()
+        if error is not None:
+            error = mask(error)
         if error is None:
             self.execute(
                 "INSERT INTO sources (name, head, tags, last_poll, last_ok, last_error)"
@@ -222,7 +230,7 @@ class Store:
     # -- events (audit) -------------------------------------------------------------
     def record_event(self, kind: str, subject: str, **detail: Any) -> None:
         self.execute("INSERT INTO events (at, kind, subject, detail) VALUES (?, ?, ?, ?)",
-                     (time.time(), kind, subject, json.dumps(detail, default=str)))
+                     (time.time(), kind, subject, json.dumps(mask_value(detail), default=str)))
 
     def events(self, *, kind: str | None = None, limit: int = 100) -> Iterator[dict[str, Any]]:
         sql = "SELECT * FROM events" + (" WHERE kind=?" if kind else "") + " ORDER BY id DESC LIMIT ?"
