@@ -62,9 +62,11 @@ class RegistryClient:
         self._lock = threading.Lock()
 
     # -- transport ------------------------------------------------------------------
-    def _basic(self) -> tuple[str, str] | None:
+    def _basic(self) -> tuple[bytes, bytes] | None:
+        # As UTF-8 bytes: requests would encode str credentials as latin-1 and fail on any
+        # other character (a password with 'ü' or '✓' crashed every poll).
         if self.cfg.username and self.cfg.password:
-            return (self.cfg.username, self.cfg.password.get_secret_value())
+            return (self.cfg.username.encode(), self.cfg.password.get_secret_value().encode())
         return None
 
     def _send(self, method: str, path: str, *, scope: str, headers: dict | None = None,
