@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import threading
 import time
 
@@ -35,10 +34,10 @@ from helm_api.kube import Kube, KubeUnavailable, api_client_from
 from helm_api.openapi import openapi_document
 from poller.errors import PermanentError, UpstreamError
 from poller.logs import get_logger
+from poller.names import valid_dns_label
 
 log = get_logger(__name__)
 
-_JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _MAX_BODY = 64 * 1024
 
 
@@ -226,7 +225,7 @@ def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
 
     @app.get("/jobs/<name>")
     def get_job(name: str):
-        if not _JOB_NAME.match(name):
+        if not valid_dns_label(name):
             raise JobNotFound(f"'{name}' is not a valid job name")
         return jsonify(runner.describe(name))
 

@@ -7,7 +7,6 @@ below them gets a :class:`HelmApiConfig` passed in. Tests build one directly.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import (
@@ -21,8 +20,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from poller.errors import ConfigError
+from poller.names import check_dns_label, check_file_name
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class HelmApiConfig(BaseModel):
@@ -52,9 +51,7 @@ class HelmApiConfig(BaseModel):
     @field_validator("namespace", "cronjob")
     @classmethod
     def _dns(cls, v: str) -> str:
-        if not _DNS_LABEL.match(v) or len(v) > 63:
-            raise ValueError("must be a DNS label (lowercase letters, digits, '-')")
-        return v
+        return check_dns_label(v)
 
     @field_validator("environments")
     @classmethod
@@ -62,10 +59,10 @@ class HelmApiConfig(BaseModel):
         if not v:
             raise ValueError("configure at least one environment")
         for name, dss in v.items():
-            if not _DNS_LABEL.match(name) or len(name) > 20:
-                raise ValueError(f"environment '{name}' must be a short DNS label")
-            if not dss or "/" in dss or dss.startswith("."):
-                raise ValueError(f"environment '{name}': DSS file must be a plain file name")
+            check_dns_label(name, "environment")
+            if len(name) > 20:
+                raise ValueError(f"environment '{name}' must be a short DNS label (at most 20)")
+            check_file_name(dss, f"environment '{name}': DSS file")
         return v
 
     @property

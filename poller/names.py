@@ -98,6 +98,10 @@ _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*")
 
 
+def valid_dns_label(v: object) -> bool:
+    return isinstance(v, str) and _DNS_LABEL.fullmatch(v) is not None
+
+
 def check_dns_label(v: str, what: str = "Kubernetes name") -> str:
     """An RFC 1123 label: namespaces, services, most object names."""
     if not isinstance(v, str) or not _DNS_LABEL.fullmatch(v):

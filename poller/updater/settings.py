@@ -27,6 +27,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from poller.config_base import SettingsModel, check_image_repository, check_name, split_url_credentials
+from poller.names import check_dns_label, check_dns_subdomain
 
 _LABEL = re.compile(r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")
 _PERCENT = re.compile(r"^(100|[1-9]?\d)%$")
@@ -61,6 +62,10 @@ class KubernetesTarget(SettingsModel):
     kubeconfig: str | None = Field(None, description="default: updates.kubeconfig, then in-cluster")
     context: str | None = None
 
+    _name = field_validator("name")(classmethod(lambda cls, v: check_dns_subdomain(v, "name")))
+    _labels = field_validator("namespace", "container")(
+        classmethod(lambda cls, v, info: check_dns_label(v, info.field_name)))
+
 
 class HelmTarget(SettingsModel):
     release: str
@@ -73,6 +78,9 @@ class HelmTarget(SettingsModel):
         "tag", description="tag: write '1.4.0' (or 'staging@sha256:..'); reference: 'repo:tag[@digest]'")
     kubeconfig: str | None = None
     helm: str | None = Field(None, description="helm executable; default: updates.helm")
+
+    _release = field_validator("release")(classmethod(lambda cls, v: check_dns_subdomain(v, "release")))
+    _namespace = field_validator("namespace")(classmethod(lambda cls, v: check_dns_label(v, "namespace")))
 
 
 class DockerTarget(SettingsModel):

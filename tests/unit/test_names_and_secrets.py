@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("check_tag", ["1.4.0", "staging", "dev-lobby"], ["-x", ".x", "a b", "a\n", "", "x" * 129]),
     ("check_git_ref", ["master", "release/1.x", "v1.0.0"], ["-x", "a..b", "a b", "a~1", "a:b", "x.lock",
                                                            "/x", "x/", "a@{1}", "a\\b", "a\nb"]),
-    ("check_dns_label", ["game-prod"], ["Game", "a_b", "-a", "a" * 64]),
+    ("check_dns_label", ["game-prod"], ["Game", "a_b", "-a", "a" * 64, "job\n"]),
     ("check_file_name", ["chat.jar"], ["../x", "a/b", ".hidden", "-x", "a\nb", ""]),
 ])
 def test_each_kind_of_name_has_one_validator(check, good, bad):
@@ -185,3 +185,17 @@ def test_only_real_secret_values_are_registered(tmp_path):
     assert mask("mode release") == "mode release"         # a literal build arg is not
     assert "" not in secret_values(cfg) and "none" not in secret_values(cfg)
     assert mask("none (read-only)") == "none (read-only)"
+
+
+@pytest.mark.parametrize("target,key", [
+    ({"kubernetes": {"kind": "Deployment", "name": "-x", "container": "c"}}, "target.kubernetes.name"),
+    ({"kubernetes": {"kind": "Deployment", "name": "gs", "namespace": "Prod", "container": "c"}},
+     "target.kubernetes.namespace"),
+    ({"kubernetes": {"kind": "Deployment", "name": "gs", "container": "c/../x"}}, "target.kubernetes.container"),
+    ({"helm": {"release": "--post-renderer=/bin/sh", "chart": "c"}}, "target.helm.release"),
+])
+def test_kubernetes_and_helm_names_are_checked_at_config_load(target, key):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"registry": {"url": "r:5000"}, "updates": {"deployments": [
+            {"name": "d", "image": "r:5000/x", "policy": "minor", "target": target}]}}, file="s.yaml")
+    assert err.value.key == f"updates.deployments[0].{key}"
