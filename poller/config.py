@@ -26,7 +26,7 @@ _REF = re.compile(r"\$\{([^}]+)\}")
 
 
 from poller.config_base import (_Model, check_image_repository, check_name,  # noqa: E402
-                                refuse_url_credentials, split_url_credentials)
+                                split_url_credentials)
 from poller.names import check_git_ref, check_git_url  # noqa: E402
 
 
@@ -72,15 +72,11 @@ class GitLabRemote(_Model):
     token: SecretStr | None = None
     ssl_verify: bool = True
 
-    _url = field_validator("url")(classmethod(lambda cls, v: refuse_url_credentials(v)))
-
 
 class GitHubRemote(_Model):
     repo: str = Field(description="owner/name")
     api_url: str = "https://api.github.com"
     token: SecretStr | None = None
-
-    _api_url = field_validator("api_url")(classmethod(lambda cls, v: refuse_url_credentials(v)))
 
     @field_validator("repo")
     @classmethod
@@ -184,8 +180,6 @@ class ChartRepoConfig(_Model):
 class HelmApiClientConfig(_Model):
     url: str = Field(description="base URL of the helm API, e.g. http://helm-api:8080")
     token: SecretStr | None = None
-
-    _url = field_validator("url")(classmethod(lambda cls, v: refuse_url_credentials(v)))
 
 
 class ChartsConfig(_Model):
@@ -375,13 +369,13 @@ def secret_values(cfg: Config, substituted: list[tuple[str, str]] = ()) -> list[
     a git URL, and each ``build_args`` value taken from ``${VAR}`` or ``${file:}``. Empty values
     are not secrets (and are never masked)."""
     out = list(_secrets_in(cfg))
-    for s in cfg.sources:
-        if s.git is not None:
-            netloc = s.git.url.partition("://")[2].partition("/")[0]
-            userinfo = netloc.rpartition("@")[0]
-            if ":" in userinfo:
-                out.append(userinfo.partition(":")[2])
-                out.append(unquote(userinfo.partition(":")[2]))
+    urls = [u for s in cfg.sources for u in (s.git and s.git.url, s.gitlab and s.gitlab.url,
+                                              s.github and s.github.api_url) if u]
+    urls += [cfg.charts.helm_api.url] if cfg.charts.helm_api else []
+    for url in urls:  # passwords written inline in remote URLs (shown redacted, never in full)
+        userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
+        if ":" in userinfo:
+            out += [userinfo.partition(":")[2], unquote(userinfo.partition(":")[2])]
     out += [v for path, v in substituted if _BUILD_ARG.match(path)]
     return [v for v in dict.fromkeys(out) if v and v.strip()]
 

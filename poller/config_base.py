@@ -39,10 +39,3 @@ def split_url_credentials(data: object, *, key: str = "url") -> object:
         out["password"] = unquote(password)
     return out
 
-
-def refuse_url_credentials(v: str, hint: str = "the token key") -> str:
-    """For URLs that have their own credential keys: no ``user:password@`` in them."""
-    netloc = v.partition("://")[2].partition("/")[0] if "://" in v else v.partition("/")[0]
-    if "@" in netloc:
-        raise ValueError(f"must not contain credentials (user:password@); use {hint} instead")
-    return v
