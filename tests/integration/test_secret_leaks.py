@@ -40,6 +40,7 @@ SECRETS = {
     "CHART_PW": 'chart-pw-\\"x-CP2',
     "NOTIFY_TOKEN": "notify-hook-NT3",
     "UPDATES_PW": "upd-reg-pw-ÜR1",
+    "GITLAB_URL_PW": "gl-url-pw-GU5",           # inline in a GitLab URL
 }
 
 DOCKERFILE = """FROM scratch
@@ -95,7 +96,7 @@ def setup(tmp_path, registry, docker_host):
              "build_args": build_args},
             {"name": "broken", "git": {"url": bad.url}, "branch": "master",
              "image": f"{registry.addr}/leaky-broken", "build_args": build_args},
-            {"name": "lab", "gitlab": {"url": f"http://127.0.0.1:{closed}", "project": "g/lab",
+            {"name": "lab", "gitlab": {"url": f"http://bot:${{GITLAB_URL_PW}}@127.0.0.1:{closed}", "project": "g/lab",
                                        "token": "${GITLAB_TOKEN}"},
              "branch": "master", "image": f"{registry.addr}/lab"},
             {"name": "hub", "github": {"repo": "o/hub", "api_url": f"http://127.0.0.1:{closed}",
@@ -107,12 +108,12 @@ def setup(tmp_path, registry, docker_host):
                    "helm_api": {"url": f"http://127.0.0.1:{closed}", "token": "${HELM_TOKEN}"}},
         "notify": {"webhooks": [{"url": f"http://127.0.0.1:{closed}/hooks/${{NOTIFY_TOKEN}}",
                                  "format": "json", "timeout": 1}]},
-        "updates": {"registries": [{"url": "other-registry.example:5000", "username": "u",
-                                    "password": "${UPDATES_PW}"}]},
+        "updates": {"registries": [{"url": "https://u:${UPDATES_PW_URL}@other-registry.example:5000"}]},
     }
     cfg = tmp_path / "slipway.yaml"
     cfg.write_text(yaml.safe_dump(data))
     env = {**os.environ, **SECRETS, "REG_PW_URL": quote(SECRETS["REG_PW"], safe=""),
+           "UPDATES_PW_URL": quote(SECRETS["UPDATES_PW"], safe=""),
            "DOCKER_HOST": docker_host}
     return cfg, env, api_port, tmp_path
 
