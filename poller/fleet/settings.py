@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from poller.config_base import SettingsModel
-from poller.names import valid_name
+from poller.names import check_image_repository, valid_name
 
 
 
@@ -60,12 +60,7 @@ class ServiceConfig(SettingsModel):
     health: HealthCheck = HealthCheck()
     stop_timeout: int = Field(10, ge=0, description="seconds the old container gets to stop before SIGKILL")
 
-    @field_validator("image")
-    @classmethod
-    def _image(cls, v: str) -> str:
-        if ":" in v.rsplit("/", 1)[-1] or "@" in v:
-            raise ValueError("give the repository only; the version is the tag")
-        return v
+    _image = field_validator("image")(classmethod(lambda cls, v: check_image_repository(v)))
 
 
 class AgentConfig(SettingsModel):
