@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from poller.logs import mask, mask_value
+from poller.logs import mask, mask_known, mask_value
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
@@ -168,7 +168,11 @@ class Store:
         d = dict(row)
         d.pop("pid", None)
         d["tags"] = json.loads(d["tags"])
-        d["log"], d["error"] = mask(d.get("log") or ""), (mask(d["error"]) if d.get("error") else d.get("error"))
+        if d.get("error"):
+            d["error"] = mask(d["error"])
+        # Logs were fully masked when written; on the way out only the (cheap) known-secret
+        # pass runs again, for rows kept before a secret was configured.
+        d["log"] = mask_known(d.get("log") or "")
         return BuildRecord(**d)
 
     def get_build(self, build_id: int) -> BuildRecord | None:

@@ -199,3 +199,21 @@ def test_kubernetes_and_helm_names_are_checked_at_config_load(target, key):
         parse_config({"registry": {"url": "r:5000"}, "updates": {"deployments": [
             {"name": "d", "image": "r:5000/x", "policy": "minor", "target": target}]}}, file="s.yaml")
     assert err.value.key == f"updates.deployments[0].{key}"
+
+
+def test_build_logs_and_errors_are_stored_and_served_masked(tmp_path):
+    from poller.store import Store
+
+    register_secret("build-arg-sëcret\\1")
+    store = Store(tmp_path / "s.db")
+    bid = store.start_build(source="gs", image="r:5000/gs", ref="branch:master", kind="staging", sha="a" * 40,
+                            tags=["staging"])
+    store.finish_build(bid, status="failed", error="RUN printed build-arg-sëcret\\1",
+                       log="Step 5/5 : RUN echo $ARG\nbuild-arg-sëcret\\1\n")
+    raw = store.execute("SELECT log, error FROM builds WHERE id=?", (bid,)).fetchone()
+    assert "sëcret" not in raw["log"] + raw["error"] and "***" in raw["log"]
+    # A row kept before the secret was configured is still served masked.
+    store.execute("UPDATE builds SET log=?, error=? WHERE id=?", ("old build-arg-sëcret\\1", "x build-arg-sëcret\\1", bid))
+    rec = store.get_build(bid)
+    assert (rec.log, rec.error) == ("old ***", "x ***")
+    assert store.builds()[0].log == "old ***"
