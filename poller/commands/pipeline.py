@@ -83,6 +83,7 @@ def cmd_check_config(args) -> int:
 
 def cmd_once(args) -> int:
     from poller.app import build_pipeline
+    from poller.logs import mask_value
 
     cfg = load_config(args.config)
     pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), on_build_log=_log_printer(args.logs))
@@ -99,7 +100,7 @@ def cmd_once(args) -> int:
         out = {"ok": not failed, "sources": [
             {"source": r.source, "head": r.head, "error": r.error,
              "actions": [a.as_dict() for a in r.actions]} for r in reports], "charts": extra}
-        print(json.dumps(out, indent=2))
+        print(json.dumps(mask_value(out), indent=2))
     else:
         from poller.commands.tables import table
 
@@ -110,7 +111,7 @@ def cmd_once(args) -> int:
             for a in r.actions:
                 detail = a.error or (a.digest or "")
                 rows.append([r.source, a.ref, a.sha[:12], f"{a.action}/{a.status}", detail])
-        print(table(["source", "ref", "commit", "action", "detail"], rows) if rows else "no sources")
+        print(table(["source", "ref", "commit", "action", "detail"], mask_value(rows)) if rows else "no sources")
     return 1 if failed else 0
 
 
