@@ -27,7 +27,7 @@ _REF = re.compile(r"\$\{([^}]+)\}")
 
 from poller.config_base import (_Model, check_image_repository, check_name,  # noqa: E402
                                 split_url_credentials)
-from poller.names import check_git_ref, check_git_url  # noqa: E402
+from poller.names import check_git_ref, check_git_url, check_project_path  # noqa: E402
 
 
 class RegistryConfig(_Model):
@@ -72,18 +72,16 @@ class GitLabRemote(_Model):
     token: SecretStr | None = None
     ssl_verify: bool = True
 
+    _project = field_validator("project")(
+        classmethod(lambda cls, v: v if str(v).isdigit() else check_project_path(v, "project")))
+
 
 class GitHubRemote(_Model):
     repo: str = Field(description="owner/name")
     api_url: str = "https://api.github.com"
     token: SecretStr | None = None
 
-    @field_validator("repo")
-    @classmethod
-    def _repo(cls, v: str) -> str:
-        if v.count("/") != 1 or not all(v.split("/")):
-            raise ValueError("must be 'owner/name'")
-        return v
+    _repo = field_validator("repo")(classmethod(lambda cls, v: check_project_path(v, "repo", parts=2)))
 
 
 class SourceConfig(_Model):

@@ -177,6 +177,21 @@ def check_git_url(v: str, what: str = "git URL") -> str:
     return v
 
 
+# -- hosted projects (GitHub owner/name, GitLab group/.../name) --------------------------------
+_PROJECT_PART = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def check_project_path(v: str, what: str = "project", *, parts: int | None = None) -> str:
+    """``owner/name`` (``parts=2``) or ``group/sub/name``: URL path segments of a hosted API,
+    so no empty, '.' or '..' segment and nothing but letters, digits, '_', '.' and '-'."""
+    segs = v.split("/") if isinstance(v, str) else []
+    if (not segs or (parts is not None and len(segs) != parts)
+            or any(s in (".", "..") or not _PROJECT_PART.fullmatch(s) for s in segs)):
+        shape = "'owner/name'" if parts == 2 else "'group/name' (subgroups allowed) or a numeric id"
+        raise _fail(what, str(v), f"must be {shape}: letters, digits, '_', '.' or '-', no '..'")
+    return v
+
+
 # -- files ---------------------------------------------------------------------------------
 def check_file_name(v: str, what: str = "file name") -> str:
     """One path segment: no '/', no '..', no control characters, no leading '-' or '.'."""

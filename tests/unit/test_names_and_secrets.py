@@ -217,3 +217,17 @@ def test_build_logs_and_errors_are_stored_and_served_masked(tmp_path):
     rec = store.get_build(bid)
     assert (rec.log, rec.error) == ("old ***", "x ***")
     assert store.builds()[0].log == "old ***"
+
+
+@pytest.mark.parametrize("remote,key", [
+    ({"github": {"repo": "../admin"}}, "sources[0].github.repo"),
+    ({"github": {"repo": "o/.."}}, "sources[0].github.repo"),
+    ({"github": {"repo": "o/n?x=1"}}, "sources[0].github.repo"),
+    ({"gitlab": {"url": "https://gl.example", "project": "games/../admin"}}, "sources[0].gitlab.project"),
+    ({"gitlab": {"url": "https://gl.example", "project": "games/lobby#x"}}, "sources[0].gitlab.project"),
+])
+def test_hosted_project_paths_cannot_walk_the_api(remote, key):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"registry": {"url": "r:5000"}, "sources": [
+            {"name": "s", "branch": "master", "image": "r:5000/s", **remote}]}, file="s.yaml")
+    assert err.value.key == key
