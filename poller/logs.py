@@ -183,7 +183,7 @@ class _TextFormatter(logging.Formatter):
         return line
 
 
-_UNSAFE = re.compile(r"[\s\"\\=\x00-\x1f\x7f\u0085\u2028\u2029]")
+_UNSAFE = re.compile(r"[\s\"\\\x00-\x1f\x7f\u0085\u2028\u2029]")
 
 
 def _escape(s: str) -> str:
