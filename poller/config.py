@@ -158,12 +158,12 @@ class ChartRepoConfig(_Model):
     url: str = Field(description="Helm repository URL (serves index.yaml)")
     username: str | None = None
     password: SecretStr | None = None
-
-    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
     charts: list[str] | None = Field(None, description="charts to watch; default: all")
     staging_pattern: str = Field(r"^\d+\.\d+\.\d+-staging(\.|$)",
                                  description="regex on a chart version that marks a staging build")
     interval: float | None = Field(None, gt=0)
+
+    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
 
     @field_validator("staging_pattern")
     @classmethod
