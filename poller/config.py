@@ -151,8 +151,10 @@ class ChartRepoConfig(_Model):
     username: str | None = None
     password: SecretStr | None = None
     charts: list[str] | None = Field(None, description="charts to watch; default: all")
-    staging_pattern: str = Field(r"^\d+\.\d+\.\d+-staging(\.|$)",
-                                 description="regex on a chart version that marks a staging build")
+    staging_pattern: str = Field(r"^v?\d+\.\d+\.\d+-",
+                                 description="regex on a chart version that marks a staging build; "
+                                             "default: every prerelease, which is what the staging "
+                                             "DSS range deploys")
     interval: float | None = Field(None, gt=0)
 
     @field_validator("staging_pattern")
