@@ -329,13 +329,14 @@ def validate(dsf: dict) -> list[str]:
 
 
 # -- kube context ---------------------------------------------------------------------------------
-def _kubeconfig_path(flag: str | None) -> Path:
+def _kubeconfig_paths(flag: str | None) -> list[Path]:
+    """The kubeconfig files in kubectl's order; a created context goes into the first."""
     if flag:
-        return Path(flag)
+        return [Path(flag)]
     env = os.environ.get("KUBECONFIG")
     if env:
-        return Path(env.split(os.pathsep)[0])
-    return Path.home() / ".kube" / "config"
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    return [Path.home() / ".kube" / "config"]
 
 
 def _load_kubeconfig(path: Path) -> dict:
@@ -346,14 +347,17 @@ def _load_kubeconfig(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def resolve_context(dsf: dict, kubeconfig: Path) -> str:
+def resolve_context(dsf: dict, kubeconfigs: list[Path]) -> str:
     """The kube context to use, created from the in-cluster settings when needed."""
     settings = dsf.get("settings") or {}
-    cfg = _load_kubeconfig(kubeconfig)
-    contexts = {c.get("name") for c in cfg.get("contexts") or [] if isinstance(c, dict)}
+    configs = [_load_kubeconfig(p) for p in kubeconfigs]
+    kubeconfig, cfg = kubeconfigs[0], configs[0]
+    contexts = {c.get("name") for conf in configs for c in conf.get("contexts") or []
+                if isinstance(c, dict)}
     wanted = settings.get("kubeContext")
     if not wanted:
-        current = cfg.get("current-context")
+        current = next((conf["current-context"] for conf in configs
+                        if conf.get("current-context")), None)
         if current and current in contexts:
             return current
         raise DsfError("settings validation failed -- you have not defined a kubeContext to use. "
@@ -403,7 +407,7 @@ def resolve_context(dsf: dict, kubeconfig: Path) -> str:
 
 # -- helm -----------------------------------------------------------------------------------------
 class Helm:
-    def __init__(self, kubeconfig: Path, context: str, debug: bool):
+    def __init__(self, kubeconfigs: list[Path], context: str, debug: bool):
         here = Path(sys.argv[0]).resolve().parent
         self.bin = next((c for c in (os.environ.get("HELM_BIN"), shutil.which("helm"),
                                      str(here / "helm")) if c and Path(c).exists()), None)
@@ -411,7 +415,7 @@ class Helm:
             raise DsfError("helm not found on PATH")
         self.kubectl = shutil.which("kubectl") or (str(here / "kubectl")
                                                    if (here / "kubectl").exists() else None)
-        self.env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+        self.env = dict(os.environ, KUBECONFIG=os.pathsep.join(str(p) for p in kubeconfigs))
         self.context = context
         self.debug = debug
 
@@ -512,13 +516,13 @@ def _chart_version(listed: dict, chart_name: str) -> str:
     return chart[len(prefix):] if chart.startswith(prefix) else chart.rsplit("-", 1)[-1]
 
 
-def plan_and_apply(dsf: dict, base: Path, opts, kubeconfig: Path, tmp: Path) -> int:
+def plan_and_apply(dsf: dict, base: Path, opts, kubeconfigs: list[Path], tmp: Path) -> int:
     context = str(dsf.get("context") or "default")
     settings = dsf.get("settings") or {}
     namespaces = dsf.get("namespaces") or {}
-    ctx = resolve_context(dsf, kubeconfig)
+    ctx = resolve_context(dsf, kubeconfigs)
     debug = opts.debug or opts.verbose
-    helm = Helm(kubeconfig, ctx, debug)
+    helm = Helm(kubeconfigs, ctx, debug)
     execute = opts.apply or opts.destroy
     dry = opts.dry_run or not execute
     global_history = settings.get("globalMaxHistory") or DEFAULT_MAX_HISTORY
@@ -697,7 +701,7 @@ def main(argv=None) -> int:
               f"working directory; the working directory is {where})", file=sys.stderr)
         return 1
     try:
-        return plan_and_apply(dsf, base, opts, _kubeconfig_path(opts.kubeconfig), tmp)
+        return plan_and_apply(dsf, base, opts, _kubeconfig_paths(opts.kubeconfig), tmp)
     except DsfError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
