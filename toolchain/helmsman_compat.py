@@ -239,8 +239,8 @@ def load_dsf(files: list[str], subst_env: bool = True) -> tuple[dict, Path]:
         except OSError as exc:
             raise DsfError(f"cannot read desired state file {f}: {exc.strerror}") from None
         if subst_env:
-            missing = sorted({a or b for a, b in re.findall(r"(?<!\$)\$\{(\w+)\}|(?<!\$)\$([A-Za-z_]\w*)", text)
-                              if (a or b) not in os.environ})
+            used = re.findall(r"(?<!\$)\$\{(\w+)\}|(?<!\$)\$([A-Za-z_]\w*)", text)
+            missing = sorted({a or b for a, b in used if (a or b) not in os.environ})
             if missing:
                 raise DsfError(f"{f}: environment variable(s) not set: {', '.join(missing)}")
             text = os.path.expandvars(text)
