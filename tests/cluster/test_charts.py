@@ -361,52 +361,65 @@ def test_a_protected_namespace_freezes_its_releases(helmsman, tmp_path):
     assert h.release("game-server", "game-production") == ("game-server-0.1.1", 2)
 
 
-def _tiny_chart(root: Path, template: str, version: str = "0.1.0") -> Path:
-    chart = root / "tiny"
-    (chart / "templates").mkdir(parents=True, exist_ok=True)
-    (chart / "Chart.yaml").write_text(f"apiVersion: v2\nname: tiny\nversion: {version}\n")
-    (chart / "values.yaml").write_text("greeting: hi\n")
-    (chart / "templates" / "cm.yaml").write_text(template)
-    return chart
+class TinyRelease:
+    """A one-template chart in ChartMuseum and a DSS for it; `run` returns the helm revision."""
+
+    def __init__(self, helmsman, namespace: str, tmp_path: Path, max_history: int | None = None):
+        self.h, self.namespace, self.tmp = helmsman, namespace, tmp_path
+        self.dsf = {"context": "tiny", "namespaces": {namespace: {}},
+                    "helmRepos": {"t": helmsman.chartmuseum.url},
+                    "apps": {"tiny": {"namespace": namespace, "enabled": True, "chart": "t/tiny",
+                                      "version": "0.1.0", "set": {"greeting": "hi"}}}}
+        if max_history:
+            self.dsf["settings"] = {"globalMaxHistory": max_history}
+        self.path = tmp_path / "tiny.yaml"
+
+    def push(self, template: str, version: str) -> None:
+        from poller.charts.push import package_chart, push_chart
+
+        chart = self.tmp / f"tiny-{version}"
+        (chart / "templates").mkdir(parents=True)
+        (chart / "Chart.yaml").write_text(f"apiVersion: v2\nname: tiny\nversion: {version}\n")
+        (chart / "values.yaml").write_text("greeting: hi\n")
+        (chart / "templates" / "t.yaml").write_text(template)
+        push_chart(package_chart(chart), self.h.chartmuseum.url)
+
+    def run(self, **change) -> int:
+        self.dsf["apps"]["tiny"].update(change)
+        self.path.write_text(yaml.safe_dump(self.dsf))
+        self.h.run(self.path)
+        return self.h.release("tiny", self.namespace)[1]
 
 
-def test_helmsman_upgrades_only_on_a_real_change_and_keeps_global_max_history(
-        helmsman, kube, namespace, tmp_path):
-    """Stand-in rules on a tiny chart: the same render is no upgrade; a changed value is;
-    a template that renders randomly without `lookup` upgrades every run (what the old token
-    Secret did); settings.globalMaxHistory bounds the stored revisions."""
-    from poller.charts.push import package_chart, push_chart
+CONFIGMAP = ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tiny}\n"
+             "data: {greeting: {{ .Values.greeting | quote }}}\n")
 
-    h = helmsman
-    stable = _tiny_chart(tmp_path / "stable",
-                         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tiny}\n"
-                         "data: {greeting: {{ .Values.greeting | quote }}}\n")
-    push_chart(package_chart(stable), h.chartmuseum.url)
-    dsf = {"context": "tiny", "settings": {"globalMaxHistory": 2},
-           "namespaces": {namespace: {}}, "helmRepos": {"t": h.chartmuseum.url},
-           "apps": {"tiny": {"namespace": namespace, "enabled": True, "chart": "t/tiny",
-                             "version": "0.1.0", "set": {"greeting": "hi"}}}}
-    path = tmp_path / "tiny.yaml"
 
-    def run(**change) -> int:
-        dsf["apps"]["tiny"].update(change)
-        path.write_text(yaml.safe_dump(dsf))
-        h.run(path)
-        return h.release("tiny", namespace)[1]
+def test_helmsman_upgrades_only_on_a_new_version_or_a_changed_render(helmsman, namespace,
+                                                                      tmp_path):
+    """The same render is no upgrade, a changed value is, and a template that renders
+    randomly without `lookup` (what the old token Secret did) upgrades on every run."""
+    tiny = TinyRelease(helmsman, namespace, tmp_path)
+    tiny.push(CONFIGMAP, "0.1.0")
+    assert tiny.run() == 1
+    assert tiny.run() == 1                       # same render: no upgrade
+    assert tiny.run(set={"greeting": "ho"}) == 2  # same version, changed manifest
+    tiny.push(CONFIGMAP, "0.1.1")
+    assert tiny.run(version="0.1.1") == 3        # same render, new version
+    tiny.push("apiVersion: v1\nkind: Secret\nmetadata: {name: tiny-token}\n"
+              "data: {token: {{ randAlphaNum 12 | b64enc | quote }}}\n", "0.2.0")
+    assert tiny.run(version="0.2.0") == 4
+    assert tiny.run() == 5  # renders differently every time: never a no-op
 
-    assert run() == 1
-    assert run() == 1                       # same render: no upgrade
-    assert run(set={"greeting": "ho"}) == 2  # same version, changed manifest
-    assert run(set={"greeting": "hey"}) == 3
-    history = json.loads(h.helm.run("history", "tiny", "-n", namespace, "-o", "json").stdout)
+
+def test_helmsman_passes_global_max_history(helmsman, namespace, tmp_path):
+    tiny = TinyRelease(helmsman, namespace, tmp_path, max_history=2)
+    tiny.push(CONFIGMAP, "0.1.0")
+    for n, greeting in enumerate(("a", "b", "c"), start=1):
+        assert tiny.run(set={"greeting": greeting}) == n
+    history = json.loads(helmsman.helm.run("history", "tiny", "-n", namespace, "-o",
+                                           "json").stdout)
     assert [r["revision"] for r in history] == [2, 3]  # --history-max 2
-
-    random = _tiny_chart(tmp_path / "random",
-                         "apiVersion: v1\nkind: Secret\nmetadata: {name: tiny-token}\n"
-                         "data: {token: {{ randAlphaNum 12 | b64enc | quote }}}\n", "0.2.0")
-    push_chart(package_chart(random), h.chartmuseum.url)
-    first = run(version="0.2.0")
-    assert run() == first + 1  # renders differently every time: never a no-op
 
 
 def test_helmsman_cronjob_runs_with_a_writable_working_directory(helm):
