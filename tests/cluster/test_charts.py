@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -480,3 +481,47 @@ def test_poller_gets_workload_rights_only_in_the_namespaces_it_manages(helm, kub
         assert pod_spec["automountServiceAccountToken"] is True
     finally:
         kube.kubectl("delete", "namespace", games, "--wait=false", check=False)
+
+
+def test_committed_in_cluster_settings_connect_as_the_job_service_account(
+        helmsman, helm, kube, namespace, tmp_path):
+    """What the Job pod does, on the host: no kubeconfig, HOME and the working directory on
+    scratch space, the pod's service-account token and CA at the paths the DSS names. The
+    committed staging.yaml's settings create the context; the helmsman ServiceAccount of
+    charts/slipway (targetNamespaces: game-staging) is enough to deploy the game server."""
+    import base64
+
+    h = helmsman
+    helm.run("install", "slipway", SLIPWAY, "--namespace", namespace, *TOKEN_ARGS,
+             "--set", "helmsman.targetNamespaces={game-staging}")
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text(kube.kubectl("create", "token", "slipway-helmsman", "-n",
+                                           namespace).stdout.strip())
+    cfg = yaml.safe_load(Path(kube.kubeconfig).read_text())
+    cluster = cfg["clusters"][0]["cluster"]
+    if "certificate-authority-data" in cluster:
+        (sa / "ca.crt").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    else:
+        (sa / "ca.crt").write_bytes(Path(cluster["certificate-authority"]).read_bytes())
+    # only the pod-specific paths and the API address differ from the committed file
+    dss = yaml.safe_load((DSS / "staging.yaml").read_text())
+    dss["certificates"]["caCrt"] = str(sa / "ca.crt")
+    dss["settings"]["bearerTokenPath"] = str(sa / "token")
+    dss["settings"]["clusterURI"] = kube.server
+    path = tmp_path / "staging-in-pod.yaml"
+    path.write_text(yaml.safe_dump(dss))
+    h.push("game-server", "0.2.0-staging.1")
+    home, work = tmp_path / "pod-home", tmp_path / "pod-work"
+    home.mkdir()
+    work.mkdir()
+    env = {"PATH": os.pathsep.join([str(Path(h.bin).parent), os.path.dirname(sys.executable),
+                                    "/usr/bin", "/bin"]),
+           "HOME": str(home), "SLIPWAY_CHART_REPO": h.chartmuseum.url}
+    proc = subprocess.run([h.bin, "--no-banner", "--apply", "--target", "game-server", "-f",
+                           str(path)], capture_output=True, text=True, env=env, cwd=work,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Created kube context [ slipway ]" in proc.stdout
+    assert h.release("game-server", "game-staging") == ("game-server-0.2.0-staging.1", 1)
+    assert not (work / ".helmsman-tmp").exists()  # scratch space cleaned up
