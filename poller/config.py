@@ -127,6 +127,8 @@ class BuildConfig(_Model):
     retry_initial: float = Field(30.0, ge=0, description="first back-off after a failed build, s")
     retry_max: float = Field(3600.0, ge=0, description="longest back-off after failed builds, s")
     timeout: float = Field(3600.0, gt=0, description="a build running longer is failed")
+    max_per_cycle: int = Field(50, ge=1, description="builds one source may start in one cycle; "
+                               "the rest (newest first) wait for the next cycle")
 
 
 class PollConfig(_Model):

@@ -44,6 +44,10 @@ class UpstreamError(SlipwayError):
         super().__init__(message)
 
 
+class ResponseTooLarge(UpstreamError):
+    """An upstream answered with more than Slipway reads from it (a body, a ref list)."""
+
+
 class NotFound(PermanentError):
     """The thing asked for does not exist upstream (a 404, a missing ref)."""
 

@@ -46,7 +46,7 @@ class Action:
     sha: str
     kind: str
     tags: list[str]
-    action: str              # up-to-date | build | retag | backoff | in-flight
+    action: str              # up-to-date | build | retag | backoff | in-flight | deferred
     status: str = "done"     # done | pending | succeeded | failed
     build_id: int | None = None
     digest: str | None = None
@@ -64,6 +64,11 @@ class SourceReport:
     error: str | None = None
     retry_after: float | None = None
     actions: list[Action] = field(default_factory=list)
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    """An error message short enough for a log line and the store, whatever an upstream sent."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 class Backoff:
@@ -177,6 +182,14 @@ class Pipeline:
             self.store.record_poll(name, error=str(exc))
             log.error("source.error", source=name, error=str(exc), retry_in=round(delay, 1))
             self.emit("source.error", source=name, error=str(exc), temporary=False)
+        except Exception as exc:  # a malformed answer or a bug: this source's failure, not the pass's
+            delay = self.backoff.failed(f"source:{name}")
+            message = _clip(f"internal error: {type(exc).__name__}: {exc}")
+            report.error, report.retry_after = message, delay
+            self.store.record_poll(name, error=message)
+            log.error("source.crashed", source=name, error=message, retry_in=round(delay, 1),
+                      exc_info=True)
+            self.emit("source.error", source=name, error=message, temporary=False)
         return report
 
     def _decide(self, cfg: SourceConfig, snap: RefSnapshot) -> list[Action]:
@@ -184,6 +197,7 @@ class Pipeline:
         repo = cfg.image_repository
         actions: list[Action] = []
         existing: set[str] | None = None
+        started = 0
         for plan in plans:
             act = Action(source=cfg.name, ref=plan.ref, sha=plan.sha, kind=plan.kind,
                          tags=list(plan.tags), action="up-to-date")
@@ -212,7 +226,15 @@ class Pipeline:
                 if plan.tags[0] in existing:
                     actions.append(act)
                     continue
-            actions.append(self._schedule(plan, act))
+            if started >= self.cfg.build.max_per_cycle:
+                # A burst of refs (or a hostile upstream) never queues unbounded work; plans are
+                # newest first, and the rest are found again next cycle.
+                act.action, act.status = "deferred", "pending"
+                act.error = f"more than {self.cfg.build.max_per_cycle} builds wanted this cycle"
+            else:
+                act = self._schedule(plan, act)
+                started += act.action == "build"
+            actions.append(act)
         return actions
 
     def _retag(self, repo: str, src: str, dst: str, plan: BuildPlan) -> str:
