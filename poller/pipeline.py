@@ -297,7 +297,10 @@ class Pipeline:
             result = self.builder.build(plan, self.sources[plan.source], self.cfg.source(plan.source),
                                         on_log)
         except (BuildError, UpstreamError, NotFound, SlipwayError) as exc:
-            self.store.finish_build(build_id, status="failed", error=str(exc), log="".join(lines))
+            # An upstream's failure (engine unreachable, registry down) is not the commit's:
+            # recorded as ``upstream-error``, which puts no back-off on it; next cycle retries.
+            status = "upstream-error" if isinstance(exc, UpstreamError) else "failed"
+            self.store.finish_build(build_id, status=status, error=str(exc), log="".join(lines))
             act.status, act.error = "failed", str(exc)
             blog.error("build.failed", error=str(exc))
             self._emit_done("build.failed", plan, build_id, error=str(exc))

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS builds (
     sha         TEXT NOT NULL,
     tags        TEXT NOT NULL,      -- JSON list of image tags
     digest      TEXT,
-    status      TEXT NOT NULL,      -- running | succeeded | failed | interrupted
+    status      TEXT NOT NULL,      -- running | succeeded | failed | upstream-error | interrupted
     error       TEXT,
     started_at  REAL NOT NULL,
     finished_at REAL,
@@ -181,6 +181,8 @@ class Store:
         """Consecutive failed builds of exactly this (image, ref, sha), and when the last ended.
 
         Back-off for a broken commit is derived from this history, so it survives restarts.
+        Builds stopped by an upstream (``upstream-error``) or a crash (``interrupted``) are no
+        fault of the commit and are not counted.
         """
         rows = self.execute(
             "SELECT status, finished_at FROM builds WHERE image=? AND ref=? AND sha=?"
