@@ -329,9 +329,13 @@ def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None
     """Read, expand and validate the YAML config at ``path``."""
     file = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError("is a directory; give the path of the YAML config file", file=file) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"is not UTF-8 text (byte {exc.start}); save it as UTF-8", file=file) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -25,6 +25,11 @@ class ConfigError(SlipwayError):
         super().__init__(f"{where}: {reason}" if where else reason)
 
 
+class StoreError(SlipwayError):
+    """The store file can't be used (not a database, damaged, old schema, read-only). The
+    message names the file and what to do."""
+
+
 class PermanentError(SlipwayError):
     """Retrying without a change (new commit, new config) will not help."""
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from poller.errors import StoreError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,6 +67,37 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
+#: Columns this version reads and writes; a store without them was made by an older Slipway.
+_REQUIRED_COLUMNS = {
+    "builds": {"id", "source", "image", "ref", "kind", "sha", "tags", "digest", "status", "error",
+               "started_at", "finished_at", "duration", "log", "pid"},
+    "sources": {"name", "head", "tags", "last_poll", "last_ok", "last_error"},
+    "events": {"id", "at", "kind", "subject", "detail"},
+}
+
+#: What to do about a store that can't be used. It holds history only (git and the registry
+#: are the truth), so moving it aside loses no state that matters.
+_MOVE_ASIDE = "move it aside (it holds only history) or set store.path to another file"
+
+
+def _explain(path: str, exc: Exception) -> StoreError:
+    """One line naming the store file, what is wrong with it and what to do."""
+    text = str(exc).lower()
+    if isinstance(exc, IsADirectoryError) or Path(path).is_dir():
+        what = f"is a directory, not a file; set store.path to a file such as {path}/slipway.db"
+    elif "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
+        what = ("is read-only (or its directory is); give the poller's user write access to the "
+                "file and its directory")
+    elif "not a database" in text:
+        what = f"is not a Slipway store (not an SQLite database); {_MOVE_ASIDE}"
+    elif "malformed" in text or "corrupt" in text or "disk i/o" in text:
+        what = f"is damaged (truncated or corrupt); {_MOVE_ASIDE}"
+    elif "unable to open" in text:
+        what = "cannot be opened; check that its directory exists and is writable"
+    else:
+        what = f"cannot be used ({' '.join(str(exc).split())}); {_MOVE_ASIDE}"
+    return StoreError(f"store {path} {what}")
+
 
 @dataclass
 class BuildRecord:
@@ -96,11 +129,18 @@ class Store:
     def __init__(self, path: str | Path, *, log_limit: int = 256 * 1024):
         self.path = str(path)
         self.log_limit = log_limit
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.ensure_schema(_SCHEMA)
+        try:
+            if self.path != ":memory:":
+                if Path(self.path).is_dir():
+                    raise IsADirectoryError(self.path)
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.ensure_schema(_SCHEMA)
+            self._check()
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            raise _explain(self.path, exc) from None
 
     # -- plumbing -----------------------------------------------------------------
     def connection(self) -> sqlite3.Connection:
@@ -114,6 +154,25 @@ class Store:
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn
+
+    def _check(self) -> None:
+        """Refuse, at open, a store that is damaged, from an older schema, or not writable."""
+        conn = self.connection()
+        problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+        for table, wanted in _REQUIRED_COLUMNS.items():
+            have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+            missing = sorted(wanted - have)
+            if missing:
+                raise StoreError(f"store {self.path} was made by an older Slipway (table {table} "
+                                 f"has no column {', '.join(missing)}); {_MOVE_ASIDE}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:  # a write that is rolled back: fails at once on a read-only file
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version={int(version)}")
+        finally:
+            conn.execute("ROLLBACK")
 
     def ensure_schema(self, script: str) -> None:
         with self._lock:
