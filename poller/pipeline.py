@@ -19,8 +19,10 @@ not asked again until ``poll.resync`` seconds have passed.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -64,6 +66,23 @@ class SourceReport:
     error: str | None = None
     retry_after: float | None = None
     actions: list[Action] = field(default_factory=list)
+
+
+#: How long a build claim lasts without renewal; a running build renews it every third of this.
+CLAIM_TTL = 60.0
+
+
+def _holder_alive(host: str, pid: int) -> bool:
+    """Whether the process holding a build claim still runs (another host's: trust its lease)."""
+    if host != socket.gethostname() or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _clip(text: str, limit: int = 500) -> str:
@@ -122,6 +141,11 @@ class Pipeline:
         self._converged: dict[str, tuple[tuple, float]] = {}
         self._last_snapshot: dict[str, RefSnapshot] = {}
         self._shutting_down = threading.Event()
+        # Builds are claimed in the store, so two processes on one store never build the same
+        # (image, ref) at once; a killed holder's claim is taken over (dead pid, lapsed lease).
+        self._host = socket.gethostname()
+        self._holder = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._heartbeat: threading.Thread | None = None
         #: Called as ``listener(event, fields)`` for build.started, build.succeeded,
         #: build.failed, image.retagged, source.error. Metrics and notifications subscribe here.
         self.listeners: list[Callable[[str, dict], None]] = []
@@ -216,6 +240,11 @@ class Pipeline:
                     continue
                 sha_digest = self.registry.head_manifest(repo, sha_tag(plan.sha))
                 if sha_digest and self.registry.labels(repo, sha_digest).get(LABEL_REVISION) == plan.sha:
+                    if self.store.live_claim(image=plan.image, ref=plan.ref, holder_alive=_holder_alive):
+                        # A build of this ref is between its pushes, here or in another process.
+                        act.action, act.status = "in-flight", "pending"
+                        actions.append(act)
+                        continue
                     act.action = "retag"
                     act.digest = self._retag(repo, sha_tag(plan.sha), STAGING_TAG, plan)
                     actions.append(act)
@@ -274,11 +303,49 @@ class Pipeline:
         return act
 
     def _run_build(self, plan: BuildPlan, act: Action) -> Action:
-        build_id = self.store.start_build(source=plan.source, image=plan.image, ref=plan.ref,
-                                          kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
-                                          pid=os.getpid())
-        with correlation(f"build-{build_id}"):
-            return self._run_build_inner(plan, act, build_id)
+        other = self.store.claim_build(image=plan.image, ref=plan.ref, sha=plan.sha,
+                                       holder=self._holder, host=self._host, pid=os.getpid(),
+                                       ttl=CLAIM_TTL, holder_alive=_holder_alive)
+        if other is not None:
+            act.action, act.status = "in-flight", "pending"
+            act.error = f"being built by another poller ({other['host']} pid {other['pid']})"
+            return act
+        self._start_heartbeat()
+        try:
+            if self._built_meanwhile(plan):  # by the claim's previous holder
+                act.action, act.status = "up-to-date", "done"
+                return act
+            build_id = self.store.start_build(source=plan.source, image=plan.image, ref=plan.ref,
+                                              kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
+                                              pid=os.getpid())
+            with correlation(f"build-{build_id}"):
+                return self._run_build_inner(plan, act, build_id)
+        finally:
+            self.store.release_claim(image=plan.image, ref=plan.ref, holder=self._holder)
+
+    def _built_meanwhile(self, plan: BuildPlan) -> bool:
+        """Whether the plan's last tag already carries its commit (pushed since the decision)."""
+        repo = self.cfg.source(plan.source).image_repository
+        try:
+            digest = self.registry.head_manifest(repo, plan.tags[-1])
+            return bool(digest) and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha
+        except SlipwayError:
+            return False  # the build finds out what is wrong, and records it
+
+    def _start_heartbeat(self) -> None:
+        with self._inflight_lock:
+            if self._heartbeat is not None:
+                return
+            self._heartbeat = threading.Thread(target=self._renew_claims, name="build-claims",
+                                               daemon=True)
+            self._heartbeat.start()
+
+    def _renew_claims(self) -> None:
+        while not self._shutting_down.wait(CLAIM_TTL / 3):
+            try:
+                self.store.renew_claims(self._holder, CLAIM_TTL)
+            except Exception as exc:  # the next beat tries again; the lease outlives a few misses
+                log.warning("claims.renew_failed", error=repr(exc))
 
     def _run_build_inner(self, plan: BuildPlan, act: Action, build_id: int) -> Action:
         act.build_id = build_id

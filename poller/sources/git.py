@@ -6,6 +6,8 @@ Builds read the exact commit from a local mirror (``git fetch <url> <sha>`` then
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -14,7 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from poller.config import SourceConfig
 import requests
@@ -60,6 +62,18 @@ def parse_ls_remote(output: str, branch: str, *, upstream: str = "git") -> RefSn
                 raise ResponseTooLarge(f"{upstream}: more than {MAX_REFS} tags", upstream=upstream)
     tags.update(peeled)
     return RefSnapshot(branch=branch, head=head, tags=tags)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (released when the holder exits, even by SIGKILL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class _TooMuchOutput(Exception):
@@ -153,7 +167,8 @@ class GitSource:
                                upstream=self.upstream)
 
     def _ensure_commit(self, sha: str) -> None:
-        with self._fetch_lock:
+        # The mirror is shared by every thread here and every poller process on this state_dir.
+        with self._fetch_lock, _locked(self.mirror.parent / f"{self.mirror.name}.lock"):
             if not self.mirror.exists():
                 self.mirror.parent.mkdir(parents=True, exist_ok=True)
                 self._git("init", "--bare", "-q", str(self.mirror))

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from poller.errors import StoreError
 
@@ -57,6 +57,16 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_by  TEXT,
     expires_at  REAL,
     UNIQUE (kind, subject, to_version)
+);
+CREATE TABLE IF NOT EXISTS build_claims (
+    image       TEXT NOT NULL,
+    ref         TEXT NOT NULL,
+    sha         TEXT NOT NULL,
+    holder      TEXT NOT NULL,      -- host:pid:nonce of the process building it
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    expires_at  REAL NOT NULL,      -- renewed while the build runs; a dead holder's lapses
+    PRIMARY KEY (image, ref)
 );
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -254,6 +264,52 @@ class Store:
             elif row["status"] in ("succeeded",):
                 break
         return n, last
+
+    # -- build claims (one builder per image and ref across processes) --------------
+    def claim_build(self, *, image: str, ref: str, sha: str, holder: str, host: str, pid: int,
+                    ttl: float, holder_alive: Callable[[str, int], bool]) -> dict[str, Any] | None:
+        """Take the build of ``(image, ref)`` for ``holder``, for ``ttl`` seconds.
+
+        Returns ``None`` when taken, else the live claim that stands in the way. A claim whose
+        lease lapsed, or whose holder ``holder_alive(host, pid)`` says is gone (killed
+        mid-build), is taken over. The check and the take are one write transaction, so two
+        processes never both get it.
+        """
+        conn = self.connection()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT * FROM build_claims WHERE image=? AND ref=?",
+                               (image, ref)).fetchone()
+            if (row is not None and row["holder"] != holder and row["expires_at"] > now
+                    and holder_alive(row["host"], row["pid"])):
+                conn.execute("ROLLBACK")
+                return dict(row)
+            conn.execute("INSERT OR REPLACE INTO build_claims (image, ref, sha, holder, host, pid,"
+                         " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (image, ref, sha, holder, host, pid, now + ttl))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return None
+
+    def live_claim(self, *, image: str, ref: str,
+                   holder_alive: Callable[[str, int], bool]) -> dict[str, Any] | None:
+        """The claim on ``(image, ref)`` if one is held by a live process, else ``None``."""
+        row = self.execute("SELECT * FROM build_claims WHERE image=? AND ref=?",
+                           (image, ref)).fetchone()
+        if row is None or row["expires_at"] <= time.time() or not holder_alive(row["host"], row["pid"]):
+            return None
+        return dict(row)
+
+    def renew_claims(self, holder: str, ttl: float) -> None:
+        self.execute("UPDATE build_claims SET expires_at=? WHERE holder=?", (time.time() + ttl, holder))
+
+    def release_claim(self, *, image: str, ref: str, holder: str) -> None:
+        self.execute("DELETE FROM build_claims WHERE image=? AND ref=? AND holder=?",
+                     (image, ref, holder))
 
     # -- sources ------------------------------------------------------------------
     def record_poll(self, name: str, *, head: str | None = None, tags: dict | None = None,
