@@ -164,7 +164,7 @@ class GitSource:
                                    self.branch)
         res = self._git("ls-remote", "--heads", "--tags", self.url, limit=MAX_BODY)
         return parse_ls_remote(res.stdout.decode("utf-8", "replace"), self.branch,
-                               upstream=self.upstream)
+                               upstream=f"git ls-remote {self.web_url()}")
 
     def _ensure_commit(self, sha: str) -> None:
         # The mirror is shared by every thread here and every poller process on this state_dir.
