@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.fixtures.services import free_port
-from tests.integration.test_pipeline import make_config, poller, write_config
+from tests.integration.test_pipeline import REPO, make_config, poller, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +49,27 @@ def test_once_exits_non_zero_while_every_plan_is_in_backoff(tmp_path, registry, 
     assert [a["action"] for a in out["sources"][0]["actions"]] == ["backoff"]
     assert out["ok"] is False
     assert second.returncode == 1
+
+
+def test_builds_per_cycle_are_capped_newest_first_and_the_rest_wait(
+        tmp_path, registry, git_repo, docker_host):
+    git_repo.seed_scratch_app("v1\n")
+    for tag in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        git_repo.tag(tag)
+    data = make_config(tmp_path, registry, git_repo, tags=True)
+    data["build"]["max_per_cycle"] = 2
+    cfg = write_config(tmp_path, data)
+    env = {"DOCKER_HOST": docker_host}
+
+    first = json.loads(poller("once", "--config", str(cfg), "--json", env_extra=env).stdout)
+    acts = [(a["ref"], a["action"]) for a in first["sources"][0]["actions"]]
+    assert acts == [("branch:master", "build"), ("tag:v1.2.0", "build"),
+                    ("tag:v1.1.0", "deferred"), ("tag:v1.0.0", "deferred")]
+    assert first["ok"] is True
+
+    second = json.loads(poller("once", "--config", str(cfg), "--json", env_extra=env).stdout)
+    acts = [(a["ref"], a["action"]) for a in second["sources"][0]["actions"]]
+    assert acts == [("branch:master", "up-to-date"), ("tag:v1.2.0", "up-to-date"),
+                    ("tag:v1.1.0", "build"), ("tag:v1.0.0", "build")]
+    assert registry.tags(REPO) == sorted(["1.0.0", "1.1.0", "1.2.0", "staging",
+                                          f"sha-{git_repo.head()[:12]}"])
