@@ -303,9 +303,14 @@ class Pipeline:
         return act
 
     def _run_build(self, plan: BuildPlan, act: Action) -> Action:
-        other = self.store.claim_build(image=plan.image, ref=plan.ref, sha=plan.sha,
-                                       holder=self._holder, host=self._host, pid=os.getpid(),
-                                       ttl=CLAIM_TTL, holder_alive=_holder_alive)
+        try:
+            other = self.store.claim_build(image=plan.image, ref=plan.ref, sha=plan.sha,
+                                           holder=self._holder, host=self._host, pid=os.getpid(),
+                                           ttl=CLAIM_TTL, holder_alive=_holder_alive)
+        except Exception as exc:  # the store is busy or broken: this build waits for a later cycle
+            act.status, act.error = "failed", _clip(f"could not claim the build in the store: {exc}")
+            log.error("build.claim_failed", image=plan.image, ref=plan.ref, error=act.error)
+            return act
         if other is not None:
             act.action, act.status = "in-flight", "pending"
             act.error = f"being built by another poller ({other['host']} pid {other['pid']})"
