@@ -200,7 +200,12 @@ class RegistryClient:
         """Every tag of ``repo``, following ``Link: <...>; rel="next"`` pagination."""
         tags: list[str] = []
         path: str | None = f"/v2/{repo}/tags/list?n={page_size}"
+        pages = 0
         while path:
+            pages += 1
+            if pages > MAX_TAGS // page_size + 10:  # endless (or empty) pages are no tag list
+                raise ResponseTooLarge(f"{self.upstream}: {repo} tags: more than {pages - 1} pages",
+                                       upstream=self.upstream)
             resp = self._send("GET", path, scope=self._pull(repo))
             if resp.status_code == 404:
                 return tags  # no such repository yet: nothing pushed

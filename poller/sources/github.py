@@ -136,7 +136,7 @@ class GitHubSource:
                 modified = True
             pages[url] = page
             refs.extend(page.refs)
-            if len(refs) > MAX_REFS:
+            if len(refs) > MAX_REFS or len(pages) > MAX_REFS // _PER_PAGE + 1:
                 raise ResponseTooLarge(f"{self.upstream}: more than {MAX_REFS} refs",
                                        upstream=self.upstream)
             url = page.next_url

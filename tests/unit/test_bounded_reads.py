@@ -62,3 +62,24 @@ def test_more_refs_than_the_limit_is_the_sources_failure():
     out = "".join(f"{'b' * 40}\trefs/tags/t{i}\n" for i in range(50_001))
     with pytest.raises(ResponseTooLarge, match="git ls-remote x: more than 50000 tags"):
         parse_ls_remote(out, "master", upstream="git ls-remote x")
+
+
+def test_registry_tag_pages_that_never_end_are_refused(wire):
+    from poller.config import RegistryConfig
+    from poller.registry.client import RegistryClient
+
+    wire.answer(r"^/v2/paged/tags/list$", b'{"name": "paged", "tags": []}',
+                headers={"Link": '</v2/paged/tags/list?n=1000&last=x>; rel="next"'})
+    client = RegistryClient(RegistryConfig(url=wire.url))
+    with pytest.raises(ResponseTooLarge, match="paged tags: more than 110 pages"):
+        client.list_tags("paged")
+
+
+def test_registry_tag_list_of_the_wrong_type_is_an_upstream_error(wire):
+    from poller.config import RegistryConfig
+    from poller.errors import UpstreamError
+    from poller.registry.client import RegistryClient
+
+    wire.answer(r"^/v2/typed/tags/list$", b'{"name": "typed", "tags": {"1.0.0": true}}')
+    with pytest.raises(UpstreamError, match="expected a list of strings"):
+        RegistryClient(RegistryConfig(url=wire.url)).list_tags("typed")
