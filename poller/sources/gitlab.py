@@ -118,19 +118,22 @@ class GitLabSource:
                               "id") from None
 
     def _tags(self) -> dict[str, str]:
-        """Every tag's commit, page by page, refusing more than :data:`MAX_REFS`."""
+        """Every tag's commit, page by page (numbered, never an endless ``next`` chain),
+        refusing more than :data:`MAX_REFS`."""
         tags: dict[str, str] = {}
-        for t in self._project.tags.list(iterator=True, per_page=100, **_NO_RETRY):
-            name, commit = getattr(t, "name", None), getattr(t, "commit", None)
-            if not isinstance(name, str) or not isinstance(commit, dict) \
-                    or not isinstance(commit.get("id"), str):
-                raise SourceError(f"{self.upstream}: malformed tag in answer: expected "
-                                  '{"name": str, "commit": {"id": str}}')
-            tags[name] = commit["id"]
-            if len(tags) > MAX_REFS:
-                raise ResponseTooLarge(f"{self.upstream}: more than {MAX_REFS} tags",
-                                       upstream=self.upstream)
-        return tags
+        per_page = 100
+        for page in range(1, MAX_REFS // per_page + 2):
+            batch = self._project.tags.list(page=page, per_page=per_page, get_all=False, **_NO_RETRY)
+            for t in batch:
+                name, commit = getattr(t, "name", None), getattr(t, "commit", None)
+                if not isinstance(name, str) or not isinstance(commit, dict) \
+                        or not isinstance(commit.get("id"), str):
+                    raise SourceError(f"{self.upstream}: malformed tag in answer: expected "
+                                      '{"name": str, "commit": {"id": str}}')
+                tags[name] = commit["id"]
+            if len(batch) < per_page:
+                return tags
+        raise ResponseTooLarge(f"{self.upstream}: more than {MAX_REFS} tags", upstream=self.upstream)
 
     def _branch_head(self) -> str | None:
         try:

@@ -94,9 +94,12 @@ def test_hostile_upstreams_fail_only_their_own_source_within_a_memory_bound(
     github_double.answer(r"^/repos/games/wrong/git/refs$", b'[{"ref": 5, "object": "nope"}, 7]')
     github_double.answer(r"^/repos/games/endless/git/refs$",
                          lambda: endless(b"[", b'{"ref": "refs/tags/v1.0.0", "object": {}},'))
-    # GitLab: a tag list that is an object, not a list.
+    # GitLab: a tag list that is an object, not a list, and one that never ends.
     gitlab_double.add_project("games/wrong", hosted)
-    gitlab_double.answer(r"/repository/tags$", b'{"name": {"deep": [1, 2]}, "commit": 5}')
+    gitlab_double.add_project("games/endless", hosted)
+    gitlab_double.answer(r"/games%2Fwrong/repository/tags$", b'{"name": {"deep": [1, 2]}, "commit": 5}')
+    gitlab_double.answer(r"/games%2Fendless/repository/tags$",
+                         lambda: endless(b"[", b'{"name": "v1.0.0", "commit": {"id": "x"}},'))
 
     # The registry, through a front that sends an endless manifest for one repository.
     front = RegistryFront(registry.url)
@@ -122,6 +125,8 @@ def test_hostile_upstreams_fail_only_their_own_source_within_a_memory_bound(
                                       "token": GH_TOKEN}),
         src("gitlab-wrong", gitlab={"url": gitlab_double.url, "project": "games/wrong",
                                     "token": GL_TOKEN}),
+        src("gitlab-endless", gitlab={"url": gitlab_double.url, "project": "games/endless",
+                                      "token": GL_TOKEN}),
         src("registry-endless", image="hostile", git={"url": plain.url}),
     ]
     cfg = write_config(tmp_path, {
@@ -156,6 +161,7 @@ def test_hostile_upstreams_fail_only_their_own_source_within_a_memory_bound(
         "github-wrong": "malformed",
         "github-endless": "larger than",
         "gitlab-wrong": "malformed",
+        "gitlab-endless": "larger than",
         "registry-endless": "larger than",
     }
     for name, words in expected.items():
@@ -170,5 +176,4 @@ def test_hostile_upstreams_fail_only_their_own_source_within_a_memory_bound(
     assert {n for n, s in seen.items() if s.get("last_error")} == set(expected)
     assert seen["plain"]["head"] == plain_sha and seen["odd"]["head"] == odd_sha
 
-    print(f"poller peak RSS: {peak_mb:.0f} MB", {n: report[n]["error"][:90] for n in expected})
     assert peak_mb < MAX_RSS_MB, f"poller peaked at {peak_mb:.0f} MB"
