@@ -241,7 +241,7 @@ class Pipeline:
                 sha_digest = self.registry.head_manifest(repo, sha_tag(plan.sha))
                 if sha_digest and self.registry.labels(repo, sha_digest).get(LABEL_REVISION) == plan.sha:
                     if self.store.live_claim(image=plan.image, ref=plan.ref, holder_alive=_holder_alive):
-                        # A build of this ref is between its pushes, here or in another process.
+                        # Another poller process on this store is between the two pushes of its build.
                         act.action, act.status = "in-flight", "pending"
                         actions.append(act)
                         continue
