@@ -104,8 +104,9 @@ def _run_bounded(argv: list[str], *, cwd: Path | None, env: dict, timeout: float
             proc.stdout.close()
         if time.monotonic() - started >= timeout and proc.returncode < 0:
             raise subprocess.TimeoutExpired(argv, timeout)
-        err.seek(0)
-        return subprocess.CompletedProcess(argv, proc.returncode, bytes(out), err.read(64 * 1024))
+        size = err.seek(0, os.SEEK_END)
+        err.seek(max(0, size - 64 * 1024))  # the end of what git said is what matters
+        return subprocess.CompletedProcess(argv, proc.returncode, bytes(out), err.read())
 
 
 class GitSource:
