@@ -9,10 +9,12 @@ import os
 from typing import Callable
 
 import docker
+import docker.errors
 
 from poller.builds.builder import BuildPlan, DockerBuilder
 from poller.config import Config
-from poller.http import RequestCounter
+from poller.errors import UpstreamError
+from poller.http import RequestCounter, redact_url
 from poller.logs import register_secret
 from poller.pipeline import Pipeline
 from poller.registry.client import RegistryClient
@@ -51,6 +53,14 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a docker SDK error, one line (not the whole urllib3 chain)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
 def build_pipeline(cfg: Config, *, docker_base_url: str | None = None, store: Store | None = None,
                    counter: RequestCounter | None = None,
                    on_build_log: Callable[[BuildPlan, str], None] | None = None) -> Pipeline:
@@ -60,10 +70,15 @@ def build_pipeline(cfg: Config, *, docker_base_url: str | None = None, store: St
     base_url = cfg.docker.base_url or docker_base_url or "unix:///var/run/docker.sock"
 
     def docker_client() -> docker.DockerClient:
-        return docker.DockerClient(base_url=base_url, timeout=600)
+        try:
+            return docker.DockerClient(base_url=base_url, timeout=600)
+        except docker.errors.DockerException as exc:
+            raise UpstreamError(f"docker engine {redact_url(base_url)} unreachable: "
+                                f"{_reason(exc)}", upstream="docker") from exc
 
     registry = RegistryClient(cfg.registry, counter=counter)
-    builder = DockerBuilder(docker_client, cfg.registry, timeout=cfg.build.timeout)
+    builder = DockerBuilder(docker_client, cfg.registry, timeout=cfg.build.timeout,
+                            engine=redact_url(base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
     return Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
                     on_build_log=on_build_log)
