@@ -42,11 +42,7 @@ def view(view: str):
 def start():
     """``{"service": S, "version": V}`` or ``{"services": {S: V, ...}}`` (one deploy queue)."""
     body = body_as(FleetRollout, required=True)
-    versions = body.services or {body.service: body.version}
-    if not versions or not all(isinstance(k, str) and k and isinstance(v, str) and v
-                               for k, v in versions.items()):
-        return error(400, "bad_request", "give 'service' and 'version', or 'services': {name: version}")
-    started = _state().start_rollouts(versions, reason=body.reason or "api")
+    started = _state().start_rollouts(body.versions(), reason=body.reason or "api")
     return jsonify({s: ro.as_dict() for s, ro in started.items()}), 201
 
 

@@ -6,7 +6,9 @@ Request bodies are validated with these (unknown fields are a 400), and the Open
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Request(BaseModel):
@@ -43,10 +45,28 @@ class Pin(_Request):
 class FleetRollout(_Request):
     """``{"service": S, "version": V}`` or ``{"services": {S: V, ...}}`` (one deploy queue)."""
 
-    service: str | None = Field(None, min_length=1, max_length=200)
-    version: str | None = Field(None, min_length=1, max_length=128)
-    services: dict[str, str] | None = None
-    reason: str | None = Field(None, max_length=1000)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["service", "version"]}, {"required": ["services"]}]})
+
+    # Typed without None: an explicit null is a 400, an absent field is fine.
+    service: str = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
+    version: str = Field(None, min_length=1, max_length=128)  # type: ignore[assignment]
+    services: dict[Annotated[str, Field(min_length=1, max_length=200)],
+                   Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        None, min_length=1, max_length=100)  # type: ignore[assignment]
+    reason: str = Field(None, max_length=1000)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "FleetRollout":
+        if self.services is None and (self.service is None or self.version is None):
+            raise ValueError("give 'service' and 'version', or 'services': {name: version}")
+        return self
+
+    def versions(self) -> dict[str, str]:
+        if self.services is not None:
+            return dict(self.services)
+        assert self.service is not None and self.version is not None
+        return {self.service: self.version}
 
 
 # -- responses --------------------------------------------------------------------------------

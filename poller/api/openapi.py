@@ -71,11 +71,12 @@ def _get(summary: str, ok: dict[str, Any], *, read: bool = True, params: list | 
 
 
 def _post(summary: str, ok_status: str, ok: dict[str, Any], *, body: str | None = None,
-          params: list | None = None, **more: dict[str, Any]) -> dict[str, Any]:
+          body_required: bool = False, params: list | None = None,
+          **more: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "security": [{"bearer": []}],
                           "responses": {ok_status: ok, **_WRITE, **more}}
     if body:
-        op["requestBody"] = {"required": False,
+        op["requestBody"] = {"required": body_required,
                              "content": {"application/json": {"schema": _ref(body)}}}
     if params:
         op["parameters"] = params
@@ -141,7 +142,7 @@ def openapi_document() -> dict[str, Any]:
             params=[_query("limit", _LIMIT), _query("deployment", {"type": "string"})],
             **{"400": _err("bad limit")}),
         "/api/v1/updates/deployments/{name}/pin": _post(
-            "Hold a deployment at a version", "200", _json(_ref("Deployment")), body="Pin",
+            "Hold a deployment at a version", "200", _json(_ref("Deployment")), body="Pin", body_required=True,
             params=[_path("name")], **not_found),
         "/api/v1/updates/deployments/{name}/unpin": _post(
             "Release a pin", "200", _json(_ref("Deployment")), body="Actor",
@@ -157,7 +158,7 @@ def openapi_document() -> dict[str, Any]:
             params=[_path("view", {"enum": ["current", "staging", "deploy"]})],
             **{"404": _err("no such view, or no fleet configured")}, **upstream),
         "/api/v1/fleet/rollouts": _post(
-            "Start rollouts", "201", _json(obj), body="FleetRollout",
+            "Start rollouts", "201", _json(obj), body="FleetRollout", body_required=True,
             **{"404": _err("no fleet configured")}, **conflict, **upstream),
         "/api/v1/fleet/rollouts/{service}/{action}": _post(
             "Pause, resume or abort a fleet rollout", "200", _json(obj),
@@ -169,7 +170,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_path("plugin"), _query("version", {"type": "string"}),
                            _query("env", {"type": "string"})],
             "requestBody": {"required": True, "content": {"application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"}}}},
+                "schema": {"type": "string", "format": "binary", "minLength": 1}}}},
             "responses": {"201": _json(_ref("Published")), **_WRITE,
                           "413": _err("body larger than api.max_upload_bytes"),
                           **conflict, **upstream}}},
