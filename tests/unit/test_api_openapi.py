@@ -9,18 +9,14 @@ may be a 5xx. The live server (waitress, ``poller run``) gets the same run in
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-
 from poller.api import Services, create_app  # noqa: E402
 from poller.config import parse_config  # noqa: E402
 from poller.store import Store  # noqa: E402
+from tests.fixtures.fuzz import run_all  # noqa: E402
 
 TOKEN = "t0ken-for-fuzz"
 HEADERS = {"token": {"Authorization": f"Bearer {TOKEN}"},
@@ -37,28 +33,6 @@ def make_app(tmp_path, *, public_read: bool):
                      "image": "127.0.0.1:1/gs"}],
     }, env={})
     return create_app(Services(config=cfg, store=Store(tmp_path / "s.db")))
-
-
-def run_all(schema, headers: dict, *, examples: int = 12, **call: Any) -> list[str]:
-    """Positive and negative cases for every operation of ``schema``; the failures, if any."""
-    failures: list[str] = []
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in GenerationMode:
-
-            @settings(max_examples=examples, deadline=None,
-                      suppress_health_check=list(HealthCheck), database=None)
-            @given(case=operation.as_strategy(generation_mode=mode))
-            def run(case):
-                case.call_and_validate(headers=headers, **call)
-
-            try:
-                run()
-            except Unsatisfiable:  # nothing to make invalid (no parameters, no body)
-                pass
-            except Exception as exc:  # noqa: BLE001 - collect every operation's failure
-                failures.append(f"{mode.value} {operation.method.upper()} {operation.path}: {exc}")
-    return failures
 
 
 @pytest.mark.parametrize("public_read", [True, False])
