@@ -19,6 +19,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
 from helm_api.config import HelmApiConfig
 from helm_api.jobs import (
     CronJobInvalid,
@@ -41,7 +42,7 @@ _JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 MAX_BODY = 64 * 1024
 REALM = "helm-api"
 
-__all__ = ["ApiError", "MAX_BODY", "create_app"]
+__all__ = ["MAX_BODY", "ApiError", "create_app"]
 
 
 class _Metrics:

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g
 
 from poller import httpapi
 from poller.config import Config
 from poller.errors import SlipwayError, UpstreamError
-from poller.httpapi import ApiError, error_response
+from poller.httpapi import error_response
 from poller.logs import get_logger
 from poller.optional import import_optional
 from poller.store import Store

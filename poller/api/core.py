@@ -6,8 +6,8 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from poller.api import body_as, error, read_access, require_token, services
 from poller.api.models import Decision
-from poller.httpapi import query_int
 from poller.approvals import ApprovalNotFound, ApprovalQueue
+from poller.httpapi import query_int
 
 blueprint = Blueprint("core", __name__)
 

@@ -167,7 +167,8 @@ def _helm_runs(svc) -> dict | None:
         hit = _HELM_CACHE.get(helm.url)
         if hit and now - hit[0] < 5.0:
             return hit[1]
-    from poller.http import make_session, request as http_request
+    from poller.http import make_session
+    from poller.http import request as http_request
 
     headers = {"Authorization": f"Bearer {helm.token.get_secret_value()}"} if helm.token else {}
     try:

@@ -57,7 +57,7 @@ class FleetRollout(_Request):
     reason: str = Field(None, max_length=1000)  # type: ignore[assignment]
 
     @model_validator(mode="after")
-    def _one_form(self) -> "FleetRollout":
+    def _one_form(self) -> FleetRollout:
         if self.services is None and (self.service is None or self.version is None):
             raise ValueError("give 'service' and 'version', or 'services': {name: version}")
         return self

@@ -39,7 +39,13 @@ from urllib.parse import parse_qs, urlsplit
 from flask import Blueprint, current_app, jsonify, request
 
 from poller.api import error, services
-from poller.httpapi import ApiError, bearer_token, configured_secret, parse_json, secret_matches
+from poller.httpapi import (
+    ApiError,
+    bearer_token,
+    configured_secret,
+    parse_json,
+    secret_matches,
+)
 from poller.logs import get_logger
 
 blueprint = Blueprint("webhooks", __name__)

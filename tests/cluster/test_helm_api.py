@@ -4,12 +4,12 @@ controller-manager, scheduler, KWOK nodes that run Jobs to completion)."""
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 import yaml
+
 from helm_api import MAX_BODY, create_app
 from helm_api.config import HelmApiConfig
 from poller.httpapi import serve as serve_wsgi

@@ -15,8 +15,8 @@ import pytest
 import requests
 import yaml
 
-from tests.fixtures.services import free_port, wait_until
 from tests.fixtures.fuzz import run_all
+from tests.fixtures.services import free_port, wait_until
 from tests.unit.test_api_openapi import HEADERS, TOKEN
 
 pytestmark = pytest.mark.integration

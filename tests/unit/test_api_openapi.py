@@ -13,10 +13,10 @@ import re
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from poller.api import Services, create_app  # noqa: E402
-from poller.config import parse_config  # noqa: E402
-from poller.store import Store  # noqa: E402
-from tests.fixtures.fuzz import run_all  # noqa: E402
+from poller.api import Services, create_app
+from poller.config import parse_config
+from poller.store import Store
+from tests.fixtures.fuzz import run_all
 
 TOKEN = "t0ken-for-fuzz"
 HEADERS = {"token": {"Authorization": f"Bearer {TOKEN}"},
