@@ -170,7 +170,8 @@ def _helm_runs(svc) -> dict | None:
     from poller.http import make_session
     from poller.http import request as http_request
 
-    headers = {"Authorization": f"Bearer {helm.token.get_secret_value()}"} if helm.token else {}
+    token = configured_secret(helm.token)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         resp = http_request(make_session("helm_api", timeout=(1.0, 2.0)), "GET",
                             helm.url.rstrip("/") + "/jobs?limit=20", upstream="helm_api",
