@@ -15,6 +15,8 @@ import urllib.parse
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helm_api import create_app as create_helm_app
 from helm_api.config import HelmApiConfig, load_settings
@@ -357,3 +359,44 @@ def test_helm_apply_total_counts_failed_applies_by_outcome():
                    'environment="staging",outcome="cluster_unavailable"',
                    'environment="",outcome="forbidden"'):
         assert f"helm_api_apply_total{{{labels}}} 1.0" in text, labels
+
+
+# -- authenticated webhook payloads of any shape -----------------------------------------------
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20)
+_KEYS = st.sampled_from(["object_kind", "event_name", "ref", "project", "project_id", "repository",
+                         "events", "web_url", "git_http_url", "full_name", "clone_url", "target",
+                         "action", "request", "id", "mediaType", "repository", "tag", "host"])
+_SHAPED = st.recursive(_JSON, lambda inner: st.dictionaries(_KEYS, inner, max_size=6), max_leaves=30)
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(body=st.dictionaries(_KEYS, _SHAPED, max_size=6), event=st.sampled_from(["push", "create", "ping"]))
+def test_signed_webhook_payloads_of_any_shape_never_answer_5xx(tmp_path_factory, body, event):
+    app = _fuzz_app(tmp_path_factory)
+    c = app.test_client()
+    raw = json.dumps(body).encode()
+    answers = [
+        c.post("/hooks/gitlab", data=raw, content_type="application/json",
+               headers={"X-Gitlab-Token": "gl-secret"}),
+        c.post("/hooks/github", data=raw, content_type="application/json",
+               headers={"X-GitHub-Event": event, "X-Hub-Signature-256": github_signature("gh-secret", raw)}),
+        c.post("/hooks/registry", data=raw, content_type="application/json",
+               headers={"Authorization": "Bearer reg-secret"}),
+    ]
+    for r in answers:
+        assert r.status_code < 500 and r.is_json and "error" in r.json or r.status_code < 300, r.json
+
+
+_FUZZ_APPS: dict = {}
+
+
+def _fuzz_app(tmp_path_factory):
+    if "app" not in _FUZZ_APPS:
+        _FUZZ_APPS["app"] = poller_app(tmp_path_factory.mktemp("fuzz"), api={
+            "gitlab_webhook_token": "gl-secret", "github_webhook_secret": "gh-secret",
+            "registry_webhook_token": "reg-secret"})
+    return _FUZZ_APPS["app"]
