@@ -71,13 +71,23 @@ def configured_secret(value: Any) -> str | None:
 
 
 def secret_matches(given: str | bytes | None, expected: Any) -> bool:
-    """Constant-time ``given == expected``; False whenever either side is empty."""
+    """Constant-time ``given == expected``; False whenever either side is empty.
+
+    A header value reaches a WSGI app as its raw bytes decoded as latin-1 (PEP 3333), so a
+    non-ASCII secret sent as UTF-8 is compared by those raw bytes too."""
     secret = configured_secret(expected)
     if secret is None or not given:
         return False
-    if isinstance(given, str):
-        given = given.encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(given, secret.encode("utf-8", "surrogateescape"))
+    want = secret.encode("utf-8", "surrogateescape")
+    if isinstance(given, bytes):
+        return hmac.compare_digest(given, want)
+    candidates = [given.encode("utf-8", "surrogateescape")]
+    try:
+        candidates.append(given.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
+    # Both candidates are always compared: the time taken does not depend on which matched.
+    return sum(hmac.compare_digest(c, want) for c in candidates) > 0
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -290,6 +290,21 @@ def test_poller_api_is_served_by_a_production_wsgi_server(tmp_path):
         requests.get(f"http://127.0.0.1:{served.port}/healthz", timeout=2)
 
 
+def test_a_non_ascii_token_sent_as_utf8_is_accepted_by_the_served_api(tmp_path):
+    token = "pässwörd-\u2603"
+    app = poller_app(tmp_path, api={"token": "${T}"}, env={"T": token})
+    appr = pending_approval(app)
+    served = serve_in_thread(app, "127.0.0.1:0")
+    try:
+        url = f"http://127.0.0.1:{served.port}/api/v1/approvals/{appr}/approve"
+        ok = requests.post(url, headers={"Authorization": b"Bearer " + token.encode()}, timeout=10)
+        assert ok.status_code == 200, ok.text
+        wrong = requests.post(url, headers={"Authorization": "Bearer p\xe4ssw\xf6rd"}, timeout=10)
+        assert wrong.status_code == 403
+    finally:
+        served.close()
+
+
 # -- static files ------------------------------------------------------------------------------
 def test_static_serves_nothing_from_the_working_directory(tmp_path, monkeypatch):
     (tmp_path / "static").mkdir()
