@@ -236,6 +236,22 @@ def test_a_webhook_url_with_a_bad_port_or_type_is_not_a_500(tmp_path, web_url):
     assert r.status_code == 202 and r.json["matched"] == []
 
 
+def test_an_unreachable_upstream_is_503_on_the_poller_api_as_on_the_helm_api(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    app = poller_app(tmp_path, fleet={"etcd": {"endpoints": [f"http://127.0.0.1:{closed}"],
+                                               "timeout": 1},
+                                      "services": {"lobby": {"image": "127.0.0.1:5000/lobby"}}})
+    r = app.test_client().get("/api/v1/fleet")
+    assert r.status_code == 503 and r.json["error"] == "upstream_unavailable", r.json
+
+
+def test_no_fleet_configured_is_404_not_an_etcd_call(tmp_path):
+    r = poller_app(tmp_path).test_client().get("/api/v1/fleet")
+    assert r.status_code == 404 and r.json["error"] == "fleet_not_configured"
+
+
 # -- bodies are bounded ------------------------------------------------------------------------
 def test_a_body_over_the_limit_is_413_json_on_both(tmp_path):
     app = poller_app(tmp_path, api={"github_webhook_secret": "gh"})
