@@ -393,8 +393,11 @@ def test_helm_apply_total_counts_failed_applies_by_outcome():
 
 
 # -- authenticated webhook payloads of any shape -----------------------------------------------
+_URLS = st.sampled_from(["https://gitlab.example.com:99999/games/lobby", "http://[::1/x",
+                         "git@host:games/lobby.git", "ssh://git@h:abc/x", "file:///srv/x.git"])
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+    | _URLS,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=20)
 _KEYS = st.sampled_from(["object_kind", "event_name", "ref", "project", "project_id", "repository",
