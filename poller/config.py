@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
-from pydantic import (Field, SecretStr, ValidationError, field_validator,
+from pydantic import (Field, PrivateAttr, SecretStr, ValidationError, field_validator,
                       model_validator)
 
 from poller.errors import ConfigError
@@ -196,6 +196,42 @@ class ApiConfig(_Model):
     registry_webhook_token: SecretStr | None = Field(
         None, description="bearer token the registry's notification endpoint sends; null disables "
                           "POST /hooks/registry")
+    max_body_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, le=1024**3,
+        description="largest request body (JSON calls and webhooks); larger ones are answered 413")
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=4 * 1024**3,
+        description="largest plugin upload (POST /api/v1/artifacts/<plugin>); the server refuses "
+                    "any larger body before reading it")
+    threads: int = Field(8, ge=1, le=64, description="requests served at once")
+    _empty_secrets: tuple[str, ...] = PrivateAttr(default=())
+
+    #: The settings that are secrets: an empty value ("" from ``${VAR}`` or ``${file:...}``)
+    #: is treated as unset (the call or receiver it guards stays closed) and logged at load.
+    SECRET_KEYS: ClassVar[tuple[str, ...]] = (
+        "token", "gitlab_webhook_token", "github_webhook_secret", "registry_webhook_token")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _empty_secrets_are_unset(cls, data: Any, handler: Any) -> "ApiConfig":
+        empty: list[str] = []
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in cls.SECRET_KEYS:
+                value = data.get(key)
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                if isinstance(value, str) and not value.strip():
+                    data[key] = None
+                    empty.append(key)
+        model = handler(data)
+        model._empty_secrets = tuple(empty)
+        return model
+
+    @property
+    def empty_secrets(self) -> tuple[str, ...]:
+        """The secret settings that were given but empty (and are therefore unset)."""
+        return self._empty_secrets
 
     @field_validator("listen")
     @classmethod
@@ -324,6 +360,13 @@ def parse_config(data: Any, *, file: str = "<config>", env: Mapping[str, str] | 
         key, msg = problems[0]
         more = "".join(f"\n  {k}: {m}" for k, m in problems[1:])
         raise ConfigError(msg + more, file=file, key=key or None) from None
+    if cfg.api.empty_secrets:
+        from poller.logs import get_logger
+
+        for key in cfg.api.empty_secrets:
+            get_logger("poller.config").warning(
+                "config.empty_secret", file=file, key=f"api.{key}",
+                effect="treated as unset: an empty secret never authenticates")
     return cfg
 
 
