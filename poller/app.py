@@ -11,7 +11,8 @@ from typing import Callable
 import docker
 import docker.errors
 
-from poller.builds.builder import BuildPlan, DockerBuilder
+from poller.builds.builder import BuildPlan
+from poller.builds.factory import make_builder
 from poller.config import Config
 from poller.errors import UpstreamError
 from poller.http import RequestCounter, redact_url
@@ -77,8 +78,7 @@ def build_pipeline(cfg: Config, *, docker_base_url: str | None = None, store: St
                                 f"{_reason(exc)}", upstream="docker") from exc
 
     registry = RegistryClient(cfg.registry, counter=counter)
-    builder = DockerBuilder(docker_client, cfg.registry, timeout=cfg.build.timeout,
-                            engine=redact_url(base_url))
+    builder = make_builder(cfg, docker_client, docker_engine=redact_url(base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
     return Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
                     on_build_log=on_build_log)

@@ -24,6 +24,7 @@ _REF = re.compile(r"\$\{([^}]+)\}")
 
 
 from poller.config_base import _Model, check_image_repository, check_name  # noqa: E402
+from poller.buildkit_settings import BuildKitConfig  # noqa: E402
 
 
 class RegistryConfig(_Model):
@@ -129,6 +130,15 @@ class BuildConfig(_Model):
     timeout: float = Field(3600.0, gt=0, description="a build running longer is failed")
     max_per_cycle: int = Field(50, ge=1, description="builds one source may start in one cycle; "
                                "the rest (newest first) wait for the next cycle")
+    engine: Literal["docker", "buildkit"] = Field("docker", description="docker: the engine's classic "
+                                                  "builder; buildkit: the build.buildkit pool")
+    buildkit: BuildKitConfig = BuildKitConfig()
+
+    @model_validator(mode="after")
+    def _pool(self) -> "BuildConfig":
+        if self.engine == "buildkit" and not self.buildkit.addresses:
+            raise ValueError("engine 'buildkit' needs at least one address in build.buildkit.addresses")
+        return self
 
 
 class PollConfig(_Model):
