@@ -89,7 +89,10 @@ def build_args(*, plan: BuildPlan, labels: dict[str, str], build_args: dict[str,
         args += ["--opt", f"label:{k}={v}"]
     for k, v in build_args.items():
         args += ["--opt", f"build-arg:{k}={v}"]
-    args += ["--output", "type=image," + _csv_field(f"name={names}") + ",push=true" + insecure_opt]
+    # Docker media types, as the docker engine pushes: the registry client, re-tagging and the
+    # updaters see the same kind of manifest whichever engine built it.
+    args += ["--output", "type=image," + _csv_field(f"name={names}") + ",push=true,oci-mediatypes=false"
+             + insecure_opt]
     if cache_ref:
         args += ["--export-cache", f"type=registry,ref={cache_ref},mode={cache_mode}{insecure_opt}",
                  "--import-cache", f"type=registry,ref={cache_ref}{insecure_opt}"]

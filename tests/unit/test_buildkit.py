@@ -73,7 +73,7 @@ def test_build_arguments_push_every_tag_with_labels_and_the_registry_cache():
     assert "--opt build-arg:MODE=release" in joined
     out = args[args.index("--output") + 1]
     assert out == ('type=image,"name=127.0.0.1:5000/game:sha-aaaaaaaaaaaa,127.0.0.1:5000/game:staging",'
-                   'push=true,registry.insecure=true')
+                   'push=true,oci-mediatypes=false,registry.insecure=true')
     assert args[args.index("--export-cache") + 1] == (
         "type=registry,ref=127.0.0.1:5000/game:buildcache,mode=max,registry.insecure=true")
     assert args[args.index("--import-cache") + 1] == (
