@@ -408,7 +408,9 @@ class BuildKitBuilder:
                 t.join(timeout=5)
         if rc == 0:
             return
-        message = _last_lines("\n".join(plain), 3) or (renderer.errors[-1] if renderer.errors else "")
+        errors = [ln for ln in plain if ln.startswith("error:")]
+        message = (errors[-1][len("error:"):].strip() if errors else _last_lines("\n".join(plain), 3)) \
+            or (renderer.errors[-1] if renderer.errors else "")
         if not message:
             message = f"buildctl exited with {rc}"
         reason = self.probe(ep)
