@@ -80,6 +80,12 @@ def dockerfiles(repo_url: str, work: int) -> dict[str, str]:
             "Dockerfile.buildkit": DOCKERFILE.format(deps=kit, work=work)}
 
 
+def bridge_gateway() -> str:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True).stdout
+    parts = out.split()
+    return parts[parts.index("inet") + 1].split("/")[0] if "inet" in parts else "127.0.0.1"
+
+
 def step_alone(work: int) -> float:
     """The changed step (the app stage's RUN) run by itself on the host."""
     t = time.monotonic()
@@ -122,12 +128,15 @@ def main() -> int:
     ap.add_argument("--packages", type=int, default=8)
     ap.add_argument("--package-kb", type=int, default=512)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--log", action="store_true", help="print the build logs, with elapsed seconds")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="slipway-bench-builds-"))
     bk_dirs = [tempfile.mkdtemp(prefix="bk-bench-", dir="/tmp") for _ in range(2)]
     registry = start_registry(tmp / "registry")
-    packages = PackageRepo(size=args.package_kb * 1024)
+    # Classic-builder RUN steps use docker's bridge network: serve on its gateway address,
+    # which BuildKit's host-network steps reach too.
+    packages = PackageRepo(host=bridge_gateway(), size=args.package_kb * 1024)
     daemons = []
     results: dict[str, dict[str, dict]] = {"classic": {}, "buildkit": {}}
     try:
@@ -164,7 +173,12 @@ def main() -> int:
             pushes.take()
             src = make_source(c.sources[0], cache_dir=tmp / "state")
             t = time.monotonic()
-            res = builder.build(plan, src, c.sources[0], lambda _text: None)
+
+            def show(text: str) -> None:
+                if args.log:
+                    for line in text.splitlines():
+                        print(f"    {time.monotonic() - t:6.2f} {line}", file=sys.stderr)
+            res = builder.build(plan, src, c.sources[0], show)
             wall = time.monotonic() - t
             pushed = pushes.take()
             results[engine][case] = {"wall_s": round(wall, 2), "package_requests": packages.fetches() - before,

@@ -14,8 +14,14 @@ from tests.doubles._wire import Abort, WireDouble
 
 
 def package_bytes(name: str, size: int) -> bytes:
-    seed = hashlib.sha256(name.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
+    """Deterministic and incompressible, like a real jar: SHA-256 in counter mode."""
+    out = bytearray()
+    seed = name.encode()
+    i = 0
+    while len(out) < size:
+        out += hashlib.sha256(seed + i.to_bytes(8, "big")).digest()
+        i += 1
+    return bytes(out[:size])
 
 
 class PackageRepo(WireDouble):
