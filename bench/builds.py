@@ -38,14 +38,14 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from poller.builds.builder import BuildPlan, DockerBuilder  # noqa: E402
-from poller.builds.buildkit import BuildKitBuilder  # noqa: E402
-from poller.config import parse_config  # noqa: E402
-from poller.sources.factory import make_source  # noqa: E402
-from tests.doubles.gitrepo import BUSYBOX, GitRepo  # noqa: E402
-from tests.doubles.packages import PackageRepo  # noqa: E402
-from tests.fixtures.cluster import st  # noqa: E402
-from tests.fixtures.services import start_registry, stop_registry  # noqa: E402
+from poller.builds.builder import BuildPlan, DockerBuilder
+from poller.builds.buildkit import BuildKitBuilder
+from poller.config import parse_config
+from poller.sources.factory import make_source
+from tests.doubles.gitrepo import BUSYBOX, GitRepo
+from tests.doubles.packages import PackageRepo
+from tests.fixtures.cluster import st
+from tests.fixtures.services import start_registry, stop_registry
 
 DEPS = """FROM tools AS deps
 COPY nonce.txt deps.txt /

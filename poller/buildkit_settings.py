@@ -47,7 +47,7 @@ class BuildKitEndpoint(SettingsModel):
         raise ValueError("must start with unix:// or tcp://")
 
     @model_validator(mode="after")
-    def _tls(self) -> "BuildKitEndpoint":
+    def _tls(self) -> BuildKitEndpoint:
         if self.address.startswith("tcp://") and not self.ca_cert:
             raise ValueError(f"{self.address}: a tcp:// builder needs TLS: set ca_cert (and cert + key "
                              f"when the daemon checks clients)")
@@ -94,7 +94,7 @@ class BuildKitConfig(SettingsModel):
         return self.cache_ref.replace("{image}", image)
 
     @model_validator(mode="after")
-    def _unique(self) -> "BuildKitConfig":
+    def _unique(self) -> BuildKitConfig:
         seen = set()
         for ep in self.addresses:
             if ep.address in seen:

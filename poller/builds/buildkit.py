@@ -35,13 +35,20 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from poller.buildkit_settings import BuildKitConfig, BuildKitEndpoint
-from poller.builds.builder import (LABEL_CREATED, LABEL_REF, LABEL_REVISION, LABEL_SOURCE,
-                                   LABEL_VERSION, BuildPlan, BuildResult)
+from poller.builds.builder import (
+    LABEL_CREATED,
+    LABEL_REF,
+    LABEL_REVISION,
+    LABEL_SOURCE,
+    LABEL_VERSION,
+    BuildPlan,
+    BuildResult,
+)
 from poller.builds.context import make_context
 from poller.config import RegistryConfig, SourceConfig
 from poller.errors import BuildError, PushError, UpstreamError
@@ -51,7 +58,7 @@ from poller.sources.base import Source
 log = get_logger(__name__)
 
 _PUSH_FAILURE = re.compile(r"failed to push|push access denied|unexpected status from (PUT|POST|HEAD|PATCH)"
-                           r"|failed to export cache|error writing (layer|manifest)", re.I)
+                           r"|failed to export cache|error writing (layer|manifest)", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------------------
@@ -59,7 +66,7 @@ _PUSH_FAILURE = re.compile(r"failed to push|push access denied|unexpected status
 # --------------------------------------------------------------------------------------
 
 def connection_args(ep: BuildKitEndpoint, connect_timeout: float) -> list[str]:
-    args = ["--addr", ep.address, "--timeout", str(max(1, int(round(connect_timeout))))]
+    args = ["--addr", ep.address, "--timeout", str(max(1, round(connect_timeout)))]
     if ep.ca_cert:
         args += ["--tlscacert", ep.ca_cert]
     if ep.cert and ep.key:
@@ -258,7 +265,7 @@ class BuildKitBuilder:
         """``None`` when the builder answers ``debug workers`` with a worker; else why not."""
         cmd = [self.buildctl, *connection_args(ep, self.settings.connect_timeout), "debug", "workers"]
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+            res = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                  timeout=self.settings.connect_timeout + 5)
         except subprocess.TimeoutExpired:
             return f"no answer within {self.settings.connect_timeout + 5:.0f}s"
@@ -314,7 +321,7 @@ class BuildKitBuilder:
                 LABEL_REVISION: plan.sha,
                 LABEL_SOURCE: source.web_url(),
                 LABEL_VERSION: plan.version,
-                LABEL_CREATED: dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                LABEL_CREATED: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 LABEL_REF: plan.ref,
             }
             metadata = tmpdir / "metadata.json"

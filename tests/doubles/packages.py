@@ -43,7 +43,7 @@ class PackageRepo(WireDouble):
 
     def _app(self, environ, start_response):
         try:
-            request, raw_path, fault = self._accept(environ)
+            _request, raw_path, fault = self._accept(environ)
             if fault is not None:
                 raise Abort(Response("fault", status=fault.status))
             if not raw_path.startswith("/packages/"):

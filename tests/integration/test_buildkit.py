@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -267,7 +266,7 @@ def test_builder_killed_mid_build_fails_the_build_cleanly_and_it_is_retried(
 
 def test_push_to_a_registry_with_credentials_never_shows_the_password(
         tmp_path, git_repo, buildkitd_factory, buildkit_toolchain):
-    import crypt  # noqa: deprecated in 3.11 but present: bcrypt through libxcrypt, as htpasswd needs
+    import crypt  # deprecated in 3.11 but present: bcrypt through libxcrypt, as htpasswd needs
     import subprocess
 
     import requests

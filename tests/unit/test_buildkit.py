@@ -8,8 +8,13 @@ import json
 import pytest
 
 from poller.buildkit_settings import BuildKitEndpoint
-from poller.builds.buildkit import BuilderPool, ProgressRenderer, build_args, connection_args
 from poller.builds.builder import BuildPlan
+from poller.builds.buildkit import (
+    BuilderPool,
+    ProgressRenderer,
+    build_args,
+    connection_args,
+)
 from poller.config import parse_config
 from poller.errors import ConfigError, UpstreamError
 
