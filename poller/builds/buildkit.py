@@ -101,7 +101,9 @@ def build_args(*, plan: BuildPlan, labels: dict[str, str], build_args: dict[str,
     args += ["--output", "type=image," + _csv_field(f"name={names}") + ",push=true,oci-mediatypes=false"
              + insecure_opt]
     if cache_ref:
-        args += ["--export-cache", f"type=registry,ref={cache_ref},mode={cache_mode}{insecure_opt}",
+        # A cache that cannot be exported costs the next build time, not this build its image.
+        export = f"type=registry,ref={cache_ref},mode={cache_mode},ignore-error=true{insecure_opt}"
+        args += ["--export-cache", export,
                  "--import-cache", f"type=registry,ref={cache_ref}{insecure_opt}"]
     args += ["--metadata-file", metadata_file, "--progress", "rawjson"]
     return args
@@ -154,7 +156,10 @@ class ProgressRenderer:
             if v.get("cached") and self._once(d, "cached"):
                 out.append(f"#{n} CACHED\n")
             if v.get("completed") and self._once(d, "done"):
-                if v.get("error"):
+                if v.get("error") and str(v.get("name", "")).startswith("importing cache manifest") \
+                        and "not found" in v["error"]:
+                    out.append(f"#{n} no registry cache yet: this build starts one\n")
+                elif v.get("error"):
                     self.errors.append(f"{v.get('name', '')}: {v['error']}")
                     out.append(f"#{n} ERROR: {v['error']}\n")
                 elif not v.get("cached"):

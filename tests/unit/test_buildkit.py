@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 
 import pytest
 
@@ -80,7 +79,7 @@ def test_build_arguments_push_every_tag_with_labels_and_the_registry_cache():
     assert out == ('type=image,"name=127.0.0.1:5000/game:sha-aaaaaaaaaaaa,127.0.0.1:5000/game:staging",'
                    'push=true,oci-mediatypes=false,registry.insecure=true')
     assert args[args.index("--export-cache") + 1] == (
-        "type=registry,ref=127.0.0.1:5000/game:buildcache,mode=max,registry.insecure=true")
+        "type=registry,ref=127.0.0.1:5000/game:buildcache,mode=max,ignore-error=true,registry.insecure=true")
     assert args[args.index("--import-cache") + 1] == (
         "type=registry,ref=127.0.0.1:5000/game:buildcache,registry.insecure=true")
     assert args[-4:] == ["--metadata-file", "/m.json", "--progress", "rawjson"]
@@ -101,7 +100,10 @@ def test_rawjson_progress_becomes_a_readable_log():
     failed = r.feed({"vertexes": [{"digest": "sha256:3", "name": "RUN false", "started": "2026-01-01T10:00:03Z",
                                    "completed": "2026-01-01T10:00:04Z", "error": "exit code: 1"}]})
     assert failed == "#3 RUN false\n#3 ERROR: exit code: 1\n" and r.errors == ["RUN false: exit code: 1"]
-    json.dumps(r.numbers)  # plain data
+    missing = r.feed({"vertexes": [{"digest": "sha256:4", "name": "importing cache manifest from reg/game:buildcache",
+                                    "started": "2026-01-01T10:00:00Z", "completed": "2026-01-01T10:00:00Z",
+                                    "error": "failed to configure registry cache importer: reg/game:buildcache: not found"}]})
+    assert missing.endswith("#4 no registry cache yet: this build starts one\n") and len(r.errors) == 1
 
 
 def endpoints(*names):
