@@ -15,8 +15,10 @@ Cases, for each engine:
          state dir) that imports the registry cache; the classic builder has no registry
          cache, so a fresh engine repeats the whole build (measured with a new nonce)
 
+Cases run interleaved (classic, then BuildKit, per case) so both see the same machine load.
 Figures: wall time, requests to the package repository, bytes of image blobs pushed (and of
 cache blobs for BuildKit), the bytes of layers that really changed, and BuildKit / classic.
+"The changed step alone" is BuildKit's own timing of the app stage's RUN in the warm build.
 Targets (issue 12): cold >= 1.6x faster with parallel stages; warm within 20% of the changed
 step alone; a fresh builder downloads no dependency; no more image bytes than changed layers.
 """
@@ -86,12 +88,12 @@ def bridge_gateway() -> str:
     return parts[parts.index("inet") + 1].split("/")[0] if "inet" in parts else "127.0.0.1"
 
 
-def step_alone(work: int) -> float:
-    """The changed step (the app stage's RUN) run by itself on the host."""
-    t = time.monotonic()
-    subprocess.run(["busybox", "sh", "-c", f"busybox dd if=/dev/zero bs=1M count={work} 2>/dev/null "
-                    "| busybox sha256sum >/dev/null"], check=True)
-    return time.monotonic() - t
+def changed_step_seconds(log: str) -> float:
+    """How long the changed step (the app stage's RUN) took inside the warm build itself,
+    from BuildKit's own timing of that step (``#N DONE 3.1s``)."""
+    number = next(ln.split()[0] for ln in log.splitlines() if ln.startswith("#") and "[app 2/2] RUN" in ln)
+    done = next(ln for ln in log.splitlines() if ln.startswith(number + " DONE "))
+    return float(done.split()[-1].rstrip("s"))
 
 
 class Pushes:
@@ -198,32 +200,29 @@ def main() -> int:
         classic_cfg = cfg("Dockerfile", f"unix://{bk_dirs[0]}/buildkitd.sock")
         classic = DockerBuilder(lambda: docker.DockerClient(base_url=base_url, timeout=600),
                                 classic_cfg.registry)
-        print("classic builder (docker engine):", file=sys.stderr)
-        run("classic", "cold", classic, classic_cfg, cold_sha, "classic", ("cold",))
-        warm_sha = repo.commit("one-line change", {"app.txt": "version 2\n"})
-        run("classic", "warm", classic, classic_cfg, warm_sha, "classic", ("warm",))
-        results["classic"]["warm"]["changed_layer_bytes"] = changed_bytes("classic", "cold", "warm")
-        fresh_classic = repo.commit("fresh engine (nonce)", {"nonce.txt": uuid.uuid4().hex})
-        run("classic", "fresh", classic, classic_cfg, fresh_classic, "classic", ("fresh",))
-
-        # ---- BuildKit ------------------------------------------------------------------
-        print("BuildKit:", file=sys.stderr)
+        # Interleaved, classic then BuildKit for each case, so both see the same machine load.
         first = st.BuildKitd(bk_dirs[0], toolchain=bk_tc)
         first.up()
         daemons.append(first)
         bk_cfg = cfg("Dockerfile.buildkit", first.address)
         kit = BuildKitBuilder(bk_cfg.build.buildkit, bk_cfg.registry)
+        run("classic", "cold", classic, classic_cfg, cold_sha, "classic", ("cold",))
         run("buildkit", "cold", kit, bk_cfg, cold_sha, "bench", ("cold",))
-        run("buildkit", "warm", kit, bk_cfg, warm_sha, "bench", ("warm",))
+        warm_sha = repo.commit("one-line change", {"app.txt": "version 2\n"})
+        run("classic", "warm", classic, classic_cfg, warm_sha, "classic", ("warm",))
+        res = run("buildkit", "warm", kit, bk_cfg, warm_sha, "bench", ("warm",))
+        results["classic"]["warm"]["changed_layer_bytes"] = changed_bytes("classic", "cold", "warm")
         results["buildkit"]["warm"]["changed_layer_bytes"] = changed_bytes("bench", "cold", "warm")
+        results["changed_step_s"] = changed_step_seconds(res.log)
         first.down(quiet=True)
+        fresh_classic = repo.commit("fresh engine (nonce)", {"nonce.txt": uuid.uuid4().hex})
+        run("classic", "fresh", classic, classic_cfg, fresh_classic, "classic", ("fresh",))
         fresh = st.BuildKitd(bk_dirs[1], toolchain=bk_tc)
         fresh.up()
         daemons.append(fresh)
         fresh_cfg = cfg("Dockerfile.buildkit", fresh.address)
         run("buildkit", "fresh", BuildKitBuilder(fresh_cfg.build.buildkit, fresh_cfg.registry), fresh_cfg,
             warm_sha, "bench", ("fresh",))
-        results["step_alone_s"] = round(step_alone(args.work), 2)
     finally:
         for d in daemons:
             d.down(quiet=True)
@@ -240,8 +239,8 @@ def main() -> int:
     results["targets"] = {
         "cold_speedup": round(c["cold"]["wall_s"] / k["cold"]["wall_s"], 2),
         "cold_speedup_ok (>=1.6)": c["cold"]["wall_s"] / k["cold"]["wall_s"] >= 1.6,
-        "warm_over_step_alone": round(k["warm"]["wall_s"] / results["step_alone_s"], 2),
-        "warm_ok (<=1.2)": k["warm"]["wall_s"] <= 1.2 * results["step_alone_s"],
+        "warm_over_changed_step": round(k["warm"]["wall_s"] / results["changed_step_s"], 2),
+        "warm_ok (<=1.2)": k["warm"]["wall_s"] <= 1.2 * results["changed_step_s"],
         "fresh_downloads": k["fresh"]["package_requests"],
         "fresh_ok (0)": k["fresh"]["package_requests"] == 0,
         "warm_image_bytes_ok (<= changed layers)":
@@ -257,7 +256,8 @@ def main() -> int:
               f"{c[case]['package_requests']:5d}/{k[case]['package_requests']:<5d}  "
               f"{c[case]['image_bytes_pushed']:>11,}/{k[case]['image_bytes_pushed']:<11,}  "
               f"{k[case]['cache_bytes_pushed']:>13,}")
-    print(f"changed step alone: {results['step_alone_s']:.1f}s; changed layers (warm): classic "
+    print(f"changed step (BuildKit's timing, warm build): {results['changed_step_s']:.1f}s; "
+          f"changed layers (warm): classic "
           f"{c['warm']['changed_layer_bytes']:,} B, BuildKit {k['warm']['changed_layer_bytes']:,} B")
     for name, value in results["targets"].items():
         print(f"  {name}: {value}")

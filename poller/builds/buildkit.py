@@ -319,8 +319,11 @@ class BuildKitBuilder:
                 dockerfile = make_context(archive, ctx, context=source_cfg.context,
                                           dockerfile=source_cfg.dockerfile)
                 ctx.seek(0)
-                with tarfile.open(fileobj=ctx, mode="r|") as tar:
-                    tar.extractall(ctxdir, filter="tar")
+                try:
+                    with tarfile.open(fileobj=ctx, mode="r|") as tar:
+                        tar.extractall(ctxdir, filter="tar")
+                except (tarfile.TarError, OSError) as exc:
+                    raise BuildError(f"cannot unpack the build context of {plan.sha[:12]}: {exc}") from exc
             ep = self.pool.choose(plan.source)
             labels = {
                 LABEL_REVISION: plan.sha,
@@ -351,6 +354,8 @@ class BuildKitBuilder:
                 raise BuildError(f"build of {plan.image} finished without a result (metadata: {exc})") from exc
         digest = meta.get("containerimage.digest", "")
         image_id = meta.get("containerimage.config.digest", "")
+        if not digest:
+            raise BuildError(f"build of {plan.image} pushed no image digest (metadata: {sorted(meta)})")
         for tag in plan.tags:
             emit(f"--> pushed {plan.image}:{tag}\n")
         emit(f"--> pushed {plan.image}@{digest}\n")
