@@ -15,7 +15,10 @@ Cases, for each engine:
          state dir) that imports the registry cache; the classic builder has no registry
          cache, so a fresh engine repeats the whole build (measured with a new nonce)
 
-Cases run interleaved (classic, then BuildKit, per case) so both see the same machine load.
+Cases run interleaved (classic, then BuildKit, per case) so both see the same machine load;
+with --repeat N the rounds repeat (a new nonce makes each round cold again) and wall times are
+medians, the other figures from round 1 (the only truly cold one for the classic builder,
+whose local layer cache survives between rounds).
 Figures: wall time, requests to the package repository, bytes of image blobs pushed (and of
 cache blobs for BuildKit), the bytes of layers that really changed, and BuildKit / classic.
 "The changed step alone" is BuildKit's own timing of the app stage's RUN in the warm build.
@@ -129,18 +132,20 @@ def main() -> int:
     ap.add_argument("--work", type=int, default=300, help="MiB hashed by each compute stage")
     ap.add_argument("--packages", type=int, default=8)
     ap.add_argument("--package-kb", type=int, default=512)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds; wall times are the median")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--log", action="store_true", help="print the build logs, with elapsed seconds")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="slipway-bench-builds-"))
-    bk_dirs = [tempfile.mkdtemp(prefix="bk-bench-", dir="/tmp") for _ in range(2)]
+    bk_dirs = [tempfile.mkdtemp(prefix="bk-bench-", dir="/tmp") for _ in range(2 * args.repeat)]
     registry = start_registry(tmp / "registry")
     # Classic-builder RUN steps use docker's bridge network: serve on its gateway address,
     # which BuildKit's host-network steps reach too.
     packages = PackageRepo(host=bridge_gateway(), size=args.package_kb * 1024)
     daemons = []
-    results: dict[str, dict[str, dict]] = {"classic": {}, "buildkit": {}}
+    rounds: dict[str, dict[str, list[dict]]] = {"classic": {}, "buildkit": {}}
+    steps: list[float] = []
     try:
         bk_tc = st.build_buildkit()
         repo = GitRepo(tmp / "git", name="bench")
@@ -183,10 +188,10 @@ def main() -> int:
             res = builder.build(plan, src, c.sources[0], show)
             wall = time.monotonic() - t
             pushed = pushes.take()
-            results[engine][case] = {"wall_s": round(wall, 2), "package_requests": packages.fetches() - before,
+            rounds[engine].setdefault(case, []).append({"wall_s": round(wall, 2), "package_requests": packages.fetches() - before,
                                      "image_bytes_pushed": pushed.get(image, 0),
                                      "cache_bytes_pushed": pushed.get("bench-cache", 0),
-                                     "digest": res.digest}
+                                     "digest": res.digest})
             print(f"  {engine:8} {case:5} {wall:7.1f}s  requests {packages.fetches() - before:3d}  "
                   f"image bytes {pushed.get(image, 0):>10,}  cache bytes {pushed.get('bench-cache', 0):>10,}",
                   file=sys.stderr, flush=True)
@@ -201,28 +206,33 @@ def main() -> int:
         classic = DockerBuilder(lambda: docker.DockerClient(base_url=base_url, timeout=600),
                                 classic_cfg.registry)
         # Interleaved, classic then BuildKit for each case, so both see the same machine load.
-        first = st.BuildKitd(bk_dirs[0], toolchain=bk_tc)
-        first.up()
-        daemons.append(first)
-        bk_cfg = cfg("Dockerfile.buildkit", first.address)
-        kit = BuildKitBuilder(bk_cfg.build.buildkit, bk_cfg.registry)
-        run("classic", "cold", classic, classic_cfg, cold_sha, "classic", ("cold",))
-        run("buildkit", "cold", kit, bk_cfg, cold_sha, "bench", ("cold",))
-        warm_sha = repo.commit("one-line change", {"app.txt": "version 2\n"})
-        run("classic", "warm", classic, classic_cfg, warm_sha, "classic", ("warm",))
-        res = run("buildkit", "warm", kit, bk_cfg, warm_sha, "bench", ("warm",))
-        results["classic"]["warm"]["changed_layer_bytes"] = changed_bytes("classic", "cold", "warm")
-        results["buildkit"]["warm"]["changed_layer_bytes"] = changed_bytes("bench", "cold", "warm")
-        results["changed_step_s"] = changed_step_seconds(res.log)
-        first.down(quiet=True)
-        fresh_classic = repo.commit("fresh engine (nonce)", {"nonce.txt": uuid.uuid4().hex})
-        run("classic", "fresh", classic, classic_cfg, fresh_classic, "classic", ("fresh",))
-        fresh = st.BuildKitd(bk_dirs[1], toolchain=bk_tc)
-        fresh.up()
-        daemons.append(fresh)
-        fresh_cfg = cfg("Dockerfile.buildkit", fresh.address)
-        run("buildkit", "fresh", BuildKitBuilder(fresh_cfg.build.buildkit, fresh_cfg.registry), fresh_cfg,
-            warm_sha, "bench", ("fresh",))
+        for r in range(args.repeat):
+            if r:
+                repo.commit(f"round {r + 1}: cold again", {"nonce.txt": uuid.uuid4().hex, "app.txt": "version 1\n"})
+            cold_sha = repo.head()
+            first = st.BuildKitd(bk_dirs[2 * r], toolchain=bk_tc)
+            first.up()
+            daemons.append(first)
+            bk_cfg = cfg("Dockerfile.buildkit", first.address)
+            kit = BuildKitBuilder(bk_cfg.build.buildkit, bk_cfg.registry)
+            run("classic", "cold", classic, classic_cfg, cold_sha, "classic", (f"cold-{r}",))
+            run("buildkit", "cold", kit, bk_cfg, cold_sha, "bench", (f"cold-{r}",))
+            warm_sha = repo.commit("one-line change", {"app.txt": "version 2\n"})
+            run("classic", "warm", classic, classic_cfg, warm_sha, "classic", (f"warm-{r}",))
+            res = run("buildkit", "warm", kit, bk_cfg, warm_sha, "bench", (f"warm-{r}",))
+            rounds["classic"]["warm"][-1]["changed_layer_bytes"] = changed_bytes("classic", f"cold-{r}", f"warm-{r}")
+            rounds["buildkit"]["warm"][-1]["changed_layer_bytes"] = changed_bytes("bench", f"cold-{r}", f"warm-{r}")
+            steps.append(changed_step_seconds(res.log))
+            first.down(quiet=True)
+            fresh_classic = repo.commit("fresh engine (nonce)", {"nonce.txt": uuid.uuid4().hex})
+            run("classic", "fresh", classic, classic_cfg, fresh_classic, "classic", (f"fresh-{r}",))
+            fresh = st.BuildKitd(bk_dirs[2 * r + 1], toolchain=bk_tc)
+            fresh.up()
+            daemons.append(fresh)
+            fresh_cfg = cfg("Dockerfile.buildkit", fresh.address)
+            run("buildkit", "fresh", BuildKitBuilder(fresh_cfg.build.buildkit, fresh_cfg.registry), fresh_cfg,
+                warm_sha, "bench", (f"fresh-{r}",))
+            fresh.down(quiet=True)
     finally:
         for d in daemons:
             d.down(quiet=True)
@@ -233,6 +243,16 @@ def main() -> int:
             shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    def median(values: list[float]) -> float:
+        v = sorted(values)
+        return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+    results: dict = {"classic": {}, "buildkit": {}, "rounds": args.repeat, "work_mib": args.work,
+                     "changed_step_s": round(median(steps), 2), "walls": {}}
+    for engine, cases in rounds.items():
+        for case, runs in cases.items():
+            results[engine][case] = {**runs[0], "wall_s": round(median([x["wall_s"] for x in runs]), 2)}
+            results["walls"][f"{engine} {case}"] = [x["wall_s"] for x in runs]
     c, k = results["classic"], results["buildkit"]
     ratios = {case: round(k[case]["wall_s"] / c[case]["wall_s"], 2) for case in ("cold", "warm", "fresh")}
     results["ratio_buildkit_over_classic"] = ratios
@@ -256,6 +276,7 @@ def main() -> int:
               f"{c[case]['package_requests']:5d}/{k[case]['package_requests']:<5d}  "
               f"{c[case]['image_bytes_pushed']:>11,}/{k[case]['image_bytes_pushed']:<11,}  "
               f"{k[case]['cache_bytes_pushed']:>13,}")
+    print(f"rounds: {args.repeat}, wall times are medians: " + json.dumps(results["walls"]))
     print(f"changed step (BuildKit's timing, warm build): {results['changed_step_s']:.1f}s; "
           f"changed layers (warm): classic "
           f"{c['warm']['changed_layer_bytes']:,} B, BuildKit {k['warm']['changed_layer_bytes']:,} B")
