@@ -307,3 +307,29 @@ auth: {{htpasswd: {{realm: slipway-test, path: {tmp_path / 'htpasswd'}}}}}
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_builder_that_stops_answering_mid_build_fails_the_build_instead_of_hanging(
+        tmp_path, registry, git_repo, buildkitd_factory, buildkit_toolchain, package_repo):
+    seed_cached_deps(git_repo, package_repo)
+    release = package_repo.hold("guava.jar")
+    daemon = buildkitd_factory()
+    data = config(tmp_path, registry, git_repo, [daemon.address], buildkit_toolchain)
+    data["build"]["buildkit"].update({"stall_check": 2, "connect_timeout": 2})
+    pipeline = pipeline_for(data)
+    pid = daemon.load()["pid"]
+    try:
+        report = pipeline.reconcile_source("game-server", force=True)
+        assert package_repo.arrived.wait(120), "the build never reached the download step"
+        os.kill(pid, signal.SIGSTOP)  # alive, holding its socket, answering nothing
+        started = time.monotonic()
+        pipeline.wait_for_builds(timeout=90)
+        took = time.monotonic() - started
+        action = report.actions[0]
+        assert action.status == "failed" and "stopped answering" in action.error, action.error
+        assert took < 60, f"the stall took {took:.0f}s to notice"
+        assert pipeline.store.get_build(action.build_id).status == "failed"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        release.set()
+        pipeline.shutdown()
