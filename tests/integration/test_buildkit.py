@@ -111,7 +111,7 @@ def builder_histories(toolchain, daemon) -> int:
     import subprocess
 
     res = subprocess.run([str(toolchain.bindir / "buildctl"), "--addr", daemon.address, "debug", "histories"],
-                         capture_output=True, text=True, timeout=30)
+                         check=False, capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     return len([ln for ln in res.stdout.splitlines()[1:] if ln.strip()])
 
@@ -281,8 +281,9 @@ storage: {{filesystem: {{rootdirectory: {tmp_path / 'registry-data'}}}}}
 http: {{addr: 127.0.0.1:{port}}}
 auth: {{htpasswd: {{realm: slipway-test, path: {tmp_path / 'htpasswd'}}}}}
 """)
-    proc = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "registry.yml")],
-                            stdout=open(tmp_path / "registry.log", "wb"), stderr=subprocess.STDOUT)
+    with open(tmp_path / "registry.log", "wb") as registry_log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "registry.yml")],
+                                stdout=registry_log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: requests.get(f"{url}/v2/", timeout=1).status_code == 401, timeout=20,
