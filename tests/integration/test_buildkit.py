@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -334,3 +335,24 @@ def test_builder_that_stops_answering_mid_build_fails_the_build_instead_of_hangi
         os.kill(pid, signal.SIGCONT)
         release.set()
         pipeline.shutdown()
+
+
+def test_example_game_server_builds_with_dockerfile_buildkit_and_its_plugin_cache(
+        tmp_path, registry, git_repo, buildkitd_factory, buildkit_toolchain, package_repo):
+    import shutil
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "game-server"
+    shutil.copytree(example, git_repo.work, dirs_exist_ok=True)
+    shutil.copy(BUSYBOX, git_repo.work / "busybox")
+    git_repo.commit("example", {"plugins.txt": "# plugins\nworldedit.jar\nessentials.jar\n"})
+    daemon = buildkitd_factory()
+    data = config(tmp_path, registry, git_repo, [daemon.address], buildkit_toolchain)
+    data["sources"][0].update({"dockerfile": "Dockerfile.buildkit",
+                               "build_args": {"PLUGIN_MIRROR": f"{package_repo.url}/packages"}})
+    first = run_once(pipeline_for(data))[0].actions[0]
+    assert first.status == "succeeded", first.error
+    assert package_repo.fetches() == 2
+    git_repo.commit("one more plugin", {"plugins.txt": "worldedit.jar\nessentials.jar\nluckperms.jar\n"})
+    second = run_once(pipeline_for(data))[0].actions[0]
+    assert second.status == "succeeded", second.error
+    assert package_repo.fetches() == 3  # only the new jar: the others came from the cache mount
