@@ -11,7 +11,8 @@ import yaml
 pytestmark = pytest.mark.cluster
 
 SLIPWAY = str(Path(__file__).resolve().parents[2] / "charts" / "slipway")
-ON = ["--set", "buildkit.enabled=true", "--set", "buildkit.tls.serverSecret=bk-server",
+TOKEN = ["--set", "apiToken.value=test-api-token"]
+ON = [*TOKEN, "--set", "buildkit.enabled=true", "--set", "buildkit.tls.serverSecret=bk-server",
       "--set", "buildkit.tls.clientSecret=bk-client", "--set", "buildkit.replicas=3"]
 
 
@@ -20,7 +21,7 @@ def docs(text: str) -> list[dict]:
 
 
 def test_buildkit_is_off_by_default(helm):
-    rendered = docs(helm.run("template", "slipway", SLIPWAY, "--namespace", "ci").stdout)
+    rendered = docs(helm.run("template", "slipway", SLIPWAY, "--namespace", "ci", *TOKEN).stdout)
     assert not [d for d in rendered if d["kind"] == "StatefulSet"]
     config = yaml.safe_load(next(d for d in rendered if d["kind"] == "ConfigMap")["data"]["config.yaml"])
     assert "build" not in config or "engine" not in config["build"]
@@ -54,5 +55,5 @@ def test_buildkit_builders_and_the_poller_config_that_uses_them(helm, kube, name
     # The real API server accepts every object as rendered.
     kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=text)
 
-    bad = helm.run("template", "slipway", SLIPWAY, "--set", "buildkit.enabled=true", check=False)
+    bad = helm.run("template", "slipway", SLIPWAY, *TOKEN, "--set", "buildkit.enabled=true", check=False)
     assert bad.returncode != 0 and "buildkit.tls" in bad.stderr
