@@ -1048,8 +1048,28 @@ class BuildKitd:
         if self.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=1)
+        if not (pid and _pid_alive(pid, start)):
+            self.release_leftovers()
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
+
+    def release_leftovers(self) -> None:
+        """What a daemon killed mid-build leaves behind: its runc containers (state in
+        /run/runc, named after the bundles in its executor directory) and the mounts of their
+        root filesystems and cache mounts under the state directory."""
+        for bundle in sorted((self.state_dir / "root").glob("runc-*/executor/*")):
+            if bundle.is_dir():
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    subprocess.run(["runc", "delete", "--force", bundle.name], capture_output=True,
+                                   timeout=30, check=False)
+        prefix = str(self.state_dir) + "/"
+        try:
+            mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        except OSError:
+            return
+        for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30, check=False)
 
     def env_lines(self) -> str:
         return (f"export BUILDKIT_HOST={self.address}\n"
