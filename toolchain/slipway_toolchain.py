@@ -898,7 +898,7 @@ def buildkit_wrapper_gomod(buildkit_gomod_text: str) -> str:
     and excludes (and no replace directives) it builds with exactly its own versions.
     """
     text = re.sub(r"^module\s+\S+", "module slipway.local/toolchain/buildkit", buildkit_gomod_text,
-                  count=1, flags=re.M)
+                  count=1, flags=re.MULTILINE)
     if "replace " in text or "replace(" in text:
         raise ToolchainError("github.com/moby/buildkit's go.mod has replace directives; the recipe "
                              "expects none")
@@ -971,7 +971,7 @@ class BuildKitd:
         try:
             res = subprocess.run([self.tc.bin("buildctl"), "--addr", self.address, "--timeout",
                                   str(max(1, int(timeout))), "debug", "workers"],
-                                 capture_output=True, text=True, timeout=timeout + 5)
+                                 check=False, capture_output=True, text=True, timeout=timeout + 5)
         except subprocess.TimeoutExpired:
             return None
         if res.returncode != 0 or len(res.stdout.strip().splitlines()) < 2:
