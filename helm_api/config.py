@@ -151,3 +151,34 @@ def load_settings() -> HelmApiConfig:
         err = exc.errors()[0]
         raise ConfigError(err["msg"].removeprefix("Value error, "), file="<environment>",
                           key="HELM_API_" + str(err["loc"][0]).upper()) from None
+
+
+class ServeConfig(BaseModel):
+    """Where ``helm-api`` listens: ``HELM_API_HOST`` (default all interfaces, as a container
+    needs) and ``HELM_API_PORT`` (default 8080); ``--host``/``--port`` override them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("0.0.0.0", min_length=1, description="address to bind")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port")
+
+
+class _ServeEnv(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HELM_API_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+
+def load_serve_config(host: str | None = None, port: int | None = None) -> ServeConfig:
+    """The listen address from the environment, overridden by the given values. Raises ConfigError."""
+    try:
+        raw = _ServeEnv()
+        return ServeConfig(host=host if host is not None else raw.host,
+                           port=port if port is not None else raw.port)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0])
+        given = {"host": host, "port": port}.get(field) is not None
+        raise ConfigError(err["msg"], file="command line" if given else "<environment>",
+                          key=f"--{field}" if given else "HELM_API_" + field.upper()) from None
