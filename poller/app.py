@@ -6,15 +6,15 @@ Entry points call :func:`build_pipeline`; nothing below reads the environment.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Callable
 
 import docker
-import docker.errors
 
 from poller.builds.builder import BuildPlan
 from poller.builds.factory import make_builder
 from poller.config import Config
-from poller.errors import UpstreamError
+from poller.dockerengine import engine_client, engine_url
 from poller.http import RequestCounter, redact_url
 from poller.logs import register_secret
 from poller.pipeline import Pipeline
@@ -54,28 +54,18 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def _reason(exc: Exception) -> str:
-    """The innermost cause of a docker SDK error, one line (not the whole urllib3 chain)."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
-
-
-def build_pipeline(cfg: Config, *, docker_base_url: str | None = None, store: Store | None = None,
+def build_pipeline(cfg: Config, *, docker_base_url: str | None = None,
+                   docker_env: Mapping[str, str] | None = None, store: Store | None = None,
                    counter: RequestCounter | None = None,
                    on_build_log: Callable[[BuildPlan, str], None] | None = None) -> Pipeline:
     register_config_secrets(cfg)
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
-    base_url = cfg.docker.base_url or docker_base_url or "unix:///var/run/docker.sock"
+
+    base_url = engine_url(cfg.docker.base_url or docker_base_url, docker_env)
 
     def docker_client() -> docker.DockerClient:
-        try:
-            return docker.DockerClient(base_url=base_url, timeout=600)
-        except docker.errors.DockerException as exc:
-            raise UpstreamError(f"docker engine {redact_url(base_url)} unreachable: "
-                                f"{_reason(exc)}", upstream="docker") from exc
+        return engine_client(base_url, environment=docker_env)
 
     registry = RegistryClient(cfg.registry, counter=counter)
     builder = make_builder(cfg, docker_client, docker_engine=redact_url(base_url))

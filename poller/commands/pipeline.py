@@ -85,7 +85,8 @@ def cmd_once(args) -> int:
     from poller.app import build_pipeline
 
     cfg = load_config(args.config)
-    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), on_build_log=_log_printer(args.logs))
+    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), docker_env=os.environ,
+                              on_build_log=_log_printer(args.logs))
     try:
         for name in args.source or []:
             cfg.source(name)
@@ -239,7 +240,7 @@ def cmd_run(args) -> int:
             register_secret(secret.get_secret_value())
     printer = _log_printer("auto")
     live_logs = LiveLogs()
-    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(),
+    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), docker_env=os.environ,
                               on_build_log=tee(printer, live_logs.on_log))
     pipeline.listeners.append(correlation_listener)
     pipeline.listeners.append(live_logs.listener)

@@ -29,7 +29,7 @@ def _helm_api(*args, env=None, **kw):
 ])
 def test_a_bad_setting_at_start_up_is_one_line_and_exit_2(args, env, where):
     proc = _helm_api(*args, env=env)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert err.count("\n") == 1 and err.startswith("helm-api: config error: ") and where in err
     assert "Traceback" not in err and "Worker failed to boot" not in err
