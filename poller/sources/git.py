@@ -36,6 +36,19 @@ _TRANSIENT = ("Could not resolve host", "Connection refused", "Connection timed 
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true", "LC_ALL": "C"}
 
 
+#: Longest git stderr kept in an error (head and tail of anything longer).
+_STDERR_LIMIT = 2000
+
+
+def _stderr_text(err: str) -> str:
+    """All of git's stderr on one line (the ``fatal:`` line explains, the last one only advises),
+    bounded."""
+    text = " / ".join(line.strip() for line in err.splitlines() if line.strip())
+    if len(text) > _STDERR_LIMIT:
+        text = f"{text[:_STDERR_LIMIT * 3 // 4]} … {text[-_STDERR_LIMIT // 4:]}"
+    return text
+
+
 def parse_ls_remote(output: str, branch: str, *, upstream: str = "git") -> RefSnapshot:
     """Turn ``git ls-remote`` output into a snapshot; annotated tags are peeled.
 
@@ -150,9 +163,8 @@ class GitSource:
             raise ResponseTooLarge(f"git {args[0]} {self.web_url()}: more than {limit} bytes of "
                                    "output", upstream=f"git:{self.name}") from None
         if res.returncode != 0:
-            err = res.stderr.decode(errors="replace").strip()
-            err = err.replace(self.url, self.web_url())
-            message = f"git {args[0]} {self.web_url()} failed: {err.splitlines()[-1] if err else res.returncode}"
+            err = res.stderr.decode(errors="replace").replace(self.url, self.web_url())
+            message = f"git {args[0]} {self.web_url()} failed: {_stderr_text(err) or res.returncode}"
             if any(t in err for t in _TRANSIENT):
                 raise UpstreamError(message, upstream=f"git:{self.name}")
             raise SourceError(message)
