@@ -90,7 +90,11 @@ class Lane:
 def lane(tmp_path_factory, pytestconfig):
     """A copy of the checkout (tracked and new files) with the image built as the README says."""
     reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
-    say = reporter.write_line if reporter else print
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def say(line: str) -> None:  # build times go to the terminal, not the captured output
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
     base = tmp_path_factory.mktemp("image")
     work, home = base / "slipway", base / "home"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, text=True,
