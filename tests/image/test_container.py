@@ -254,7 +254,12 @@ def test_helm_api_serves_on_the_port_the_readme_chooses(lane):
 
 
 def test_a_bad_helm_api_setting_stops_the_container_with_one_line(lane):
-    res = docker("run", "--rm", "-e", "HELM_API_PORT=http", TAG, "helm-api", check=False)
+    name = "slipway-helm-api-bad-setting"
+    try:
+        res = docker("run", "--name", name, "-e", "HELM_API_PORT=http", TAG, "helm-api",
+                     check=False, timeout=60)
+    finally:
+        docker("rm", "-f", name, check=False)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "HELM_API_PORT" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and "Worker failed to boot" not in res.stderr
