@@ -1,4 +1,5 @@
-"""Gunicorn entry: ``gunicorn 'helm_api.wsgi:app'`` (``helm-api`` does the same for you).
+"""Gunicorn entry: ``gunicorn 'helm_api.wsgi:app'`` (the chart runs it so; ``helm-api`` serves
+the same app with waitress).
 
 Run ONE worker with threads (``--workers 1 --threads 8``): the queued follow-up of a running
 helmsman Job lives in that worker's memory, and one worker keeps "at most one follow-up" true.

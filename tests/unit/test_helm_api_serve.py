@@ -1,5 +1,5 @@
 """``helm-api`` start-up: one documented listen address (HELM_API_PORT / --port) and clean
-one-line config errors, through the real console entry point (gunicorn)."""
+one-line config errors, through the real console entry point."""
 
 import os
 import signal
