@@ -86,7 +86,8 @@ def cmd_once(args) -> int:
     from poller.logs import mask_value
 
     cfg = load_config(args.config)
-    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), on_build_log=_log_printer(args.logs))
+    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), docker_env=os.environ,
+                              on_build_log=_log_printer(args.logs))
     try:
         for name in args.source or []:
             cfg.source(name)
@@ -94,8 +95,10 @@ def cmd_once(args) -> int:
         extra = _charts_once(cfg, pipeline.store)
     finally:
         pipeline.shutdown(wait=True)
+    # A plan in back-off is a build that failed before and is not retried yet: still a failure.
     failed = any(r.error for r in reports) or any(
-        a.status == "failed" for r in reports for a in r.actions) or any(c.get("error") for c in extra)
+        a.status == "failed" or a.action == "backoff" for r in reports for a in r.actions) or any(
+        c.get("error") for c in extra)
     if args.json:
         out = {"ok": not failed, "sources": [
             {"source": r.source, "head": r.head, "error": r.error,
@@ -234,7 +237,7 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config)
     printer = _log_printer("auto")
     live_logs = LiveLogs()
-    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(),
+    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), docker_env=os.environ,
                               on_build_log=tee(printer, live_logs.on_log))
     pipeline.listeners.append(correlation_listener)
     pipeline.listeners.append(live_logs.listener)
@@ -251,13 +254,14 @@ def cmd_run(args) -> int:
         app = create_app(Services(config=cfg, store=pipeline.store, pipeline=pipeline, scheduler=scheduler,
                                   extra={"live_logs": live_logs}))
         server = serve_in_thread(app, cfg.api.listen)
-        get_logger("poller.api").info("api.listening", listen=cfg.api.listen,
+        get_logger("poller.api").info("api.listening", listen=cfg.api.listen, server="waitress",
+                                      threads=cfg.api.threads,
                                       token="set" if cfg.api.token else "none (read-only)")
     try:
         scheduler.run_forever(grace=args.grace)
     finally:
         if server is not None:
-            server.shutdown()
+            server.close()
     return 0
 
 

@@ -23,10 +23,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import requests
 
 from poller.config import SourceConfig
-from poller.errors import SourceError, UpstreamError
+from poller.errors import ResponseTooLarge, SourceError, UpstreamError
 from poller.http import DEFAULT_TIMEOUT, check_response, make_session, parse_retry_after
 from poller.sources.archive import chunk_stream, strip_leading_dir
-from poller.sources.base import RefSnapshot
+from poller.sources.base import MAX_REFS, RefSnapshot
 
 API_VERSION = "2022-11-28"
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -77,7 +77,7 @@ class GitHubSource:
         tags: dict[str, str] = {}
         branch_ref = f"refs/heads/{self.branch}"
         for ref in refs:
-            name, obj = ref["ref"], ref["object"]
+            name, obj = _ref_entry(ref, self.upstream)
             if name == branch_ref:
                 head = obj["sha"]
             elif name.startswith("refs/tags/"):
@@ -136,6 +136,9 @@ class GitHubSource:
                 modified = True
             pages[url] = page
             refs.extend(page.refs)
+            if len(refs) > MAX_REFS or len(pages) > MAX_REFS // _PER_PAGE + 1:
+                raise ResponseTooLarge(f"{self.upstream}: more than {MAX_REFS} refs",
+                                       upstream=self.upstream)
             url = page.next_url
         return refs, pages, modified
 
@@ -146,7 +149,8 @@ class GitHubSource:
         if kind != "tag" or depth >= _MAX_TAG_DEPTH:
             return None
         if sha not in self._peeled:
-            target = self._json(self._get(self._repo_url(f"git/tags/{sha}")), dict)["object"]
+            target = _object(self._json(self._get(self._repo_url(f"git/tags/{sha}")), dict)
+                             .get("object"), self.upstream)
             self._peeled[sha] = self._peel(target["sha"], target["type"], depth + 1)
         return self._peeled[sha]
 
@@ -194,6 +198,23 @@ class GitHubSource:
             raise SourceError(f"{self.upstream}: GET {_path(resp.url)}: expected a JSON "
                               f"{kind.__name__}, got {type(data).__name__}")
         return data
+
+
+def _object(obj: Any, upstream: str) -> dict[str, str]:
+    """A git object reference ``{"sha": <full sha>, "type": str}``; anything else is refused."""
+    if (not isinstance(obj, dict) or not isinstance(obj.get("type"), str)
+            or not isinstance(obj.get("sha"), str) or not _FULL_SHA.fullmatch(obj["sha"])):
+        raise SourceError(f"{upstream}: malformed git object in answer: expected "
+                          '{"sha": <full sha>, "type": ...}')
+    return obj
+
+
+def _ref_entry(ref: Any, upstream: str) -> tuple[str, dict[str, str]]:
+    """``(name, object)`` of one entry of ``git/refs``, checked."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("ref"), str):
+        raise SourceError(f"{upstream}: malformed ref in answer: expected "
+                          '{"ref": str, "object": {...}}')
+    return ref["ref"], _object(ref.get("object"), upstream)
 
 
 def _path(url: str) -> str:
