@@ -47,6 +47,11 @@ _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
+#: JSON-schema forms of the plugin-name and tag rules (for API documents).
+PLUGIN_NAME_SCHEMA = {"type": "string", "maxLength": 63, "pattern": "^" + _REPO_COMPONENT.pattern + "$"}
+TAG_SCHEMA = {"type": "string", "pattern": "^" + _TAG.pattern + "$"}
+
+
 def check_repository_path(v: str, what: str = "repository path") -> str:
     """A registry repository path without its host (``plugins/chat``, ``game/server``)."""
     if not isinstance(v, str) or not v or len(v) > 255 or not all(

@@ -14,6 +14,7 @@ from flask import Blueprint, jsonify
 from pydantic.json_schema import models_json_schema
 
 from poller.api import models as m
+from poller.names import PLUGIN_NAME_SCHEMA, TAG_SCHEMA
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -167,8 +168,8 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/artifacts/{plugin}": {"post": {
             "summary": "Publish a plugin .jar (?version=V, or ?env=E for the fast track)",
             "security": [{"bearer": []}],
-            "parameters": [_path("plugin"), _query("version", {"type": "string"}),
-                           _query("env", {"type": "string"})],
+            "parameters": [_path("plugin", PLUGIN_NAME_SCHEMA), _query("version", TAG_SCHEMA),
+                           _query("env", TAG_SCHEMA)],
             "requestBody": {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary", "minLength": 1}}}},
             "responses": {"201": _json(_ref("Published")), **_WRITE,
