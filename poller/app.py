@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-import docker
-
 from poller.builds.builder import BuildPlan, DockerBuilder
 from poller.config import Config
+from poller.docker_engine import client_factory
 from poller.http import RequestCounter
 from poller.logs import register_secret
 from poller.pipeline import Pipeline
@@ -51,19 +50,14 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def build_pipeline(cfg: Config, *, docker_base_url: str | None = None, store: Store | None = None,
+def build_pipeline(cfg: Config, *, store: Store | None = None,
                    counter: RequestCounter | None = None,
                    on_build_log: Callable[[BuildPlan, str], None] | None = None) -> Pipeline:
     register_config_secrets(cfg)
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
-    base_url = cfg.docker.base_url or docker_base_url or "unix:///var/run/docker.sock"
-
-    def docker_client() -> docker.DockerClient:
-        return docker.DockerClient(base_url=base_url, timeout=600)
-
     registry = RegistryClient(cfg.registry, counter=counter)
-    builder = DockerBuilder(docker_client, cfg.registry, timeout=cfg.build.timeout)
+    builder = DockerBuilder(client_factory(cfg.docker.base_url), cfg.registry, timeout=cfg.build.timeout)
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
     return Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
                     on_build_log=on_build_log)

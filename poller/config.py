@@ -142,7 +142,8 @@ class StoreConfig(_Model):
 
 
 class DockerConfig(_Model):
-    base_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST or the local socket")
+    base_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST (with "
+                                    "DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), else the local socket")
 
 
 class ChartRepoConfig(_Model):

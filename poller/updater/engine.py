@@ -110,7 +110,8 @@ class UpdateEngine:
         if offer is None:
             return Outcome(d.name, "no-offer", from_ref, detail="registry not readable this cycle")
         skip = self._skip(d.name)
-        current = Running(tag=running.tag if running else None, digest=running.digest if running else None)
+        current = Running(tag=running.tag if running else None, digest=running.digest if running else None,
+                          digests=running.digests if running else ())
         while True:
             move = t.policy.decide(current, offer, skip=skip)
             if move is None:

@@ -1,0 +1,62 @@
+"""The one way Slipway reaches a Docker engine, and finds a container's address on it.
+
+Which engine: the first of
+
+1. the URL a setting names (``docker.base_url``; a more specific key such as a deployment's
+   ``target.docker.base_url``, ``plugins.docker_url`` or ``fleet.agent.docker_url`` wins
+   over it for its own part),
+2. the environment the Docker SDK reads (``DOCKER_HOST``, ``DOCKER_TLS_VERIFY``,
+   ``DOCKER_CERT_PATH``), exactly as ``docker`` the CLI would,
+3. the local socket (``unix:///var/run/docker.sock``).
+
+Timeout policy: every engine request (one HTTP call to the engine, or one read of a streamed
+answer such as a build or pull) gives up after :data:`ENGINE_TIMEOUT` seconds. Longer
+operations bound themselves (``build.timeout``, health-check and rollout deadlines).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+ENGINE_TIMEOUT = 600.0
+
+
+def docker_client(base_url: str | None = None):
+    """A ``docker.DockerClient`` for ``base_url``, else for what the environment says."""
+    import docker
+
+    if base_url:
+        return docker.DockerClient(base_url=base_url, timeout=ENGINE_TIMEOUT)
+    return docker.from_env(timeout=ENGINE_TIMEOUT)
+
+
+def client_factory(*urls: str | None) -> Callable:
+    """A zero-argument factory for the first configured URL in ``urls`` (see the module doc)."""
+    url = next((u for u in urls if u), None)
+    return lambda: docker_client(url)
+
+
+def http_address(attrs: dict, port: int) -> tuple[str, int] | None:
+    """Where this host reaches ``port`` of a container (``docker inspect`` ``attrs``).
+
+    * host network: the container listens on the host itself: ``127.0.0.1``, and its
+      ``slipway.port`` label, when set, names the port it really listens on;
+    * a published binding of ``port/tcp``: that host address and port;
+    * otherwise the container's own address on its network (reachable from the engine's host).
+    ``None`` when there is no way yet (a container still starting has no address).
+    """
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    if ((attrs.get("HostConfig") or {}).get("NetworkMode") or "") == "host":
+        return "127.0.0.1", int(labels.get(PORT_LABEL) or port)
+    nets = attrs.get("NetworkSettings") or {}
+    bindings = (nets.get("Ports") or {}).get(f"{port}/tcp") or []
+    if bindings:
+        host = bindings[0].get("HostIp") or "127.0.0.1"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return host, int(bindings[0]["HostPort"])
+    ip = nets.get("IPAddress") or next((n.get("IPAddress") for n in (nets.get("Networks") or {}).values()
+                                        if n.get("IPAddress")), None)
+    return (ip, port) if ip else None
+
+
+PORT_LABEL = "slipway.port"  # host-network containers: the port they answer on
