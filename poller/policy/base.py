@@ -17,7 +17,7 @@ class Running:
 
     tag: str | None
     digest: str | None = None
-    #: every digest the running content is known under (``digest`` is one of them)
+    #: every digest the running content is known under (also when ``digest`` is None)
     digests: tuple[str, ...] = ()
 
     def runs(self, digest: str) -> bool:

@@ -24,7 +24,7 @@ class ImageRef:
     tag: str | None = None
     digest: str | None = None
     #: every manifest digest the running content is known under (a Docker engine's
-    #: ``RepoDigests``); ``digest`` is one of them. Not part of the reference's identity.
+    #: ``RepoDigests``), also when the reference names none. Not part of its identity.
     digests: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod

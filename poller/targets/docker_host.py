@@ -49,7 +49,7 @@ class DockerContainer:
                                if name == ref.repository and d))
         if ref.digest and ref.digest not in digests:
             digests = (ref.digest, *digests)
-        return ImageRef(ref.repository, ref.tag, ref.digest or (digests[0] if digests else None), digests)
+        return ImageRef(ref.repository, ref.tag, ref.digest, digests)
 
     def _create_args(self, attrs: dict, image_ref: str, image_attrs: dict) -> dict:
         cfg, host = attrs["Config"], attrs["HostConfig"]

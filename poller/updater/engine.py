@@ -112,10 +112,33 @@ class UpdateEngine:
         skip = self._skip(d.name)
         current = Running(tag=running.tag if running else None, digest=running.digest if running else None,
                           digests=running.digests if running else ())
+        next_major = getattr(t.policy, "next_major", None)
+        if d.approval == "none" or next_major is None:
+            return (self._resolve(t, running, from_ref, skip, lambda s: t.policy.decide(current, offer, skip=s))
+                    or Outcome(d.name, "up-to-date", from_ref))
+        # Semver with approvals (the README's policy x approval table): a higher major is put to
+        # a person; while it waits, moves within the running major go on by the approval rule.
+        major = self._resolve(t, running, from_ref, skip, lambda s: next_major(current, offer, skip=s))
+        if major is not None and major.action not in ("waiting-approval", "held"):
+            return major
+        within = self._resolve(t, running, from_ref, skip,
+                               lambda s: t.policy.decide(current, offer, skip=s, same_major=True))
+        if within is None:
+            return major or Outcome(d.name, "up-to-date", from_ref)
+        if major is not None:
+            within.detail = "; ".join(x for x in (within.detail, f"{major.to_ref}: {major.action} "
+                                                                 f"({major.detail})") if x)
+        return within
+
+    def _resolve(self, t: _Tracked, running: ImageRef | None, from_ref: str | None, skip: set[str],
+                 propose: Callable[[set[str]], Move | None]) -> Outcome | None:
+        """Apply, or put to a person, the first move ``propose`` makes that nobody rejected;
+        ``None`` when it proposes nothing."""
+        d = t.cfg
         while True:
-            move = t.policy.decide(current, offer, skip=skip)
+            move = propose(skip)
             if move is None:
-                return Outcome(d.name, "up-to-date", from_ref)
+                return None
             if self.history.failed_before(d.name, move.ref):
                 return Outcome(d.name, "held", from_ref, move.ref,
                                "this version failed before; waiting for a newer one")

@@ -316,3 +316,51 @@ def test_first_pass_leaves_a_container_already_running_the_wanted_digest(
     [o] = json.loads(res.stdout)
     assert (o["action"], o["to_ref"]) == ("updated", f"staging@{d2}"), o
     assert docker_client.containers.get(box.name).id != box.id
+
+
+def test_minor_policy_with_major_approval_surfaces_the_major_while_minors_keep_flowing(
+        tmp_path, registry, docker_client, docker_host, base_image, containers):
+    """The README's production pair (``policy: minor``, ``approval: major``) on a Docker host,
+    driven through the CLI: a new major waits for a person, minors still arrive meanwhile, and
+    once approved the deployment follows the new major."""
+    push_base(docker_client, registry, REPO, "1.0.0")
+    prod = run(docker_client, containers, "semver", f"{registry.addr}/{REPO}:1.0.0")
+    cfg_path = tmp_path / "slipway.yaml"
+    cfg_path.write_text(yaml.safe_dump(config(
+        tmp_path, registry, [deployment("prod", prod.name, "minor", registry, approval="major")], docker_host)))
+
+    def once() -> dict:
+        res = poller("updates", "once", "-c", str(cfg_path), "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        [o] = json.loads(res.stdout)
+        return o
+
+    def pending() -> list[dict]:
+        res = poller("approvals", "list", "-c", str(cfg_path), "--json")
+        assert res.returncode == 0, res.stderr
+        return [(a["subject"], a["to_version"]) for a in json.loads(res.stdout)]
+
+    retag(registry, REPO, "1.0.0", "1.1.0", label="1.1.0")
+    retag(registry, REPO, "1.0.0", "2.0.0", label="2.0.0")
+    o = once()
+    assert (o["action"], o["to_ref"]) == ("updated", "1.1.0"), o
+    assert "2.0.0: waiting-approval" in o["detail"]
+    assert pending() == [("prod", "2.0.0")]
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:1.1.0"
+
+    retag(registry, REPO, "1.0.0", "1.2.1", label="1.2.1")
+    o = once()
+    assert (o["action"], o["to_ref"]) == ("updated", "1.2.1"), o
+    o = once()
+    assert (o["action"], o["to_ref"]) == ("waiting-approval", "2.0.0"), o
+    assert pending() == [("prod", "2.0.0")]
+
+    [appr] = json.loads(poller("approvals", "list", "-c", str(cfg_path), "--json").stdout)
+    assert poller("approvals", "approve", str(appr["id"]), "-c", str(cfg_path)).returncode == 0
+    o = once()
+    assert (o["action"], o["to_ref"]) == ("updated", "2.0.0"), o
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:2.0.0"
+
+    retag(registry, REPO, "1.0.0", "2.1.0", label="2.1.0")
+    assert (once()["action"], image_of(docker_client, prod.name)) == ("updated", f"{registry.addr}/{REPO}:2.1.0")
+    assert pending() == []
