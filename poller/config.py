@@ -321,7 +321,29 @@ def parse_config(data: Any, *, file: str = "<config>", env: Mapping[str, str] | 
         key, msg = problems[0]
         more = "".join(f"\n  {k}: {m}" for k, m in problems[1:])
         raise ConfigError(msg + more, file=file, key=key or None) from None
+    _warn_unauthenticated_github(cfg, file)
     return cfg
+
+
+#: conditional requests one poll of a GitHub source makes (see poller.sources.github)
+GITHUB_REQUESTS_PER_POLL = 2
+GITHUB_ANONYMOUS_LIMIT = 60   # requests per hour and address, 304s included
+
+
+def _warn_unauthenticated_github(cfg: "Config", file: str) -> None:
+    """Without a token GitHub counts every poll, 304s included, against 60 requests an hour."""
+    from poller.logs import get_logger
+
+    for i, s in enumerate(cfg.sources):
+        if s.github is None or (s.github.token is not None and s.github.token.get_secret_value()):
+            continue
+        interval = s.interval or cfg.poll.interval
+        per_hour = GITHUB_REQUESTS_PER_POLL * 3600 / interval
+        get_logger(__name__).warning(
+            "config.github_unauthenticated", file=file, key=f"sources[{i}].github.token", source=s.name,
+            reason=f"unauthenticated, GitHub counts every request of a poll, 304s "
+                   f"included, against {GITHUB_ANONYMOUS_LIMIT} per hour; polling every {interval:g}s "
+                   f"spends {per_hour:.0f} per hour on this source alone; set github.token")
 
 
 def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> Config:
