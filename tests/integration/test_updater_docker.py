@@ -364,3 +364,9 @@ def test_minor_policy_with_major_approval_surfaces_the_major_while_minors_keep_f
     retag(registry, REPO, "1.0.0", "2.1.0", label="2.1.0")
     assert (once()["action"], image_of(docker_client, prod.name)) == ("updated", f"{registry.addr}/{REPO}:2.1.0")
     assert pending() == []
+
+    # a newer major supersedes the request nobody answered: one pending approval, the newest
+    retag(registry, REPO, "1.0.0", "3.0.0", label="3.0.0")
+    assert (once()["action"], pending()) == ("waiting-approval", [("prod", "3.0.0")])
+    retag(registry, REPO, "1.0.0", "4.0.0", label="4.0.0")
+    assert (once()["to_ref"], pending()) == ("4.0.0", [("prod", "4.0.0")])
