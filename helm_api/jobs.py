@@ -123,18 +123,26 @@ def _conditions(job: dict) -> dict[str, str]:
     return {c.get("type"): c.get("status") for c in (job.get("status") or {}).get("conditions") or []}
 
 
+#: Terminal conditions. Since Kubernetes 1.31 the Job controller first adds the *interim*
+#: ``SuccessCriteriaMet`` / ``FailureTarget`` and only adds ``Complete`` / ``Failed`` (and
+#: ``completionTime``) once every pod has terminated; a Job with only an interim condition
+#: still has pods running, so it is neither finished nor free to be followed by another run.
+_DONE, _FAILED = "Complete", "Failed"
+
+
 def is_finished(job: dict) -> bool:
     c = _conditions(job)
-    return any(c.get(t) == "True" for t in ("Complete", "Failed", "SuccessCriteriaMet",
-                                             "FailureTarget"))
+    return c.get(_DONE) == "True" or c.get(_FAILED) == "True"
 
 
 def job_phase(job: dict, pods: list[dict] | None = None) -> str:
     c = _conditions(job)
-    if c.get("Complete") == "True" or c.get("SuccessCriteriaMet") == "True":
+    if c.get(_DONE) == "True":
         return SUCCEEDED
-    if c.get("Failed") == "True" or c.get("FailureTarget") == "True":
+    if c.get(_FAILED) == "True":
         return FAILED
+    if c.get("SuccessCriteriaMet") == "True" or c.get("FailureTarget") == "True":
+        return RUNNING          # decided, pods still terminating: the run has not ended yet
     status = job.get("status") or {}
     if status.get("ready"):
         return RUNNING
@@ -144,11 +152,14 @@ def job_phase(job: dict, pods: list[dict] | None = None) -> str:
 
 
 def job_finished_at(job: dict) -> str | None:
+    """When the run ended: set exactly when :func:`is_finished` is true."""
+    if not is_finished(job):
+        return None
     status = job.get("status") or {}
     if status.get("completionTime"):
         return status["completionTime"]
     for cond in status.get("conditions") or []:
-        if cond.get("type") in ("Failed", "Complete") and cond.get("status") == "True":
+        if cond.get("type") in (_FAILED, _DONE) and cond.get("status") == "True":
             return cond.get("lastTransitionTime")
     return None
 

@@ -127,6 +127,8 @@ class BuildConfig(_Model):
     retry_initial: float = Field(30.0, ge=0, description="first back-off after a failed build, s")
     retry_max: float = Field(3600.0, ge=0, description="longest back-off after failed builds, s")
     timeout: float = Field(3600.0, gt=0, description="a build running longer is failed")
+    max_per_cycle: int = Field(50, ge=1, description="builds one source may start in one cycle; "
+                               "the rest (newest first) wait for the next cycle")
 
 
 class PollConfig(_Model):
@@ -350,9 +352,13 @@ def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None
     """Read, expand and validate the YAML config at ``path``."""
     file = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError("is a directory; give the path of the YAML config file", file=file) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"is not UTF-8 text (byte {exc.start}); save it as UTF-8", file=file) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -18,16 +18,47 @@ from __future__ import annotations
 
 from typing import Callable
 
+from poller.errors import UpstreamError
+from poller.http import redact_url
+
 ENGINE_TIMEOUT = 600.0
+LOCAL_SOCKET = "unix:///var/run/docker.sock"
+
+
+def engine_url(base_url: str | None = None) -> str:
+    """The address :func:`docker_client` connects to (for messages; credentials redacted)."""
+    if not base_url:
+        import docker.errors
+        import docker.utils
+
+        try:
+            base_url = docker.utils.kwargs_from_env().get("base_url")
+        except docker.errors.DockerException:
+            base_url = None
+    return redact_url(base_url or LOCAL_SOCKET)
 
 
 def docker_client(base_url: str | None = None):
-    """A ``docker.DockerClient`` for ``base_url``, else for what the environment says."""
+    """A ``docker.DockerClient`` for ``base_url``, else for what the environment says.
+    An engine that cannot be reached is an :class:`UpstreamError` naming it."""
     import docker
+    import docker.errors
 
-    if base_url:
-        return docker.DockerClient(base_url=base_url, timeout=ENGINE_TIMEOUT)
-    return docker.from_env(timeout=ENGINE_TIMEOUT)
+    try:
+        if base_url:
+            return docker.DockerClient(base_url=base_url, timeout=ENGINE_TIMEOUT)
+        return docker.from_env(timeout=ENGINE_TIMEOUT)
+    except docker.errors.DockerException as exc:
+        raise UpstreamError(f"docker engine {engine_url(base_url)} unreachable: {_reason(exc)}",
+                            upstream="docker") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a docker SDK error, one line (not the whole urllib3 chain)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
 
 
 def client_factory(*urls: str | None) -> Callable:

@@ -63,8 +63,9 @@ class DockerBuilder:
     """The real builder: a Docker engine through the docker SDK."""
 
     def __init__(self, client_factory: Callable[[], docker.DockerClient], registry: RegistryConfig,
-                 *, workdir: str | None = None, timeout: float = 3600.0):
+                 *, workdir: str | None = None, timeout: float = 3600.0, engine: str = "docker"):
         self._client_factory = client_factory
+        self.engine = engine  # its URL, for error messages
         self.registry = registry
         self.workdir = workdir
         self.timeout = timeout
@@ -134,7 +135,8 @@ class DockerBuilder:
                 raise UpstreamError(f"docker engine: {exc.explanation}", upstream="docker") from exc
             raise BuildError(f"build of {first} failed: {exc.explanation}") from exc
         except (requests.ConnectionError, docker.errors.DockerException) as exc:
-            raise UpstreamError(f"docker engine unreachable: {exc}", upstream="docker") from exc
+            raise UpstreamError(f"docker engine {self.engine} unreachable: {exc}",
+                                upstream="docker") from exc
         if image_id is None:
             image_id = client.api.inspect_image(first)["Id"]
         for tag in plan.tags[1:]:

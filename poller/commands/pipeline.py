@@ -88,8 +88,10 @@ def cmd_once(args) -> int:
         extra = _charts_once(cfg, pipeline.store)
     finally:
         pipeline.shutdown(wait=True)
+    # A plan in back-off is a build that failed before and is not retried yet: still a failure.
     failed = any(r.error for r in reports) or any(
-        a.status == "failed" for r in reports for a in r.actions) or any(c.get("error") for c in extra)
+        a.status == "failed" or a.action == "backoff" for r in reports for a in r.actions) or any(
+        c.get("error") for c in extra)
     if args.json:
         out = {"ok": not failed, "sources": [
             {"source": r.source, "head": r.head, "error": r.error,

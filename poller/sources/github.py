@@ -32,10 +32,10 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import requests
 
 from poller.config import SourceConfig
-from poller.errors import SourceError, UpstreamError
+from poller.errors import ResponseTooLarge, SourceError, UpstreamError
 from poller.http import DEFAULT_TIMEOUT, check_response, make_session, parse_retry_after
 from poller.sources.archive import chunk_stream, strip_leading_dir
-from poller.sources.base import RefSnapshot
+from poller.sources.base import MAX_REFS, RefSnapshot
 
 API_VERSION = "2022-11-28"
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -89,10 +89,11 @@ class GitHubSource:
             self._pages = pages
             return dataclasses.replace(self._snapshot, tags=dict(self._snapshot.tags),
                                        unchanged=True)
-        head = next((r["object"]["sha"] for r in head_refs if r.get("ref") == branch_ref), None)
+        head = next((obj["sha"] for name, obj in (_ref_entry(r, self.upstream) for r in head_refs)
+                     if name == branch_ref), None)
         tags: dict[str, str] = {}
         for ref in tag_refs:
-            name, obj = ref["ref"], ref["object"]
+            name, obj = _ref_entry(ref, self.upstream)
             if name.startswith("refs/tags/"):
                 commit = self._peel(obj["sha"], obj["type"])
                 if commit is not None:
@@ -150,8 +151,10 @@ class GitHubSource:
                              self._next_link(resp))
                 modified = True
             pages[url] = page
-            refs.extend(r for r in page.refs if isinstance(r, dict) and isinstance(r.get("ref"), str)
-                        and isinstance(r.get("object"), dict))
+            refs.extend(page.refs)
+            if len(refs) > MAX_REFS or len(pages) > MAX_REFS // _PER_PAGE + 1:
+                raise ResponseTooLarge(f"{self.upstream}: more than {MAX_REFS} refs",
+                                       upstream=self.upstream)
             url = page.next_url
         return refs, modified
 
@@ -175,7 +178,8 @@ class GitHubSource:
         if kind != "tag" or depth >= _MAX_TAG_DEPTH:
             return None
         if sha not in self._peeled:
-            target = self._json(self._get(self._repo_url(f"git/tags/{sha}")), dict)["object"]
+            target = _object(self._json(self._get(self._repo_url(f"git/tags/{sha}")), dict)
+                             .get("object"), self.upstream)
             self._peeled[sha] = self._peel(target["sha"], target["type"], depth + 1)
         return self._peeled[sha]
 
@@ -238,6 +242,23 @@ def _says_rate_limit(resp: requests.Response) -> bool:
     except (ValueError, AttributeError):
         return False
     return "rate limit" in message.lower()
+
+
+def _object(obj: Any, upstream: str) -> dict[str, str]:
+    """A git object reference ``{"sha": <full sha>, "type": str}``; anything else is refused."""
+    if (not isinstance(obj, dict) or not isinstance(obj.get("type"), str)
+            or not isinstance(obj.get("sha"), str) or not _FULL_SHA.fullmatch(obj["sha"])):
+        raise SourceError(f"{upstream}: malformed git object in answer: expected "
+                          '{"sha": <full sha>, "type": ...}')
+    return obj
+
+
+def _ref_entry(ref: Any, upstream: str) -> tuple[str, dict[str, str]]:
+    """``(name, object)`` of one entry of ``git/refs``, checked."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("ref"), str):
+        raise SourceError(f"{upstream}: malformed ref in answer: expected "
+                          '{"ref": str, "object": {...}}')
+    return ref["ref"], _object(ref.get("object"), upstream)
 
 
 def _path(url: str) -> str:

@@ -290,3 +290,42 @@ def test_one_build_per_image_and_ref_at_a_time(tmp_path, registry, git_repo, doc
     assert [a.action for a in first.actions] == ["build"]
     assert [a.action for a in second.actions] == ["in-flight"]
     assert len(pipeline.store.builds()) == 1
+
+
+def test_reconcile_between_a_builds_two_pushes_does_not_push_staging_again(
+        tmp_path, registry, git_repo, docker_host):
+    """A build pushes ``sha-<head>`` and then ``staging``. A reconcile that lands between the
+    two (a busy machine, a short interval) used to see ``sha-<head>`` already in the registry,
+    ``staging`` still at the old commit, and re-tag ``staging`` itself: one more push of it
+    than builds. While a build of the ref is in flight, the reconcile must leave it alone."""
+    import threading
+
+    git_repo.seed_scratch_app("v1\n")
+    pipeline = pipeline_for(make_config(tmp_path, registry, git_repo), docker_host)
+    image = f"{registry.addr}/{REPO}"
+    between_pushes, go_on = threading.Event(), threading.Event()
+
+    def hold_before_staging_push(plan, text):
+        if text == f"--> pushing {image}:staging\n" and plan.sha == second:
+            between_pushes.set()
+            go_on.wait(60)
+
+    try:
+        pipeline.run_once()
+        second = git_repo.commit("merge", {"app.txt": "v2\n"})
+        pipeline.on_build_log = hold_before_staging_push
+        assert [a.action for a in pipeline.reconcile_source(REPO, force=True).actions] == ["build"]
+        wait_until(between_pushes.is_set, timeout=120, what="the build between its two pushes")
+        assert f"sha-{second[:12]}" in registry.tags(REPO)
+        during = pipeline.reconcile_source(REPO, force=True)
+        go_on.set()
+        pipeline.wait_for_builds()
+    finally:
+        go_on.set()
+        pipeline.shutdown()
+    assert [(a.action, a.status) for a in during.actions] == [("in-flight", "pending")]
+    assert registry.labels(REPO, "staging")["org.opencontainers.image.revision"] == second
+    wait_until(lambda: len(registry.manifest_pushes(REPO, f"sha-{second[:12]}")) == 1,
+               what="push event for the second commit")
+    wait_until(lambda: len(registry.manifest_pushes(REPO, "staging")) >= 2, what="staging pushes")
+    assert len(registry.manifest_pushes(REPO, "staging")) == 2   # one per build, no re-tag

@@ -93,7 +93,11 @@ def test_job_names_are_unique_dns_labels():
     ({"active": 1}, [{"status": {"phase": "Running"}}], "running"),
     ({"active": 1, "ready": 1}, [], "running"),
     ({"conditions": [{"type": "Complete", "status": "True"}]}, [], "succeeded"),
-    ({"conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]}, [], "succeeded"),
+    # Kubernetes >= 1.31: interim conditions come first; the run ends with Complete/Failed.
+    ({"conditions": [{"type": "SuccessCriteriaMet", "status": "True"}], "active": 1}, [], "running"),
+    ({"conditions": [{"type": "FailureTarget", "status": "True"}], "active": 1}, [], "running"),
+    ({"conditions": [{"type": "SuccessCriteriaMet", "status": "True"},
+                     {"type": "Complete", "status": "True"}]}, [], "succeeded"),
     ({"conditions": [{"type": "Failed", "status": "True"}]}, [], "failed"),
     ({"conditions": [{"type": "Failed", "status": "False"}], "active": 1}, [], "pending"),
 ])
@@ -101,6 +105,25 @@ def test_phase(status, pods, phase):
     job = {"metadata": {"name": "j"}, "status": status}
     assert job_phase(job, pods) == phase
     assert is_finished(job) == (phase in ("succeeded", "failed"))
+
+
+def test_a_run_is_reported_ended_only_with_its_end_time():
+    """The Job controller of Kubernetes 1.31+ sets ``SuccessCriteriaMet`` before the pods have
+    terminated and ``Complete`` plus ``completionTime`` after; on a busy machine a reader sees
+    the first without the second. Succeeded/failed must always come with ``finished_at``."""
+    interim = {"metadata": {"name": "j"},
+               "status": {"startTime": "2026-11-22T03:00:01Z", "active": 1,
+                          "conditions": [{"type": "SuccessCriteriaMet", "status": "True",
+                                          "lastTransitionTime": "2026-11-22T03:00:05Z"}]}}
+    summary = job_summary(interim)
+    assert (summary["phase"], summary["finished_at"]) == ("running", None)
+    assert not is_finished(interim)
+    done = copy.deepcopy(interim)
+    done["status"].update(active=0, completionTime="2026-11-22T03:00:06Z")
+    done["status"]["conditions"].append({"type": "Complete", "status": "True",
+                                         "lastTransitionTime": "2026-11-22T03:00:06Z"})
+    summary = job_summary(done)
+    assert (summary["phase"], summary["finished_at"]) == ("succeeded", "2026-11-22T03:00:06Z")
 
 
 def test_summary_times():
