@@ -2,8 +2,9 @@
 
 A server is a container labelled ``slipway.server-type=<type>`` and ``slipway.env=<env>``.
 It reports the plugins it fetched at start (``plugins.txt`` from ``fetch-plugins.sh``) and
-whether players are on it (``busy_path`` answers 2xx) over its probe port (see :func:`poller.docker_engine.http_address`: the host binding of
-``probe.port``, for a host-network server 127.0.0.1 and the port in its ``slipway.port`` label).
+whether players are on it (``busy_path`` answers 2xx) over its probe port, found by
+:func:`poller.docker_engine.http_address`: the host binding of ``probe.port``; for a
+host-network server 127.0.0.1 and the port in its ``slipway.port`` label.
 """
 
 from __future__ import annotations
