@@ -35,14 +35,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"helm-api: config error: {exc}", file=sys.stderr)
         return 2
-    from werkzeug.serving import make_server
+    from helm_api import MAX_BODY
+    from poller.httpapi import serve
 
-    server = make_server(args.host, args.port, app, threaded=True)
+    served = serve(app, f"{args.host}:{args.port}", max_body=MAX_BODY, name="helm-api")
     try:
-        server.serve_forever()
+        served.wait()
     except KeyboardInterrupt:
         pass
     finally:
+        served.close()
         app.extensions["helm_api"]["runner"].stop()
     return 0
 

@@ -31,7 +31,8 @@ class HelmApiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     token: SecretStr | None = Field(
-        None, description="bearer token every mutating call must carry; None refuses them all")
+        None, description="bearer token every mutating call must carry; None (or empty) refuses "
+                          "them all")
     namespace: str = Field("default", description="namespace of the CronJob and its Jobs")
     cronjob: str = Field("helmsman-cronjob", description="the CronJob used as the Job template")
     container: str | None = Field(
@@ -48,6 +49,12 @@ class HelmApiConfig(BaseModel):
         2.0, gt=0, description="seconds between checks whether a queued follow-up can start")
     log_tail_lines: int = Field(50, ge=0, le=5000, description="pod log lines in GET /jobs/<name>")
     jobs_limit: int = Field(20, ge=1, le=500, description="runs listed by GET /jobs")
+
+    @field_validator("token")
+    @classmethod
+    def _empty_token_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
+        # An empty token never authenticates: it is the same as no token (every call refused).
+        return v if v is not None and v.get_secret_value().strip() else None
 
     @field_validator("namespace", "cronjob")
     @classmethod
@@ -116,6 +123,13 @@ def load_settings() -> HelmApiConfig:
         except OSError as exc:
             raise ConfigError(f"cannot read token file {raw.token_file}: {exc.strerror}",
                               file="<environment>", key="HELM_API_TOKEN_FILE") from None
+    if token is not None and not token.get_secret_value().strip():
+        from poller.logs import get_logger
+
+        get_logger("helm_api.config").warning(
+            "config.empty_secret", key="HELM_API_TOKEN_FILE" if raw.token is None else "HELM_API_TOKEN",
+            effect="treated as unset: POST /apply refuses every token")
+        token = None
     namespace = raw.namespace
     if namespace is None and raw.in_cluster and raw.namespace_file:
         try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from poller.builds.builder import BuildPlan, DockerBuilder
+from poller.builds.builder import BuildPlan
+from poller.builds.factory import make_builder
 from poller.config import Config
 from poller.docker_engine import client_factory, engine_url
 from poller.http import RequestCounter
@@ -57,8 +58,8 @@ def build_pipeline(cfg: Config, *, store: Store | None = None,
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
     registry = RegistryClient(cfg.registry, counter=counter)
-    builder = DockerBuilder(client_factory(cfg.docker.base_url), cfg.registry, timeout=cfg.build.timeout,
-                            engine=engine_url(cfg.docker.base_url))
+    builder = make_builder(cfg, client_factory(cfg.docker.base_url),
+                           docker_engine=engine_url(cfg.docker.base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
     return Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
                     on_build_log=on_build_log)

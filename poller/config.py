@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
-from pydantic import (Field, SecretStr, ValidationError, field_validator,
+from pydantic import (Field, PrivateAttr, SecretStr, ValidationError, field_validator,
                       model_validator)
 
 from poller.errors import ConfigError
@@ -24,6 +24,7 @@ _REF = re.compile(r"\$\{([^}]+)\}")
 
 
 from poller.config_base import _Model, check_image_repository, check_name  # noqa: E402
+from poller.buildkit_settings import BuildKitConfig  # noqa: E402
 
 
 class RegistryConfig(_Model):
@@ -129,6 +130,15 @@ class BuildConfig(_Model):
     timeout: float = Field(3600.0, gt=0, description="a build running longer is failed")
     max_per_cycle: int = Field(50, ge=1, description="builds one source may start in one cycle; "
                                "the rest (newest first) wait for the next cycle")
+    engine: Literal["docker", "buildkit"] = Field("docker", description="docker: the engine's classic "
+                                                  "builder; buildkit: the build.buildkit pool")
+    buildkit: BuildKitConfig = BuildKitConfig()
+
+    @model_validator(mode="after")
+    def _pool(self) -> "BuildConfig":
+        if self.engine == "buildkit" and not self.buildkit.addresses:
+            raise ValueError("engine 'buildkit' needs at least one address in build.buildkit.addresses")
+        return self
 
 
 class PollConfig(_Model):
@@ -154,8 +164,10 @@ class ChartRepoConfig(_Model):
     username: str | None = None
     password: SecretStr | None = None
     charts: list[str] | None = Field(None, description="charts to watch; default: all")
-    staging_pattern: str = Field(r"^\d+\.\d+\.\d+-staging(\.|$)",
-                                 description="regex on a chart version that marks a staging build")
+    staging_pattern: str = Field(r"^v?\d+\.\d+\.\d+-",
+                                 description="regex on a chart version that marks a staging build; "
+                                             "default: every prerelease, which is what the staging "
+                                             "DSS range deploys")
     interval: float | None = Field(None, gt=0)
 
     @field_validator("staging_pattern")
@@ -195,6 +207,42 @@ class ApiConfig(_Model):
     registry_webhook_token: SecretStr | None = Field(
         None, description="bearer token the registry's notification endpoint sends; null disables "
                           "POST /hooks/registry")
+    max_body_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, le=1024**3,
+        description="largest request body (JSON calls and webhooks); larger ones are answered 413")
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=4 * 1024**3,
+        description="largest plugin upload (POST /api/v1/artifacts/<plugin>); the server refuses "
+                    "any larger body before reading it")
+    threads: int = Field(8, ge=1, le=64, description="requests served at once")
+    _empty_secrets: tuple[str, ...] = PrivateAttr(default=())
+
+    #: The settings that are secrets: an empty value ("" from ``${VAR}`` or ``${file:...}``)
+    #: is treated as unset (the call or receiver it guards stays closed) and logged at load.
+    SECRET_KEYS: ClassVar[tuple[str, ...]] = (
+        "token", "gitlab_webhook_token", "github_webhook_secret", "registry_webhook_token")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _empty_secrets_are_unset(cls, data: Any, handler: Any) -> "ApiConfig":
+        empty: list[str] = []
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in cls.SECRET_KEYS:
+                value = data.get(key)
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                if isinstance(value, str) and not value.strip():
+                    data[key] = None
+                    empty.append(key)
+        model = handler(data)
+        model._empty_secrets = tuple(empty)
+        return model
+
+    @property
+    def empty_secrets(self) -> tuple[str, ...]:
+        """The secret settings that were given but empty (and are therefore unset)."""
+        return self._empty_secrets
 
     @field_validator("listen")
     @classmethod
@@ -323,6 +371,13 @@ def parse_config(data: Any, *, file: str = "<config>", env: Mapping[str, str] | 
         key, msg = problems[0]
         more = "".join(f"\n  {k}: {m}" for k, m in problems[1:])
         raise ConfigError(msg + more, file=file, key=key or None) from None
+    if cfg.api.empty_secrets:
+        from poller.logs import get_logger
+
+        for key in cfg.api.empty_secrets:
+            get_logger("poller.config").warning(
+                "config.empty_secret", file=file, key=f"api.{key}",
+                effect="treated as unset: an empty secret never authenticates")
     _warn_unauthenticated_github(cfg, file)
     return cfg
 

@@ -10,6 +10,12 @@ from poller.api import error, require_token, services
 blueprint = Blueprint("artifacts", __name__)
 
 
+@blueprint.before_request
+def _upload_limit() -> None:
+    # Plugin jars may be larger than JSON bodies; the server's own limit is the larger one.
+    request.max_content_length = services().config.api.max_upload_bytes
+
+
 @blueprint.post("/api/v1/artifacts/<plugin>")
 @require_token
 def publish_plugin(plugin: str):

@@ -251,13 +251,14 @@ def cmd_run(args) -> int:
         app = create_app(Services(config=cfg, store=pipeline.store, pipeline=pipeline, scheduler=scheduler,
                                   extra={"live_logs": live_logs}))
         server = serve_in_thread(app, cfg.api.listen)
-        get_logger("poller.api").info("api.listening", listen=cfg.api.listen,
+        get_logger("poller.api").info("api.listening", listen=cfg.api.listen, server="waitress",
+                                      threads=cfg.api.threads,
                                       token="set" if cfg.api.token else "none (read-only)")
     try:
         scheduler.run_forever(grace=args.grace)
     finally:
         if server is not None:
-            server.shutdown()
+            server.close()
     return 0
 
 
