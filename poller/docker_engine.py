@@ -16,7 +16,7 @@ operations bound themselves (``build.timeout``, health-check and rollout deadlin
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from poller.errors import UpstreamError
 from poller.http import redact_url

@@ -140,8 +140,8 @@ class UpdateEngine:
         if within.action == "waiting-approval":
             waiting.add(within.to_ref)
         if major is not None:
-            within.detail = "; ".join(x for x in (within.detail, f"{major.to_ref}: {major.action} "
-                                                                 f"({major.detail})") if x)
+            waits = f"{major.to_ref}: {major.action} ({major.detail})"
+            within.detail = "; ".join(x for x in (within.detail, waits) if x)
         return within, waiting
 
     def _resolve(self, t: _Tracked, running: ImageRef | None, from_ref: str | None, skip: set[str],

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 STUB_REGISTRY = {"url": "127.0.0.1:5000", "insecure": True}
 SECRET = "readme-example-secret"
-_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.S | re.M)
+_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _ENV_REF = re.compile(r"\$\{(?!file:)([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
 _FILE_REF = re.compile(r"\$\{file:([^}]+)\}")
 
