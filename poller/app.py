@@ -6,16 +6,13 @@ Entry points call :func:`build_pipeline`; nothing below reads the environment.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Callable
-
-import docker
 
 from poller.builds.builder import BuildPlan
 from poller.builds.factory import make_builder
 from poller.config import Config
-from poller.dockerengine import engine_client, engine_url
-from poller.http import RequestCounter, redact_url
+from poller.docker_engine import client_factory, engine_url
+from poller.http import RequestCounter
 from poller.pipeline import Pipeline
 from poller.registry.client import RegistryClient
 from poller.sources.factory import make_source
@@ -38,20 +35,14 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def build_pipeline(cfg: Config, *, docker_base_url: str | None = None,
-                   docker_env: Mapping[str, str] | None = None, store: Store | None = None,
+def build_pipeline(cfg: Config, *, store: Store | None = None,
                    counter: RequestCounter | None = None,
                    on_build_log: Callable[[BuildPlan, str], None] | None = None) -> Pipeline:
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
-
-    base_url = engine_url(cfg.docker.base_url or docker_base_url, docker_env)
-
-    def docker_client() -> docker.DockerClient:
-        return engine_client(base_url, environment=docker_env)
-
     registry = RegistryClient(cfg.registry, counter=counter)
-    builder = make_builder(cfg, docker_client, docker_engine=redact_url(base_url))
+    builder = make_builder(cfg, client_factory(cfg.docker.base_url),
+                           docker_engine=engine_url(cfg.docker.base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
     return Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
                     on_build_log=on_build_log)

@@ -162,7 +162,8 @@ class StoreConfig(_Model):
 
 
 class DockerConfig(_Model):
-    base_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST or the local socket")
+    base_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST (with "
+                                    "DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), else the local socket")
 
 
 class ChartRepoConfig(_Model):
@@ -399,6 +400,7 @@ def parse_config(data: Any, *, file: str = "<config>", env: Mapping[str, str] | 
             get_logger("poller.config").warning(
                 "config.empty_secret", file=file, key=f"api.{key}",
                 effect="treated as unset: an empty secret never authenticates")
+    _warn_unauthenticated_github(cfg, file)
     return cfg
 
 
@@ -433,6 +435,27 @@ def secret_values(cfg: Config, substituted: list[tuple[str, str]] = ()) -> list[
             out += [userinfo.partition(":")[2], unquote(userinfo.partition(":")[2])]
     out += [v for path, v in substituted if _BUILD_ARG.match(path)]
     return [v for v in dict.fromkeys(out) if v and v.strip()]
+
+
+#: conditional requests one poll of a GitHub source makes (see poller.sources.github)
+GITHUB_REQUESTS_PER_POLL = 2
+GITHUB_ANONYMOUS_LIMIT = 60   # requests per hour and address, 304s included
+
+
+def _warn_unauthenticated_github(cfg: "Config", file: str) -> None:
+    """Without a token GitHub counts every poll, 304s included, against 60 requests an hour."""
+    from poller.logs import get_logger
+
+    for i, s in enumerate(cfg.sources):
+        if s.github is None or (s.github.token is not None and s.github.token.get_secret_value()):
+            continue
+        interval = s.interval or cfg.poll.interval
+        per_hour = GITHUB_REQUESTS_PER_POLL * 3600 / interval
+        get_logger(__name__).warning(
+            "config.github_unauthenticated", file=file, key=f"sources[{i}].github.token", source=s.name,
+            reason=f"unauthenticated, GitHub counts every request of a poll, 304s "
+                   f"included, against {GITHUB_ANONYMOUS_LIMIT} per hour; polling every {interval:g}s "
+                   f"spends {per_hour:.0f} per hour on this source alone; set github.token")
 
 
 def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> Config:

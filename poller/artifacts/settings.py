@@ -82,7 +82,8 @@ class PluginsConfig(SettingsModel):
     environments: dict[str, Environment] = Field(default_factory=dict)
     probe: ServerProbe = ServerProbe()
     kube: KubeSettings = KubeSettings()
-    docker_url: str | None = Field(None, description="Docker engine of the servers; default DOCKER_HOST")
+    docker_url: str | None = Field(None, description="Docker engine of the servers; default: docker.base_url, "
+                                      "else DOCKER_HOST, else the local socket")
     kubeconfig: str | None = Field(None, description="for Kubernetes environments; default: in-cluster, "
                                    "then ~/.kube/config")
     interval: float = Field(30.0, gt=0, description="poller run: seconds between plugin cycles")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -37,10 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("config")
     p.set_defaults(handler=cmd_check_config)
-
-
-def _docker_host() -> str | None:
-    return os.environ.get("DOCKER_HOST")
 
 
 def _log_printer(mode: str):
@@ -86,8 +81,7 @@ def cmd_once(args) -> int:
     from poller.logs import mask_value
 
     cfg = load_config(args.config)
-    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), docker_env=os.environ,
-                              on_build_log=_log_printer(args.logs))
+    pipeline = build_pipeline(cfg, on_build_log=_log_printer(args.logs))
     try:
         for name in args.source or []:
             cfg.source(name)
@@ -237,7 +231,7 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config)
     printer = _log_printer("auto")
     live_logs = LiveLogs()
-    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), docker_env=os.environ,
+    pipeline = build_pipeline(cfg,
                               on_build_log=tee(printer, live_logs.on_log))
     pipeline.listeners.append(correlation_listener)
     pipeline.listeners.append(live_logs.listener)

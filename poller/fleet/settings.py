@@ -39,9 +39,12 @@ class HealthCheck(SettingsModel):
     """How an agent decides a switched container is healthy."""
 
     kind: str = Field("docker", description="'docker' (the image's HEALTHCHECK) or 'http'")
-    port: int | None = Field(None, description="http: the container port to call (host binding is looked up)")
+    port: int | None = Field(None, description="http: the container port to call: its published host "
+                             "binding; a host-network container is called on 127.0.0.1:port (its "
+                             "'slipway.port' label overrides); else the container's own address")
     path: str = Field("/health", description="http: the path that must answer 2xx")
     timeout: float = Field(30.0, gt=0, description="seconds a new container gets to become healthy")
+    request_timeout: float = Field(2.0, gt=0, description="http: seconds one health request may take")
 
     @model_validator(mode="after")
     def _kind(self) -> "HealthCheck":
@@ -68,7 +71,8 @@ class AgentConfig(SettingsModel):
 
     machine: str = Field(description="this machine's name, unique in the fleet")
     containers: dict[str, str] = Field(description="service -> name of its container on this machine")
-    docker_url: str | None = Field(None, description="Docker engine; default: DOCKER_HOST or the local socket")
+    docker_url: str | None = Field(None, description="Docker engine; default: docker.base_url, else "
+                                   "DOCKER_HOST (and DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), else the local socket")
     lease_ttl: int = Field(10, ge=2, description="seconds; a silent agent's claims expire after this")
     interval: float = Field(1.0, gt=0, description="longest wait between two looks at etcd")
     labels: dict[str, str] = Field(default_factory=dict, description="extra labels put on containers it creates")

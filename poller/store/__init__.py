@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS approvals (
     from_version TEXT,
     to_version  TEXT NOT NULL,
     reason      TEXT NOT NULL DEFAULT '',
-    status      TEXT NOT NULL,      -- pending | approved | rejected | expired | applied
+    status      TEXT NOT NULL,      -- pending | approved | rejected | expired | applied | superseded
     created_at  REAL NOT NULL,
     decided_at  REAL,
     decided_by  TEXT,

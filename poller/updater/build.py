@@ -26,8 +26,7 @@ def registry_config(cfg: Config, host: str) -> RegistryConfig:
     return RegistryConfig(url=host)
 
 
-def build_engine(cfg: Config, store, *, docker_base_url: str | None = None,
-                 counter: RequestCounter | None = None, targets: TargetFactory | None = None,
+def build_engine(cfg: Config, store, *, counter: RequestCounter | None = None, targets: TargetFactory | None = None,
                  max_concurrency: int = 4, backoff_initial: float = 5.0, page_size: int = 200,
                  clock: Callable[[], float] = time.time) -> UpdateEngine:
     history = UpdateHistory(store, clock=clock)
@@ -43,6 +42,6 @@ def build_engine(cfg: Config, store, *, docker_base_url: str | None = None,
                                              backoff_initial=backoff_initial,
                                              backoff_max=cfg.updates.backoff_max,
                                              page_size=page_size, clock=clock)
-    targets = targets or TargetFactory(cfg.updates, docker_base_url=cfg.docker.base_url or docker_base_url)
+    targets = targets or TargetFactory(cfg.updates, docker_base_url=cfg.docker.base_url)
     return UpdateEngine(cfg.updates, store, watchers=watchers, targets=targets, notifier=Notifier(cfg.notify),
                         clock=clock)

@@ -212,6 +212,9 @@ class DeploymentConfig(SettingsModel):
                 raise ValueError(f"pattern: not a valid regular expression: {exc}") from exc
         if self.rollout is not None and self.target.kind != "kubernetes":
             raise ValueError("rollout needs a kubernetes target")
+        if self.approval == "major" and self.policy not in ("patch", "minor", "major", "all"):
+            raise ValueError(f"approval 'major' needs a semver policy (patch, minor, major, all); "
+                             f"policy '{self.policy}' has no major versions: say 'none' or 'all'")
         return self
 
     @property

@@ -79,7 +79,9 @@ def config(tmp_path, registry, git_repo, addresses, buildkit_toolchain, *, engin
 
 
 def pipeline_for(data, docker_host=None):
-    return build_pipeline(parse_config(data, file="test.yaml"), docker_base_url=docker_host)
+    if docker_host:
+        data = {**data, "docker": {**data.get("docker", {}), "base_url": docker_host}}
+    return build_pipeline(parse_config(data, file="test.yaml"))
 
 
 def run_once(pipeline):

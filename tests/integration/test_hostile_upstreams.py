@@ -91,8 +91,8 @@ def test_hostile_upstreams_fail_only_their_own_source_within_a_memory_bound(
     hosted.seed_scratch_app("hosted\n")
     github_double.add_repo("games/wrong", hosted)
     github_double.add_repo("games/endless", hosted)
-    github_double.answer(r"^/repos/games/wrong/git/refs$", b'[{"ref": 5, "object": "nope"}, 7]')
-    github_double.answer(r"^/repos/games/endless/git/refs$",
+    github_double.answer(r"^/repos/games/wrong/git/matching-refs/tags$", b'[{"ref": 5, "object": "nope"}, 7]')
+    github_double.answer(r"^/repos/games/endless/git/matching-refs/tags$",
                          lambda: endless(b"[", b'{"ref": "refs/tags/v1.0.0", "object": {}},'))
     # GitLab: a tag list that is an object, not a list, and one that never ends.
     gitlab_double.add_project("games/wrong", hosted)
