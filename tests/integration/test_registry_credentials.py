@@ -35,8 +35,9 @@ storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}
 http: {{addr: 127.0.0.1:{port}}}
 auth: {{htpasswd: {{realm: slipway-test, path: {tmp_path / 'htpasswd'}}}}}
 """)
-    proc = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "registry.yml")],
-                            stdout=open(tmp_path / "registry.log", "wb"), stderr=subprocess.STDOUT)
+    with open(tmp_path / "registry.log", "wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "registry.yml")],
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 401,
                    timeout=20, what="docker-registry with htpasswd auth")

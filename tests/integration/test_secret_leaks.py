@@ -120,7 +120,7 @@ def setup(tmp_path, registry, docker_host):
 
 def _cli(env, *args) -> str:
     res = subprocess.run([sys.executable, "-m", "poller", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, check=False)
     return f"$ poller {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}\n"
 
 
