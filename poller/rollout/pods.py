@@ -49,18 +49,28 @@ def image_matches(status: dict, want: str) -> bool:
 class PodRollout:
     def __init__(self, api, cfg: RolloutConfig, *, namespace: str, container: str, selector: dict[str, str],
                  control: RolloutControl, reloader: Reloader | None = None,
-                 wait: Callable[[float], None] | None = None):
+                 wait: Callable[[float], None] | None = None, pods=None):
+        """``pods``: the namespace's pod :class:`~poller.targets.informer.Informer` (reads from
+        its cache, waits woken by its watch); without it pods are listed from the API server."""
         from kubernetes import client
 
         self.core = client.CoreV1Api(api)
+        self.pod_cache = pods
         self.cfg, self.namespace, self.container, self.selector = cfg, namespace, container, selector
         self.control, self.reloader = control, reloader
-        self._wait = wait or (lambda s: time.sleep(s))
+        if wait is not None:
+            self._wait = wait
+        elif pods is not None:
+            self._wait = lambda s: pods.wait_for(lambda: False, s)
+        else:
+            self._wait = lambda s: time.sleep(s)
 
     # -- reading pods -----------------------------------------------------------------------
     def _pods(self) -> list[dict]:
         from kubernetes.client.exceptions import ApiException
 
+        if self.pod_cache is not None:
+            return [p for p in self.pod_cache.list(self.selector) if not p["metadata"].get("deletionTimestamp")]
         sel = ",".join(f"{k}={v}" for k, v in sorted(self.selector.items()))
         try:
             resp = self.core.list_namespaced_pod(self.namespace, label_selector=sel, _preload_content=False)
@@ -118,10 +128,18 @@ class PodRollout:
         path = f"/spec/containers/{index}"
         body = [{"op": "test", "path": f"{path}/name", "value": self.container},
                 {"op": "replace", "path": f"{path}/image", "value": image}]
+        rv = pod["metadata"].get("resourceVersion")
+        if rv:
+            body.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
         try:
-            self.core.patch_namespaced_pod(pod["metadata"]["name"], self.namespace, body,
-                                           _content_type=_JSON_PATCH, _preload_content=False)
+            resp = self.core.patch_namespaced_pod(pod["metadata"]["name"], self.namespace, body,
+                                                  _content_type=_JSON_PATCH, _preload_content=False)
+            if self.pod_cache is not None:
+                self.pod_cache.observe(json.loads(resp.data))
         except ApiException as exc:
+            if exc.status in (409, 422):   # changed since read: the next pass re-reads and re-plans
+                raise UpstreamError(f"patch pod {pod['metadata']['name']}: changed since it was read",
+                                    upstream="kubernetes", status=exc.status) from exc
             raise TargetError(f"patch pod {pod['metadata']['name']}: {exc.status} {exc.reason}") from exc
 
     def _gate(self, names: list[str], image: str) -> None:

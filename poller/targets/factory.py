@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from poller.targets.base import Target
 from poller.updater.settings import DeploymentConfig, UpdatesConfig
@@ -21,11 +21,44 @@ class TargetFactory:
     """Caches one Kubernetes API client per kubeconfig; everything else is cheap to build."""
 
     def __init__(self, updates: UpdatesConfig, *, docker_base_url: str | None = None,
-                 rollout_timeout: float = 300.0):
+                 rollout_timeout: float = 300.0, informers: bool = True):
+        """``informers``: read Kubernetes workloads and pods from list+watch caches (one per
+        cluster, kind and namespace) instead of one API-server read each time."""
         self.updates = updates
         self.docker_base_url = docker_base_url
         self.rollout_timeout = rollout_timeout
+        self.use_informers = informers
         self._apis: dict[tuple, object] = {}
+        self._informers: dict[tuple, object] = {}
+
+    def _key(self, kubeconfig: str | None, context: str | None) -> tuple:
+        path = kubeconfig or self.updates.kubeconfig
+        return (os.path.expanduser(path) if path else None, context)
+
+    def informers(self, kubeconfig: str | None, context: str | None = None):
+        """The :class:`~poller.targets.informer.InformerSet` of one cluster (``None``: disabled)."""
+        if not self.use_informers:
+            return None
+        from poller.targets.informer import InformerSet
+
+        key = self._key(kubeconfig, context)
+        if key not in self._informers:
+            self._informers[key] = InformerSet(self.kube_api(kubeconfig, context))
+        return self._informers[key]
+
+    def cluster(self, d: DeploymentConfig) -> str:
+        """Which cluster (or Docker engine, or helm) a deployment's writes go to: the key of
+        the per-cluster concurrency limit."""
+        t = d.target
+        if t.kubernetes is not None:
+            return "kubernetes:%s:%s" % self._key(t.kubernetes.kubeconfig, t.kubernetes.context)
+        if t.helm is not None:
+            return "helm:%s" % (self._key(t.helm.kubeconfig, None)[0],)
+        return f"docker:{t.docker.base_url or self.docker_base_url or ''}"
+
+    def close(self) -> None:
+        for s in self._informers.values():
+            s.stop()
 
     def kube_api(self, kubeconfig: str | None, context: str | None = None):
         from poller.targets.kubernetes import api_client
@@ -44,9 +77,13 @@ class TargetFactory:
 
             k = t.kubernetes
             timeout = d.rollout.health_timeout if d.rollout else self.rollout_timeout
-            return KubernetesWorkload(self.kube_api(k.kubeconfig, k.context), kind=k.kind, name=k.name,
-                                      namespace=k.namespace, container=k.container, timeout=timeout,
-                                      wait_rollout=d.rollout is None)
+            informers = self.informers(k.kubeconfig, k.context)
+            w = KubernetesWorkload(self.kube_api(k.kubeconfig, k.context), kind=k.kind, name=k.name,
+                                   namespace=k.namespace, container=k.container, timeout=timeout,
+                                   wait_rollout=d.rollout is None,
+                                   informer=informers.get(k.kind, k.namespace) if informers else None)
+            w.informers = informers
+            return w
         if t.helm is not None:
             from poller.targets.helm import HelmRelease
 
@@ -71,7 +108,11 @@ class TargetFactory:
         return dict(((target.read().get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
 
     def reloader(self, d: DeploymentConfig):
-        from poller.rollout.reload import DockerExecReloader, HttpReloader, KubernetesExecReloader
+        from poller.rollout.reload import (
+            DockerExecReloader,
+            HttpReloader,
+            KubernetesExecReloader,
+        )
 
         if d.reload is None:
             return None
@@ -90,6 +131,8 @@ class TargetFactory:
         from poller.rollout.pods import PodRollout
 
         k = d.target.kubernetes
+        informers = self.informers(k.kubeconfig, k.context)
         return PodRollout(self.kube_api(k.kubeconfig, k.context), d.rollout, namespace=k.namespace,
                           container=k.container, selector=self.selector(d, target), control=control,
-                          reloader=self.reloader(d))
+                          reloader=self.reloader(d),
+                          pods=informers.get("Pod", k.namespace) if informers else None)

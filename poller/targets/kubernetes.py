@@ -52,13 +52,28 @@ def image_patch(path: str, index: int, container: str, image: str) -> list[dict]
             {"op": "replace", "path": f"{path}/{index}/image", "value": image}]
 
 
+def _api_error(what: str, exc) -> Exception:
+    if exc.status in (429,) or (exc.status or 0) >= 500:
+        return UpstreamError(f"kubernetes: {what}: {exc.status} {exc.reason}", upstream="kubernetes",
+                             status=exc.status)
+    return TargetError(f"kubernetes: {what}: {exc.status} {exc.reason}: {(exc.body or '')[:300]}")
+
+
+class Conflict(TargetError):
+    """The workload changed between the read a write was decided on and the write (its
+    resourceVersion precondition failed): decide again from fresh state."""
+
+
 class KubernetesWorkload:
     def __init__(self, api, *, kind: str, name: str, namespace: str, container: str,
                  timeout: float = 300.0, poll: float = 1.0, wait_rollout: bool = True,
-                 sleep: Callable[[float], None] | None = None):
+                 sleep: Callable[[float], None] | None = None, informer=None):
+        """``informer``: the :class:`~poller.targets.informer.Informer` of this kind and namespace;
+        reads come from its cache (no API-server request), writes go to the API server."""
         from kubernetes import client
 
         self.api = api
+        self.informer = informer
         self.kind, self.name, self.namespace, self.container = kind, name, namespace, container
         self.timeout, self.poll, self.wait_rollout = timeout, poll, wait_rollout
         self.apps = client.AppsV1Api(api)
@@ -73,18 +88,30 @@ class KubernetesWorkload:
         try:
             resp = fn(*args, _preload_content=False, **kwargs)
         except ApiException as exc:
-            if exc.status in (429,) or (exc.status or 0) >= 500:
-                raise UpstreamError(f"kubernetes: {what}: {exc.status} {exc.reason}",
-                                    upstream="kubernetes", status=exc.status) from exc
-            raise TargetError(f"kubernetes: {what}: {exc.status} {exc.reason}: "
-                              f"{(exc.body or '')[:300]}") from exc
+            raise _api_error(what, exc) from exc
         except Exception as exc:  # connection refused, TLS...
             raise UpstreamError(f"kubernetes: {what}: {type(exc).__name__}: {exc}",
                                 upstream="kubernetes") from exc
         return json.loads(resp.data)
 
     def read(self) -> dict:
+        """The workload as last seen (the informer's cache when there is one)."""
+        if self.informer is None:
+            return self.fetch()
+        obj = self.informer.get(self.name)
+        if obj is None:
+            raise TargetError(f"kubernetes: read {self.description}: 404 Not Found")
+        return obj
+
+    def fetch(self) -> dict:
+        """The workload read from the API server now (fed into the cache)."""
         ns, name = self.namespace, self.name
+        obj = self._fetch(ns, name)
+        if self.informer is not None:
+            self.informer.observe(obj)
+        return obj
+
+    def _fetch(self, ns: str, name: str) -> dict:
         if self.kind == "GameServerSet":
             return self._call(f"read {self.description}", self.custom.get_namespaced_custom_object,
                               *GSS[:2], ns, GSS[2], name)
@@ -94,32 +121,61 @@ class KubernetesWorkload:
         return self._call(f"read {self.description}", fn, name, ns)
 
     def _patch(self, body: list[dict]) -> dict:
+        from kubernetes.client.exceptions import ApiException
+
         ns, name = self.namespace, self.name
-        if self.kind == "GameServerSet":
-            return self._call(f"patch {self.description}", self.custom.patch_namespaced_custom_object,
-                              *GSS[:2], ns, GSS[2], name, body, _content_type=_JSON_PATCH)
-        fn = {"Deployment": self.apps.patch_namespaced_deployment,
-              "StatefulSet": self.apps.patch_namespaced_stateful_set,
-              "DaemonSet": self.apps.patch_namespaced_daemon_set}[self.kind]
-        return self._call(f"patch {self.description}", fn, name, ns, body, _content_type=_JSON_PATCH)
+        try:
+            if self.kind == "GameServerSet":
+                resp = self.custom.patch_namespaced_custom_object(*GSS[:2], ns, GSS[2], name, body,
+                                                                  _content_type=_JSON_PATCH,
+                                                                  _preload_content=False)
+            else:
+                fn = {"Deployment": self.apps.patch_namespaced_deployment,
+                      "StatefulSet": self.apps.patch_namespaced_stateful_set,
+                      "DaemonSet": self.apps.patch_namespaced_daemon_set}[self.kind]
+                resp = fn(name, ns, body, _content_type=_JSON_PATCH, _preload_content=False)
+        except ApiException as exc:
+            # a failed ``test`` (resourceVersion or container name) is 422; a version clash 409
+            if exc.status in (409, 422):
+                raise Conflict(f"kubernetes: patch {self.description}: {exc.status} {exc.reason}: "
+                               f"changed since it was read") from exc
+            raise _api_error(f"patch {self.description}", exc) from exc
+        except Exception as exc:  # connection refused, TLS...
+            raise UpstreamError(f"kubernetes: patch {self.description}: {type(exc).__name__}: {exc}",
+                                upstream="kubernetes") from exc
+        obj = json.loads(resp.data)
+        if self.informer is not None:
+            self.informer.observe(obj)
+        return obj
 
     # -- Target -------------------------------------------------------------------------
     def current(self) -> ImageRef | None:
         _, c = find_container(self.read(), self.kind, self.container)
         return ImageRef.parse(c["image"]) if c.get("image") else None
 
-    def apply(self, image: ImageRef) -> Applied:
+    def apply(self, image: ImageRef, *, wait: bool | None = None) -> Applied:
+        """Patch the container's image, on condition that the workload is still the one read
+        (its resourceVersion): :class:`Conflict` otherwise. ``wait`` (default: ``wait_rollout``)
+        returns only once healthy; without it see :meth:`health`."""
         obj = self.read()
         index, c = find_container(obj, self.kind, self.container)
         before = c.get("image")
-        patched = self._patch(image_patch(containers_path(self.kind), index, self.container, str(image)))
+        body = image_patch(containers_path(self.kind), index, self.container, str(image))
+        rv = obj["metadata"].get("resourceVersion")
+        if rv:
+            body.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
+        patched = self._patch(body)
         generation = patched["metadata"].get("generation")
         detail = {"kind": self.kind, "namespace": self.namespace, "name": self.name,
                   "container": self.container, "from_image": before, "to_image": str(image),
                   "generation": generation}
-        if self.wait_rollout:
+        if self.wait_rollout if wait is None else wait:
             detail["status"] = self.wait_healthy(generation)
         return Applied(detail)
+
+    def health(self, generation: int | None) -> tuple[bool, str]:
+        """(healthy, why not) from the cache; :class:`TargetError` when the rollout is stuck."""
+        return self.rollout_state(self.read(), generation)
 
     def rollout_state(self, obj: dict, generation: int | None) -> tuple[bool, str]:
         """(done, why not) from a workload's status, as ``kubectl rollout status`` judges it."""
@@ -154,13 +210,21 @@ class KubernetesWorkload:
                 return why
             if time.monotonic() >= deadline:
                 raise TargetError(f"{self.description}: not healthy after {self.timeout:.0f}s: {why}")
-            self._sleep(self.poll)
+            if self.informer is not None:   # woken by the watch, no polling of the API server
+                self.informer.wait_for(lambda: False, min(self.poll, max(0.0, deadline - time.monotonic())))
+            else:
+                self._sleep(self.poll)
 
 
 def workload_servers(target: KubernetesWorkload, selector: dict[str, str]) -> list[tuple[str, str | None]]:
     """``[(pod, ip)]`` of the workload's live pods (for a reload after a rollout)."""
     from kubernetes import client
 
+    informers = getattr(target, "informers", None)
+    if informers is not None:
+        pods = [p for p in informers.get("Pod", target.namespace).list(selector)
+                if not p["metadata"].get("deletionTimestamp")]
+        return sorted((p["metadata"]["name"], (p.get("status") or {}).get("podIP")) for p in pods)
     sel = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
     resp = client.CoreV1Api(target.api).list_namespaced_pod(target.namespace, label_selector=sel,
                                                             _preload_content=False)

@@ -27,7 +27,7 @@ def registry_config(cfg: Config, host: str) -> RegistryConfig:
 
 
 def build_engine(cfg: Config, store, *, counter: RequestCounter | None = None, targets: TargetFactory | None = None,
-                 max_concurrency: int = 4, backoff_initial: float = 5.0, page_size: int = 200,
+                 max_concurrency: int | None = None, backoff_initial: float = 5.0, page_size: int = 200,
                  clock: Callable[[], float] = time.time) -> UpdateEngine:
     history = UpdateHistory(store, clock=clock)
     clients: dict[str, RegistryClient] = {}
@@ -36,7 +36,7 @@ def build_engine(cfg: Config, store, *, counter: RequestCounter | None = None, t
         host = d.registry_host
         if host not in clients:
             clients[host] = RegistryClient(registry_config(cfg, host), counter=counter,
-                                           max_concurrency=max_concurrency)
+                                           max_concurrency=max_concurrency or cfg.updates.registry_concurrency)
         if d.image not in watchers:
             watchers[d.image] = ImageWatcher(d.image, clients[host], history,
                                              backoff_initial=backoff_initial,

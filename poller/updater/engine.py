@@ -2,15 +2,25 @@
 so, honour pins, apply, and audit-record every update.
 
 One cycle observes each image once (:class:`~poller.updater.watcher.ImageWatcher`), then
-walks the deployments. The running version is read from the target every time, never
-remembered: the store only holds history, pins and approvals.
+checks the deployments concurrently on a bounded worker pool (``updates.workers``; at most
+``updates.cluster_concurrency`` at once per cluster or Docker engine; one in flight per
+deployment). The running version is read from the target every time (for Kubernetes from
+the list+watch cache), never remembered: the store only holds history, pins and approvals.
+
+Waiting for health never holds a worker: a patched Kubernetes workload is put on the
+``pending`` list and its health is judged from the cache on later cycles until its
+deadline (then reported once as failed, and its version is held as today). Gradual pod
+rollouts run on their own rollout threads. ``cycle(settle=True)`` (the one-shot command)
+returns only when what it started has finished, as a sequential cycle did.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from poller.approvals import APPLIED, APPROVED, PENDING, ApprovalQueue
 from poller.errors import SlipwayError, UpstreamError
@@ -19,6 +29,7 @@ from poller.policy.base import Move, Offer, Policy, Running
 from poller.policy.factory import make_policy
 from poller.rollout.control import RolloutControl
 from poller.targets.base import ImageRef, TargetError
+from poller.targets.kubernetes import Conflict
 from poller.updater.history import UpdateHistory
 from poller.updater.settings import DeploymentConfig, UpdatesConfig
 
@@ -46,6 +57,19 @@ class _Tracked:
     target: object = field(default=None, repr=False)
 
 
+@dataclass
+class _Pending:
+    """A patched workload whose rollout health is watched (from the cache) on later cycles."""
+
+    t: _Tracked
+    uid: int | None
+    from_ref: str | None
+    to_ref: str
+    generation: int | None
+    deadline: float
+    applied: dict
+
+
 class UpdateEngine:
     def __init__(self, updates: UpdatesConfig, store, *, watchers: dict, targets, notifier=None,
                  clock: Callable[[], float] = time.time):
@@ -62,27 +86,136 @@ class UpdateEngine:
                                                 prereleases=d.prereleases)) for d in updates.deployments]
         for t in self.tracked:
             watchers[t.cfg.image].want(mutable_tags=t.policy.mutable_tags, lists_tags=t.policy.lists_tags)
+        self.pool = ThreadPoolExecutor(max_workers=getattr(updates, "workers", 8),
+                                       thread_name_prefix="update")
+        self.pending: dict[str, _Pending] = {}
+        self._rollouts: dict[str, Future] = {}     # gradual rollouts in flight, by deployment
+        self._limits: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
 
     # -- one cycle ---------------------------------------------------------------------------
-    def cycle(self) -> list[Outcome]:
-        offers = {image: w.observe() for image, w in self.watchers.items()}
-        outcomes = [self.resume(r.deployment) if r.state == "running" else
-                    Outcome(r.deployment, "rolling", to_ref=r.to_ref, detail=f"paused: {r.message or ''}")
-                    for r in self.control.active()]
+    def cycle(self, *, settle: bool = True) -> list[Outcome]:
+        """One pass. ``settle=False`` (the periodic job) never waits for a rollout: what is
+        still rolling is reported ``rolling`` and judged again next cycle."""
+        offers = dict(zip(self.watchers, self.pool.map(lambda w: w.observe(), self.watchers.values())))
+        outcomes = self._rollout_outcomes(settle)
         outcomes += self._close_aborted()
-        busy = {o.deployment for o in outcomes}
-        for t in self.tracked:
-            if t.cfg.name in busy:
-                continue
+        outcomes += self._health()
+        busy = {o.deployment for o in outcomes} | set(self.pending) | set(self._rollouts)
+        jobs = [(t, self.pool.submit(self._check_one, t, offers[t.cfg.image].offer))
+                for t in self.tracked if t.cfg.name not in busy]
+        outcomes += [f.result() for _, f in jobs]
+        if settle:
+            outcomes = self._settle(outcomes)
+        return outcomes
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.targets, "close", None)
+        if close is not None:
+            close()
+
+    def _limit(self, t: _Tracked) -> threading.BoundedSemaphore:
+        cluster = getattr(self.targets, "cluster", None)
+        key = cluster(t.cfg) if cluster is not None else ""
+        with self._lock:
+            if key not in self._limits:
+                self._limits[key] = threading.BoundedSemaphore(getattr(self.updates, "cluster_concurrency", 4))
+            return self._limits[key]
+
+    def _check_one(self, t: _Tracked, offer: Offer | None) -> Outcome:
+        for attempt in range(3):
             try:
-                outcomes.append(self.check(t, offers[t.cfg.image].offer))
+                with self._limit(t):
+                    return self.check(t, offer)
+            except Conflict as exc:   # changed under us: decide again from fresh state
+                log.info("update.conflict", deployment=t.cfg.name, attempt=attempt + 1, error=str(exc))
+                try:
+                    self._target(t).fetch()
+                except SlipwayError as fexc:
+                    return Outcome(t.cfg.name, "failed", detail=str(fexc))
             except SlipwayError as exc:
                 log.warning("update.check_failed", deployment=t.cfg.name, error=str(exc))
-                outcomes.append(Outcome(t.cfg.name, "failed", detail=str(exc)))
+                return Outcome(t.cfg.name, "failed", detail=str(exc))
             except Exception as exc:  # one broken target must not stop the others
                 log.error("update.check_crashed", deployment=t.cfg.name, error=repr(exc), exc_info=True)
-                outcomes.append(Outcome(t.cfg.name, "failed", detail=f"{type(exc).__name__}: {exc}"))
-        return outcomes
+                return Outcome(t.cfg.name, "failed", detail=f"{type(exc).__name__}: {exc}")
+        return Outcome(t.cfg.name, "failed", detail="the workload kept changing under the update; next cycle")
+
+    def _rollout_outcomes(self, settle: bool) -> list[Outcome]:
+        """Gradual rollouts: run inline when settling, else each on its own thread (never a
+        worker of the pool), collected on the cycle after they end."""
+        out = []
+        for name, fut in list(self._rollouts.items()):
+            if fut.done():
+                del self._rollouts[name]
+                try:
+                    out.append(fut.result())
+                except Exception as exc:
+                    out.append(Outcome(name, "failed", detail=f"{type(exc).__name__}: {exc}"))
+        for r in self.control.active():
+            if r.deployment in self._rollouts or any(o.deployment == r.deployment for o in out):
+                continue
+            if r.state != "running":
+                out.append(Outcome(r.deployment, "rolling", to_ref=r.to_ref, detail=f"paused: {r.message or ''}"))
+            elif settle:
+                out.append(self.resume(r.deployment))
+            else:
+                fut: Future = Future()
+                self._rollouts[r.deployment] = fut
+                threading.Thread(target=self._run_rollout, args=(r.deployment, fut), daemon=True,
+                                 name=f"rollout-{r.deployment}").start()
+                out.append(Outcome(r.deployment, "rolling", to_ref=r.to_ref, detail="rolling out"))
+        return out
+
+    def _run_rollout(self, deployment: str, fut: Future) -> None:
+        try:
+            fut.set_result(self.resume(deployment))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    def _health(self) -> list[Outcome]:
+        """Judge each pending rollout from the cache (no API-server request)."""
+        out = []
+        for name, p in list(self.pending.items()):
+            d = p.t.cfg
+            try:
+                done, why = self._target(p.t).health(p.generation)
+            except (TargetError, SlipwayError) as exc:
+                del self.pending[name]
+                out.append(self._finish(d, p.uid, ok=False, error=str(exc), from_ref=p.from_ref,
+                                        to_ref=p.to_ref, target=p.applied))
+                continue
+            if done:
+                del self.pending[name]
+                p.applied["status"] = why
+                out.append(self._healthy(p))
+            elif time.monotonic() >= p.deadline:   # reported once; the version is then held
+                del self.pending[name]
+                target = self._target(p.t)
+                error = f"{target.description}: not healthy after {target.timeout:.0f}s: {why}"
+                out.append(self._finish(d, p.uid, ok=False, error=error, from_ref=p.from_ref,
+                                        to_ref=p.to_ref, target=p.applied))
+            else:
+                out.append(Outcome(d.name, "rolling", p.from_ref, p.to_ref, why, p.uid))
+        return out
+
+    def _settle(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Wait for what this cycle started (one-shot use); later outcomes replace earlier."""
+        by_name = {o.deployment: o for o in outcomes}
+        while self.pending or self._rollouts:
+            for p in list(self.pending.values()):
+                informer = getattr(self._target(p.t), "informer", None)
+                if informer is not None:
+                    informer.wait_for(lambda: False, 0.5)
+                    break
+            else:
+                if self.pending:
+                    time.sleep(0.5)
+            for fut in list(self._rollouts.values()):
+                fut.exception()
+            by_name.update({o.deployment: o for o in self._health() + self._rollout_outcomes(True)})
+        return list(by_name.values())
 
     def _target(self, t: _Tracked):
         if t.target is None:
@@ -192,10 +325,18 @@ class UpdateEngine:
                                  policy=t.policy.name, reason=move.reason, approved_by=approved_by)
         log.info("update.start", deployment=d.name, image=d.image, from_ref=from_ref, to_ref=move.ref,
                  reason=move.reason, approved_by=approved_by)
+        watch = d.rollout is None and hasattr(target, "health")
         try:
-            applied = target.apply(new)
+            applied = target.apply(new, wait=False) if watch else target.apply(new)
+        except Conflict:
+            self.history.abandon(uid, reason="the target changed since it was read; deciding again")
+            raise
         except (TargetError, SlipwayError) as exc:
             return self._finish(d, uid, ok=False, error=str(exc), from_ref=from_ref, to_ref=move.ref)
+        if watch:
+            self.pending[d.name] = _Pending(t, uid, from_ref, move.ref, applied.detail.get("generation"),
+                                            time.monotonic() + target.timeout, applied.detail)
+            return Outcome(d.name, "rolling", from_ref, move.ref, "patched; waiting for health", uid)
         if d.rollout is not None:
             for old in self.control.active(d.name):
                 if old.to_ref != move.ref:
@@ -209,6 +350,16 @@ class UpdateEngine:
                                 + ", ".join(r["server"] for r in reload if not r["ok"]),
                                 from_ref=from_ref, to_ref=move.ref, target=applied.detail, reload=reload)
         return self._finish(d, uid, ok=True, from_ref=from_ref, to_ref=move.ref, target=applied.detail,
+                            reload=reload)
+
+    def _healthy(self, p: _Pending) -> Outcome:
+        d = p.t.cfg
+        reload = self._reload_servers(p.t) if d.reload is not None else None
+        if reload and any(not r["ok"] for r in reload):
+            return self._finish(d, p.uid, ok=False, error="reload failed on "
+                                + ", ".join(r["server"] for r in reload if not r["ok"]),
+                                from_ref=p.from_ref, to_ref=p.to_ref, target=p.applied, reload=reload)
+        return self._finish(d, p.uid, ok=True, from_ref=p.from_ref, to_ref=p.to_ref, target=p.applied,
                             reload=reload)
 
     def _reload_servers(self, t: _Tracked) -> list[dict]:

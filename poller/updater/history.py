@@ -92,6 +92,12 @@ class UpdateHistory:
                                 error=rec.error)
         return rec
 
+    def abandon(self, update_id: int, *, reason: str) -> None:
+        """An update that was never applied (the target changed under it and the decision is
+        taken again): not a failure, so the version stays eligible."""
+        self.store.execute("UPDATE updates SET status='abandoned', error=?, finished_at=? WHERE id=?",
+                           (reason, self.clock(), update_id))
+
     def _rec(self, row) -> UpdateRecord:
         d = dict(row)
         d["detail"] = json.loads(d["detail"] or "{}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 
 def jobs(cfg, store) -> list:
     if not cfg.updates.deployments:
@@ -9,4 +11,5 @@ def jobs(cfg, store) -> list:
     from poller.updater.build import build_engine
 
     engine = build_engine(cfg, store)
-    return [("updates", cfg.updates.interval, engine.cycle)]
+    # never waits for a rollout: health is judged from the cache on later cycles
+    return [("updates", cfg.updates.interval, partial(engine.cycle, settle=False))]

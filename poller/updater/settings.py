@@ -230,6 +230,10 @@ class UpdatesConfig(SettingsModel):
     interval: float = Field(60.0, gt=0, description="seconds between registry checks")
     approval_ttl: float | None = Field(7 * 86400.0, gt=0, description="pending approvals expire after")
     backoff_max: float = Field(900.0, gt=0, description="longest wait after registry failures, s")
+    workers: int = Field(8, ge=1, le=256, description="deployments checked and patched at once")
+    cluster_concurrency: int = Field(4, ge=1, le=256,
+                                     description="writes in flight at once per cluster (or Docker engine)")
+    registry_concurrency: int = Field(4, ge=1, le=256, description="requests in flight at once per registry")
     kubeconfig: str | None = Field(None, description="default kubeconfig for kubernetes and helm targets")
     helm: str = Field("helm", description="helm executable for helm targets")
     registries: list[RegistryAuth] = Field(default_factory=list,

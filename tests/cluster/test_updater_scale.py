@@ -1,0 +1,198 @@
+"""The updater at scale against the real API server: reads come from list+watch caches (an
+unchanged cycle costs zero API-server requests, counted at the API server), a hung rollout
+never delays another deployment, a broken watch resumes with a correct cache, and a write
+decided on a stale read is decided again from fresh state instead of overwriting."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import yaml
+
+from poller.config import parse_config
+from poller.store import Store
+from poller.targets.factory import TargetFactory
+from poller.updater.build import build_engine
+from poller.updater.history import UpdateHistory
+from poller.updater.jobs import jobs
+from tests.cluster.test_updater_workloads import get, images, workload
+from tests.doubles.apiserver_front import ApiServerFront
+from tests.fixtures.apiserver_metrics import request_totals, workload_requests
+from tests.fixtures.services import wait_until
+from tests.integration.updater_support import seed_tag
+
+pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+
+
+def _deployment(name: str, image: str, namespace: str, policy: str = "patch") -> dict:
+    return {"name": name, "image": image, "policy": policy,
+            "target": {"kubernetes": {"kind": "Deployment", "name": name, "namespace": namespace,
+                                      "container": "engine"}}}
+
+
+def _config(tmp_path, registry, kubeconfig: str, deployments: list[dict], **updates):
+    data = {"registry": {"url": registry.addr, "insecure": True}, "store": {"path": str(tmp_path / "s.db")},
+            "updates": {"kubeconfig": kubeconfig, "interval": 1, "deployments": deployments, **updates}}
+    return parse_config(data, file="t.yaml", env={})
+
+
+def _apply(kube, namespace: str, obj: dict) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+
+
+def _hanging(name: str, image: str) -> dict:
+    """A Deployment whose new pods never schedule: its rollout never becomes healthy."""
+    w = workload("Deployment", name, image, "busybox:s", replicas=1)
+    w["spec"]["template"]["spec"]["nodeSelector"] = {"no-such-node": "true"}
+    w["spec"]["strategy"] = {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    return w
+
+
+def test_unchanged_cycle_makes_zero_api_server_requests(tmp_path, registry, kube, namespace):
+    repo = f"{registry.addr}/game"
+    seed_tag(registry, "game", "1.0.0")
+    for i in range(3):
+        _apply(kube, namespace, workload("Deployment", f"g{i}", f"{repo}:1.0.0", "busybox:s", replicas=1))
+    cfg = _config(tmp_path, registry, kube.kubeconfig,
+                  [_deployment(f"g{i}", repo, namespace) for i in range(3)])
+    eng = build_engine(cfg, Store(tmp_path / "s.db"))
+    try:
+        assert [o.action for o in eng.cycle(settle=False)] == ["up-to-date"] * 3
+        api = kube.api_client()
+        before = request_totals(api)
+        for _ in range(3):
+            assert [o.action for o in eng.cycle(settle=False)] == ["up-to-date"] * 3
+        after = request_totals(api)
+        assert workload_requests(before, after) == {}, "an unchanged cycle read the API server"
+    finally:
+        eng.close()
+
+
+def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube, namespace):
+    """One rollout hangs (its default 300 s deadline); a release of another image pushed
+    meanwhile is patched within the next cycles, by the periodic job ``poller run`` runs."""
+    stuck, fast = f"{registry.addr}/stuck", f"{registry.addr}/fast"
+    seed_tag(registry, "stuck", "1.0.0")
+    seed_tag(registry, "stuck", "1.0.1")
+    seed_tag(registry, "fast", "1.0.0")
+    _apply(kube, namespace, _hanging("stuck", f"{stuck}:1.0.0"))
+    _apply(kube, namespace, workload("Deployment", "fast", f"{fast}:1.0.0", "busybox:s", replicas=1))
+    cfg = _config(tmp_path, registry, kube.kubeconfig,
+                  [_deployment("stuck", stuck, namespace), _deployment("fast", fast, namespace)])
+    [(_, interval, job)] = jobs(cfg, Store(tmp_path / "s.db"))
+    stop = threading.Event()
+
+    def scheduler():               # what ``poller run`` does with the job
+        while not stop.is_set():
+            job()
+            stop.wait(interval)
+
+    runner = threading.Thread(target=scheduler, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: images(get(kube, "Deployment", "stuck", namespace))["engine"] == f"{stuck}:1.0.1",
+                   30, what="the stuck deployment patched")
+        seed_tag(registry, "fast", "1.0.1")
+        wait_until(lambda: images(get(kube, "Deployment", "fast", namespace))["engine"] == f"{fast}:1.0.1",
+                   interval + 10, what="the other deployment patched while the first rollout hangs")
+        wait_until(lambda: any(r.deployment == "fast" and r.status == "succeeded"
+                               for r in UpdateHistory(Store(tmp_path / "s.db")).list()), 30,
+                   what="the other deployment's update recorded as succeeded")
+        assert [r.status for r in UpdateHistory(Store(tmp_path / "s.db")).list(deployment="stuck")] == ["running"]
+    finally:
+        stop.set()
+
+
+def test_hung_rollout_past_its_deadline_is_reported_once_and_held(tmp_path, registry, kube, namespace):
+    repo = f"{registry.addr}/stuck"
+    seed_tag(registry, "stuck", "1.0.0")
+    seed_tag(registry, "stuck", "1.0.1")
+    _apply(kube, namespace, _hanging("stuck", f"{repo}:1.0.0"))
+    cfg = _config(tmp_path, registry, kube.kubeconfig, [_deployment("stuck", repo, namespace)])
+    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=2))
+    seen: list[str] = []
+    try:
+        [o] = eng.cycle(settle=False)
+        assert o.action == "rolling"
+
+        def failed_once() -> bool:
+            seen.extend(o.action for o in eng.cycle(settle=False))
+            return "failed" in seen
+        wait_until(failed_once, 30, interval=0.5, what="the hung rollout reported")
+        for _ in range(3):
+            seen.extend(o.action for o in eng.cycle(settle=False))
+        assert seen.count("failed") == 1 and seen[-1] == "up-to-date", seen
+        assert [r.status for r in UpdateHistory(eng.store).list()] == ["failed"]
+    finally:
+        eng.close()
+
+
+def test_broken_watch_resumes_and_the_cache_stays_correct(tmp_path, registry, kube, namespace):
+    """The watch is ended at the wire while other people change, delete and create
+    deployments; the engine's next cycles see exactly what the API server has."""
+    repo = f"{registry.addr}/game"
+    for tag in ("1.0.0", "1.0.1", "1.0.2"):
+        seed_tag(registry, "game", tag)
+    _apply(kube, namespace, workload("Deployment", "a", f"{repo}:1.0.0", "busybox:s", replicas=1))
+    _apply(kube, namespace, workload("Deployment", "b", f"{repo}:1.0.0", "busybox:s", replicas=1))
+    with ApiServerFront(kube.kubeconfig) as front:
+        cfg = _config(tmp_path, registry, front.kubeconfig(str(tmp_path / "front.kubeconfig")),
+                      [{**_deployment(n, repo, namespace), "pin": "1.0.0"} for n in "abc"])
+        eng = build_engine(cfg, Store(tmp_path / "s.db"))
+        try:
+            outs = {o.deployment: o for o in eng.cycle(settle=False)}
+            assert (outs["a"].action, outs["b"].action) == ("pinned", "pinned")
+            assert outs["c"].action == "failed" and "404" in outs["c"].detail
+            watches = front.watches_opened
+            front.break_watches()
+            kube.kubectl("set", "image", "-n", namespace, "deployment/a", f"engine={repo}:1.0.2")
+            kube.kubectl("delete", "deployment", "b", "-n", namespace)
+            _apply(kube, namespace, workload("Deployment", "c", f"{repo}:1.0.1", "busybox:s", replicas=1))
+            wait_until(lambda: front.watches_opened > watches, 30, what="the watch re-established")
+
+            def seen() -> dict:
+                return {o.deployment: (o.action, o.from_ref) for o in eng.cycle(settle=False)}
+            # pinned to 1.0.0: the engine patches a and c back, b is gone; all from the cache
+            wait_until(lambda: images(get(kube, "Deployment", "c", namespace))["engine"] == f"{repo}:1.0.0",
+                       30, interval=0.5, what="the new c seen and pinned back")
+            wait_until(lambda: images(get(kube, "Deployment", "a", namespace))["engine"] == f"{repo}:1.0.0",
+                       30, interval=0.5, what="a pinned back")
+            wait_until(lambda: seen() == {"a": ("pinned", "1.0.0"), "b": ("failed", None),
+                                          "c": ("pinned", "1.0.0")}, 30, interval=0.5, what="steady state")
+            refs = {(r.deployment, r.from_ref, r.to_ref) for r in UpdateHistory(eng.store).list()}
+            assert refs == {("a", "1.0.2", "1.0.0"), ("c", "1.0.1", "1.0.0")}
+        finally:
+            eng.close()
+
+
+def test_write_on_a_stale_read_is_decided_again_not_overwritten(tmp_path, registry, kube, namespace):
+    """Between the engine's read and its patch someone else deploys 1.2.0 (injected at the
+    wire, before the PATCH reaches the API server). The resourceVersion precondition fails;
+    the engine reads again and finds nothing to do, instead of downgrading to 1.1.0."""
+    repo = f"{registry.addr}/game"
+    seed_tag(registry, "game", "1.0.0")
+    seed_tag(registry, "game", "1.1.0")
+    _apply(kube, namespace, workload("Deployment", "game", f"{repo}:1.0.0", "busybox:s", replicas=1))
+    with ApiServerFront(kube.kubeconfig) as front:
+        cfg = _config(tmp_path, registry, front.kubeconfig(str(tmp_path / "front.kubeconfig")),
+                      [_deployment("game", repo, namespace, policy="minor")])
+        front.before("PATCH", r"/deployments/game\b", lambda: kube.kubectl(
+            "set", "image", "-n", namespace, "deployment/game", f"engine={repo}:1.2.0"))
+        eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=60))
+        try:
+            outs = eng.cycle(settle=False)
+            assert images(get(kube, "Deployment", "game", namespace))["engine"] == f"{repo}:1.2.0", outs
+            assert [(o.action, o.from_ref) for o in outs] == [("up-to-date", "1.2.0")]
+            assert [r.status for r in UpdateHistory(eng.store).list()] in ([], ["abandoned"])
+        finally:
+            eng.close()
+
+
+def test_api_requests_counted_at_the_api_server_see_a_read(kube, namespace):
+    """The counter the tests above rely on does count a plain read."""
+    api = kube.api_client()
+    before = request_totals(api)
+    kube.kubectl("get", "deployments", "-n", namespace, "-o", "json")
+    assert json.dumps(workload_requests(before, request_totals(api))).count("LIST deployments") == 1

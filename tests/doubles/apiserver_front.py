@@ -1,0 +1,96 @@
+"""A plain-HTTP front for the real kube-apiserver, for fault injection at the wire: every
+request is forwarded (with the cluster's token, TLS verified against its CA) and streamed
+back, so watches work. Faults: :meth:`break_watches` ends every open watch stream (the
+client sees the server end the watch, as at its timeout); :meth:`before` runs a hook
+before forwarding the first request matching a method and path (someone else's write
+landing between a client's read and its write)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Callable
+
+import requests
+import yaml
+from werkzeug.wrappers import Request, Response
+
+from tests.doubles._wire import WireDouble
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
+
+class ApiServerFront(WireDouble):
+    def __init__(self, kubeconfig: str):
+        with open(kubeconfig) as f:
+            kc = yaml.safe_load(f)
+        cluster = kc["clusters"][0]["cluster"]
+        user = kc["users"][0]["user"]
+        self.upstream = cluster["server"].rstrip("/")
+        self.session = requests.Session()
+        self.session.verify = cluster.get("certificate-authority") or False
+        self.session.headers["Authorization"] = f"Bearer {user['token']}"
+        self._open: set = set()
+        self._hooks: list[tuple[str, str, Callable[[], None]]] = []
+        self.watches_opened = 0
+        self._serve("127.0.0.1", "apiserver-front", self._app)
+
+    def kubeconfig(self, path: str) -> str:
+        """Write a kubeconfig that talks to the cluster through this front."""
+        data = {"apiVersion": "v1", "kind": "Config", "current-context": "front",
+                "clusters": [{"name": "front", "cluster": {"server": self.url}}],
+                "users": [{"name": "front", "user": {"token": "via-front"}}],
+                "contexts": [{"name": "front", "context": {"cluster": "front", "user": "front"}}]}
+        with open(path, "w") as f:
+            yaml.safe_dump(data, f)
+        return path
+
+    def break_watches(self) -> None:
+        """End every open watch stream now (the socket to the API server is shut)."""
+        with self._lock:
+            open_ = list(self._open)
+        for up in open_:
+            sock = getattr(getattr(up.raw, "_connection", None) or getattr(up.raw, "connection", None),
+                           "sock", None)
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+            else:
+                up.close()
+
+    def before(self, method: str, path: str, hook: Callable[[], None]) -> None:
+        with self._lock:
+            self._hooks.append((method, path, hook))
+
+    def _app(self, environ, start_response):
+        request = Request(environ)
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.full_path
+        with self._lock:
+            self.requests.append((request.method, raw.split("?", 1)[0]))
+            hook = next((h for h in self._hooks if h[0] == request.method and re.search(h[1], raw)), None)
+            if hook is not None:
+                self._hooks.remove(hook)
+        if hook is not None:
+            hook[2]()
+        watch = "watch=true" in raw.lower()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "authorization")
+                   and k.lower() not in _HOP}
+        up = self.session.request(request.method, self.upstream + raw, headers=headers,
+                                  data=request.get_data(), stream=True, timeout=(10, 900))
+        out_headers = [(k, v) for k, v in up.headers.items() if k.lower() not in _HOP]
+        if not watch:
+            return Response(up.content, status=up.status_code, headers=out_headers)(environ, start_response)
+        with self._lock:
+            self.watches_opened += 1
+            self._open.add(up)
+
+        def stream():
+            try:
+                for chunk in up.iter_content(None):
+                    yield chunk
+            except Exception:   # broken by break_watches: the stream just ends
+                return
+            finally:
+                with self._lock:
+                    self._open.discard(up)
+                up.close()
+        return Response(stream(), status=up.status_code, headers=out_headers)(environ, start_response)
