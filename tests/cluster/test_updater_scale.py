@@ -154,11 +154,12 @@ def test_broken_watch_resumes_and_the_cache_stays_correct(tmp_path, registry, ku
 
             def seen() -> dict:
                 return {o.deployment: (o.action, o.from_ref) for o in eng.cycle(settle=False)}
-            # pinned to 1.0.0: the engine patches a and c back, b is gone; all from the cache
-            wait_until(lambda: images(get(kube, "Deployment", "c", namespace))["engine"] == f"{repo}:1.0.0",
-                       30, interval=0.5, what="the new c seen and pinned back")
-            wait_until(lambda: images(get(kube, "Deployment", "a", namespace))["engine"] == f"{repo}:1.0.0",
-                       30, interval=0.5, what="a pinned back")
+            def pinned_back(name: str) -> bool:
+                eng.cycle(settle=False)
+                return images(get(kube, "Deployment", name, namespace))["engine"] == f"{repo}:1.0.0"
+            # pinned to 1.0.0: the engine (reading its cache) patches a and the new c back
+            wait_until(lambda: pinned_back("a") and pinned_back("c"), 30, interval=0.5,
+                       what="a and the new c seen and pinned back")
             wait_until(lambda: seen() == {"a": ("pinned", "1.0.0"), "b": ("failed", None),
                                           "c": ("pinned", "1.0.0")}, 30, interval=0.5, what="steady state")
             refs = {(r.deployment, r.from_ref, r.to_ref) for r in UpdateHistory(eng.store).list()}
