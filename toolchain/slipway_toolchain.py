@@ -407,6 +407,14 @@ def _node():
     return node
 
 
+def _okg():
+    """toolchain/okg.py (OpenKruiseGame + Kruise), imported on first use."""
+    _node()
+    import okg
+
+    return okg
+
+
 @contextlib.contextmanager
 def _lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -533,14 +541,15 @@ class Cluster:
         return code == 200
 
     # -- helpers --------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> _Proc:
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> _Proc:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         fh = open(log, "ab")
         fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         fh.flush()
         popen = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 cwd=self.state_dir, start_new_session=True)
+                                 cwd=self.state_dir, start_new_session=True,
+                                 env={**os.environ, **env} if env else None)
         fh.close()
         proc = _Proc(name, popen, log, argv[0])
         self.procs.append(proc)
@@ -820,12 +829,36 @@ class Cluster:
         self.procs = [p for p in self.procs if p.name not in node_procs]
         self._write_state(partial=False)
 
+    def start_okg(self, timeout: float = 180.0) -> dict:
+        """Add OpenKruiseGame + Kruise (toolchain/okg.py) to a running cluster."""
+        self.info = self.info or self.load() or {}
+        if self.info.get("okg"):
+            return self.info["okg"]
+        try:
+            return _okg().start(self, timeout)
+        except BaseException:
+            self.stop_okg()
+            raise
+
+    def stop_okg(self) -> None:
+        state = self._state_dict()
+        if not state.get("okg"):
+            return
+        _okg().stop(self, state)
+        names = ("kruise-manager", "kruise-game-manager")
+        self.info = dict(state)
+        self.info.pop("okg", None)
+        self.info["processes"] = [p for p in state.get("processes", []) if p["name"] not in names]
+        self.procs = [p for p in self.procs if p.name not in names]
+        self._write_state(partial=False)
+
     def _state_dict(self) -> dict:
         state = self.load() or dict(self.info)
         known = {p["pid"] for p in state.get("processes", [])}
         state["processes"] = state.get("processes", []) + [
             p.as_dict() for p in self.procs if p.popen.pid not in known]
         state.setdefault("node", self.info.get("node"))
+        state.setdefault("okg", self.info.get("okg"))
         return state
 
     def write_env_file(self) -> None:
@@ -844,6 +877,8 @@ class Cluster:
 
     def down(self, quiet: bool = False, keep_logs: bool = True, timeout: float = 20.0) -> None:
         state = self._state_dict()
+        if state.get("okg"):
+            _okg().stop(self, state)
         if state.get("node"):
             _node().teardown(self, state)
             if not quiet:
