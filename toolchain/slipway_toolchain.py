@@ -638,6 +638,16 @@ class Cluster:
             raise ClusterStartError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
 
+    def wait_crds(self, names: list[str], timeout: float = 60.0) -> None:
+        """Wait until the CRDs are Established (`kubectl wait` fails while a just-created
+        CRD has no status.conditions yet)."""
+        def established(name: str) -> bool:
+            crd = self._api_json(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
+            return any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (crd.get("status") or {}).get("conditions") or [])
+        for name in names:
+            self._wait(f"CRD {name} Established", lambda n=name: established(n), None, timeout)
+
     def _api_json(self, path: str):
         code, body = _http_get(self.info["server"] + path, self.info["admin_token"], self.info["ca_file"])
         if code != 200:
@@ -787,8 +797,7 @@ class Cluster:
         # CRDs every test expects
         if CRD_FILE.exists():
             self.kubectl("apply", "-f", str(CRD_FILE))
-            self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                         "crd/gameserversets.game.kruise.io")
+            self.wait_crds(["gameserversets.game.kruise.io"], timeout)
 
         # ChartMuseum (shared one; tests get their own via the fixture)
         cm = start_chartmuseum(tc, self.state_dir / "chartmuseum", ports["chartmuseum"], self._spawn)
@@ -991,10 +1000,12 @@ USAGE = """usage: scripts/toolchain COMMAND [--state-dir DIR]
   build   build every missing binary into the cache (idempotent)
   up      start etcd, the control plane, kwok + fake nodes and ChartMuseum (re-runnable);
           --node also starts the real node (containerd + kubelet, toolchain/node.py)
-          and waits for it to be Ready
+          and waits for it to be Ready; --okg (implies --node) also installs and runs
+          OpenKruiseGame + Kruise (toolchain/okg.py)
   down    stop what `up` started; removes the node's pods, containers, netns, mounts
   env     print the shell export lines for a running cluster
   where   print the cache bin directory
+  build-okg  build kruise-game-manager and kruise-manager into their own cache entry
 
 Cache: $SLIPWAY_TOOLCHAIN_DIR (default /var/cache/slipway/toolchain)/<versions-key>/bin
 State: --state-dir or $SLIPWAY_STATE_DIR (default /tmp/slipway-cluster)
@@ -1019,11 +1030,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"toolchain ready in {tc.bindir} ({time.monotonic() - started:.0f}s)")
             for name, why in tc.substitutes().items():
                 print(f"WARNING: {name} is a substitute: {why}")
+        elif cmd == "build-okg":
+            started = time.monotonic()
+            otc = _okg().build()
+            print(f"OpenKruiseGame + Kruise ready in {otc.bindir} ({time.monotonic() - started:.0f}s)")
         elif cmd == "where":
             print(Toolchain().bindir)
         elif cmd == "up":
             c = Cluster(state_dir)
-            info = c.up(node="--node" in argv[1:])
+            with_okg = "--okg" in argv[1:]
+            info = c.up(node=with_okg or "--node" in argv[1:])
+            if with_okg:
+                c.start_okg()
             print(c.env_lines(info))
             print(f"# ChartMuseum: {info.get('chartmuseum_url')}")
             print(f"# API server: {info['server']}  logs: {c.logs}")
