@@ -238,9 +238,10 @@ def test_okg_and_kruise_update_only_the_sidecar_in_place(tmp_path, registry, kub
     with Watcher(kube.api_client(), namespace) as watcher:
         [o] = eng.cycle()
         assert (o.action, o.to_ref) == ("updated", "1.1.0"), o
-        wait_until(lambda: all(containers(p)["sidecar"]["image"] == new and ready(p)
-                               for p in pods(kube, namespace).values()), 120, what="every sidecar on 1.1.0")
-    after = pods(kube, namespace)
+        # Slipway returned only once OKG reported every server updated and ready
+        assert UpdateHistory(eng.store).list()[0].detail["target"]["status"] == "3/3 updated and available"
+        after = pods(kube, namespace)
+        assert all(containers(p)["sidecar"]["image"] == new and ready(p) for p in after.values())
     assert set(after) == set(before)
     for name, pod in after.items():
         assert pod["metadata"]["uid"] == before[name]["metadata"]["uid"]          # the same pod: in place
