@@ -6,9 +6,6 @@
 
 from __future__ import annotations
 
-import hmac
-import json
-import re
 import threading
 import time
 
@@ -21,7 +18,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from werkzeug.exceptions import HTTPException
 
 from helm_api.config import HelmApiConfig
 from helm_api.jobs import (
@@ -33,21 +29,19 @@ from helm_api.jobs import (
 )
 from helm_api.kube import Kube, KubeUnavailable, api_client_from
 from helm_api.openapi import openapi_document
+from poller import httpapi
 from poller.errors import PermanentError, UpstreamError
+from poller.httpapi import ApiError
 from poller.logs import get_logger
+from poller.names import valid_dns_label
 
 log = get_logger(__name__)
 
-_JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_MAX_BODY = 64 * 1024
+#: Largest request body; the server (waitress) and the app both refuse larger ones with 413.
+MAX_BODY = 64 * 1024
+REALM = "helm-api"
 
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": ...}`` with ``status``."""
-
-    def __init__(self, status: int, code: str, message: str, **extra):
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-        super().__init__(message)
+__all__ = ["MAX_BODY", "ApiError", "create_app"]
 
 
 class _Metrics:
@@ -87,11 +81,7 @@ class _LazyKube:
 
 
 def _error(status: int, code: str, message: str, **extra) -> Response:
-    resp = jsonify({"error": code, "message": message, **extra})
-    resp.status_code = status
-    if status == 401:
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="helm-api"'
-    return resp
+    return httpapi.error_response(status, code, message, realm=REALM, **extra)
 
 
 def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
@@ -103,22 +93,16 @@ def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
     elif not isinstance(kube, Kube) and hasattr(kube, "call_api"):
         kube = Kube(kube)
 
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = _MAX_BODY
+    app = Flask(__name__, static_folder=None)
+    httpapi.install(app, realm=REALM, max_body=MAX_BODY, log=log)
     metrics = _Metrics()
     runner = JobRunner(kube, config,
                        on_created=lambda env, trigger, name: metrics.jobs.labels(env, trigger).inc())
     app.extensions["helm_api"] = {"config": config, "runner": runner, "kube": kube,
                                   "metrics": metrics}
-    token = config.token.get_secret_value().encode() if config.token else None
 
     def require_token() -> None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise ApiError(401, "unauthorized", "this call needs 'Authorization: Bearer <token>'")
-        if token is None or not hmac.compare_digest(value.strip().encode("utf-8", "replace"), token):
-            raise ApiError(403, "forbidden", "the bearer token is not valid")
+        httpapi.require_bearer(config.token)
 
     # -- plumbing -------------------------------------------------------------------
     @app.before_request
@@ -128,23 +112,15 @@ def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
     @app.after_request
     def _count(resp: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        if endpoint == "/apply" and request.method == "POST" and resp.status_code >= 400:
+            # Every failed apply is counted, by its error code (bad bodies, auth, cluster).
+            body = resp.get_json(silent=True) or {}
+            metrics.applies.labels(g.get("apply_env") or "",
+                                   str(body.get("error") or resp.status_code)).inc()
         metrics.requests.labels(request.method, endpoint, str(resp.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
         metrics.queued.set(len(runner.pending()))
         resp.headers.setdefault("Cache-Control", "no-store")
-        return resp
-
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        return _error(exc.status, exc.code, exc.message, **exc.extra)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        resp = _error(exc.code or 500, code, exc.description or exc.name)
-        for key, value in exc.get_headers():
-            if key.lower() != "content-type":
-                resp.headers[key] = value
         return resp
 
     @app.errorhandler(UnknownEnvironment)
@@ -177,24 +153,11 @@ def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
         log.error("helm_api.kube.refused", error=str(exc))
         return _error(502, "cluster_refused", str(exc))
 
-    @app.errorhandler(Exception)
-    def _unexpected(exc):
-        log.error("helm_api.unexpected", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-        return _error(500, "internal_error", "unexpected error; see the helm API log")
-
     # -- routes -------------------------------------------------------------------------
     @app.post("/apply")
     def apply():
         require_token()
-        raw = request.get_data(cache=False)
-        body: object = {}
-        if raw.strip():
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "bad_request", "the body must be a JSON object")
+        body = httpapi.json_object()
         unknown = sorted(set(body) - {"environment", "reason"})
         if unknown:
             raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(unknown)}")
@@ -202,13 +165,11 @@ def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
         reason = body.get("reason", "")
         if env is not None and not isinstance(env, str):
             raise ApiError(400, "bad_request", "'environment' must be a string")
+        named = env if env is not None else config.resolved_default_environment
+        g.apply_env = named if named in config.environments else None
         if not isinstance(reason, str) or len(reason) > 1000:
             raise ApiError(400, "bad_request", "'reason' must be a string of at most 1000 characters")
-        try:
-            result = runner.apply(env, reason)
-        except UnknownEnvironment:
-            metrics.applies.labels(env or "", "rejected").inc()
-            raise
+        result = runner.apply(env, reason)
         metrics.applies.labels(result.environment,
                                "created" if result.created else "queued").inc()
         return jsonify({
@@ -218,15 +179,13 @@ def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
 
     @app.get("/jobs")
     def list_jobs():
-        raw = request.args.get("limit", str(config.jobs_limit))
-        if not raw.isdigit() or not 1 <= int(raw) <= 500:
-            raise ApiError(400, "bad_request", "'limit' must be an integer from 1 to 500")
+        limit = httpapi.query_int("limit", config.jobs_limit, minimum=1, maximum=500)
         runner.tick()
-        return jsonify({"jobs": runner.list_runs(int(raw)), "queued": runner.pending()})
+        return jsonify({"jobs": runner.list_runs(limit), "queued": runner.pending()})
 
     @app.get("/jobs/<name>")
     def get_job(name: str):
-        if not _JOB_NAME.match(name):
+        if not valid_dns_label(name):
             raise JobNotFound(f"'{name}' is not a valid job name")
         return jsonify(runner.describe(name))
 

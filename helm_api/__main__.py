@@ -1,10 +1,16 @@
-"""``helm-api``: serve the helm API. The only place (with :mod:`helm_api.wsgi`) that reads
-the environment and configures logging."""
+"""``helm-api``: serve the helm API (waitress, one process with threads). The only place (with
+:mod:`helm_api.wsgi`) that reads the environment and configures logging.
+
+Listens on ``HELM_API_HOST:HELM_API_PORT`` (default ``0.0.0.0:8080``); ``--host``/``--port``
+override them. The same command runs in the image (``docker run IMAGE helm-api --port 9090``).
+Settings are checked before the server starts: a bad one is one line on stderr and exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -24,25 +30,37 @@ def build_app():
     return create_app(config)
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (docker stop, kubelet) stops like Ctrl-C: cleanly
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="helm-api", description="Serve the Slipway helm API. "
-                                     "Settings come from HELM_API_* environment variables.")
-    parser.add_argument("--host", default=os.environ.get("HELM_API_HOST", "0.0.0.0"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("HELM_API_PORT", "8080")))
+    from helm_api.config import load_serve_config
+
+    parser = argparse.ArgumentParser(
+        prog="helm-api", description="Serve the Slipway helm API. "
+        "Settings come from HELM_API_* environment variables.")
+    parser.add_argument("--host", help="address to bind (env HELM_API_HOST, default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="TCP port (env HELM_API_PORT, default 8080)")
     args = parser.parse_args(argv)
     try:
+        listen = load_serve_config(args.host, args.port)
         app = build_app()
     except ConfigError as exc:
         print(f"helm-api: config error: {exc}", file=sys.stderr)
         return 2
-    from werkzeug.serving import make_server
+    from helm_api import MAX_BODY
+    from poller.httpapi import serve
 
-    server = make_server(args.host, args.port, app, threaded=True)
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    served = serve(app, f"{host}:{listen.port}", max_body=MAX_BODY, name="helm-api")
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        server.serve_forever()
+        served.wait()
     except KeyboardInterrupt:
         pass
     finally:
+        served.close()
         app.extensions["helm_api"]["runner"].stop()
     return 0
 

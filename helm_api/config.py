@@ -7,7 +7,6 @@ below them gets a :class:`HelmApiConfig` passed in. Tests build one directly.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import (
@@ -21,8 +20,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from poller.errors import ConfigError
+from poller.names import check_dns_label, check_file_name
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class HelmApiConfig(BaseModel):
@@ -31,7 +30,8 @@ class HelmApiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     token: SecretStr | None = Field(
-        None, description="bearer token every mutating call must carry; None refuses them all")
+        None, description="bearer token every mutating call must carry; None (or empty) refuses "
+                          "them all")
     namespace: str = Field("default", description="namespace of the CronJob and its Jobs")
     cronjob: str = Field("helmsman-cronjob", description="the CronJob used as the Job template")
     container: str | None = Field(
@@ -49,12 +49,16 @@ class HelmApiConfig(BaseModel):
     log_tail_lines: int = Field(50, ge=0, le=5000, description="pod log lines in GET /jobs/<name>")
     jobs_limit: int = Field(20, ge=1, le=500, description="runs listed by GET /jobs")
 
+    @field_validator("token")
+    @classmethod
+    def _empty_token_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
+        # An empty token never authenticates: it is the same as no token (every call refused).
+        return v if v is not None and v.get_secret_value().strip() else None
+
     @field_validator("namespace", "cronjob")
     @classmethod
     def _dns(cls, v: str) -> str:
-        if not _DNS_LABEL.match(v) or len(v) > 63:
-            raise ValueError("must be a DNS label (lowercase letters, digits, '-')")
-        return v
+        return check_dns_label(v)
 
     @field_validator("environments")
     @classmethod
@@ -62,10 +66,10 @@ class HelmApiConfig(BaseModel):
         if not v:
             raise ValueError("configure at least one environment")
         for name, dss in v.items():
-            if not _DNS_LABEL.match(name) or len(name) > 20:
-                raise ValueError(f"environment '{name}' must be a short DNS label")
-            if not dss or "/" in dss or dss.startswith("."):
-                raise ValueError(f"environment '{name}': DSS file must be a plain file name")
+            check_dns_label(name, "environment")
+            if len(name) > 20:
+                raise ValueError(f"environment '{name}' must be a short DNS label (at most 20)")
+            check_file_name(dss, f"environment '{name}': DSS file")
         return v
 
     @property
@@ -116,6 +120,13 @@ def load_settings() -> HelmApiConfig:
         except OSError as exc:
             raise ConfigError(f"cannot read token file {raw.token_file}: {exc.strerror}",
                               file="<environment>", key="HELM_API_TOKEN_FILE") from None
+    if token is not None and not token.get_secret_value().strip():
+        from poller.logs import get_logger
+
+        get_logger("helm_api.config").warning(
+            "config.empty_secret", key="HELM_API_TOKEN_FILE" if raw.token is None else "HELM_API_TOKEN",
+            effect="treated as unset: POST /apply refuses every token")
+        token = None
     namespace = raw.namespace
     if namespace is None and raw.in_cluster and raw.namespace_file:
         try:
@@ -137,3 +148,34 @@ def load_settings() -> HelmApiConfig:
         err = exc.errors()[0]
         raise ConfigError(err["msg"].removeprefix("Value error, "), file="<environment>",
                           key="HELM_API_" + str(err["loc"][0]).upper()) from None
+
+
+class ServeConfig(BaseModel):
+    """Where ``helm-api`` listens: ``HELM_API_HOST`` (default all interfaces, as a container
+    needs) and ``HELM_API_PORT`` (default 8080); ``--host``/``--port`` override them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("0.0.0.0", min_length=1, description="address to bind")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port")
+
+
+class _ServeEnv(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HELM_API_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+
+def load_serve_config(host: str | None = None, port: int | None = None) -> ServeConfig:
+    """The listen address from the environment, overridden by the given values. Raises ConfigError."""
+    try:
+        raw = _ServeEnv()
+        return ServeConfig(host=host if host is not None else raw.host,
+                           port=port if port is not None else raw.port)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0])
+        given = {"host": host, "port": port}.get(field) is not None
+        raise ConfigError(err["msg"], file="command line" if given else "<environment>",
+                          key=f"--{field}" if given else "HELM_API_" + field.upper()) from None

@@ -8,31 +8,15 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-import docker
-
-from poller.builds.builder import BuildPlan, DockerBuilder
+from poller.builds.builder import BuildPlan
+from poller.builds.factory import make_builder
 from poller.config import Config
+from poller.docker_engine import client_factory, engine_url
 from poller.http import RequestCounter
-from poller.logs import register_secret
 from poller.pipeline import Pipeline
 from poller.registry.client import RegistryClient
 from poller.sources.factory import make_source
 from poller.store import Store
-
-
-def register_config_secrets(cfg: Config) -> None:
-    """Every secret in the config is masked in logs from now on."""
-    if cfg.registry.password:
-        register_secret(cfg.registry.password.get_secret_value())
-    for s in cfg.sources:
-        for remote in (s.gitlab, s.github):
-            if remote is not None and remote.token is not None:
-                register_secret(remote.token.get_secret_value())
-    for repo in cfg.charts.repos:
-        if repo.password:
-            register_secret(repo.password.get_secret_value())
-    if cfg.charts.helm_api and cfg.charts.helm_api.token:
-        register_secret(cfg.charts.helm_api.token.get_secret_value())
 
 
 def open_store(cfg: Config) -> Store:
@@ -51,19 +35,14 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def build_pipeline(cfg: Config, *, docker_base_url: str | None = None, store: Store | None = None,
+def build_pipeline(cfg: Config, *, store: Store | None = None,
                    counter: RequestCounter | None = None,
                    on_build_log: Callable[[BuildPlan, str], None] | None = None) -> Pipeline:
-    register_config_secrets(cfg)
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
-    base_url = cfg.docker.base_url or docker_base_url or "unix:///var/run/docker.sock"
-
-    def docker_client() -> docker.DockerClient:
-        return docker.DockerClient(base_url=base_url, timeout=600)
-
     registry = RegistryClient(cfg.registry, counter=counter)
-    builder = DockerBuilder(docker_client, cfg.registry, timeout=cfg.build.timeout)
+    builder = make_builder(cfg, client_factory(cfg.docker.base_url),
+                           docker_engine=engine_url(cfg.docker.base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
     return Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
                     on_build_log=on_build_log)

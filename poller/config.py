@@ -12,27 +12,35 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Iterator, Literal, Mapping
+from urllib.parse import unquote
 
 import yaml
-from pydantic import (Field, SecretStr, ValidationError, field_validator,
+from pydantic import (BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator,
                       model_validator)
 
 from poller.errors import ConfigError
+from poller.logs import register_secret
 
 _REF = re.compile(r"\$\{([^}]+)\}")
 
 
-from poller.config_base import _Model, check_image_repository, check_name  # noqa: E402
+from poller.config_base import (_Model, check_image_repository, check_name,  # noqa: E402
+                                split_url_credentials)
+from poller.names import check_git_ref, check_git_url, check_project_path  # noqa: E402
+from poller.buildkit_settings import BuildKitConfig  # noqa: E402
 
 
 class RegistryConfig(_Model):
-    """The registry images are pushed to and watched in."""
+    """The registry images are pushed to and watched in. Credentials written inline in ``url``
+    (``https://user:PW@host``) are moved to ``username`` / ``password`` at load."""
 
     url: str = Field(description="host[:port], optionally with http:// or https://")
     insecure: bool = Field(False, description="talk plain HTTP instead of HTTPS")
     username: str | None = None
     password: SecretStr | None = None
+
+    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
 
     @field_validator("url")
     @classmethod
@@ -56,6 +64,8 @@ class RegistryConfig(_Model):
 class GitRemote(_Model):
     url: str = Field(description="any URL git understands: file://, https://, ssh://, git://")
 
+    _url = field_validator("url")(classmethod(lambda cls, v: check_git_url(v)))
+
 
 class GitLabRemote(_Model):
     url: str = Field(description="GitLab base URL, e.g. https://gitlab.example.com")
@@ -63,18 +73,16 @@ class GitLabRemote(_Model):
     token: SecretStr | None = None
     ssl_verify: bool = True
 
+    _project = field_validator("project")(
+        classmethod(lambda cls, v: v if str(v).isdigit() else check_project_path(v, "project")))
+
 
 class GitHubRemote(_Model):
     repo: str = Field(description="owner/name")
     api_url: str = "https://api.github.com"
     token: SecretStr | None = None
 
-    @field_validator("repo")
-    @classmethod
-    def _repo(cls, v: str) -> str:
-        if v.count("/") != 1 or not all(v.split("/")):
-            raise ValueError("must be 'owner/name'")
-        return v
+    _repo = field_validator("repo")(classmethod(lambda cls, v: check_project_path(v, "repo", parts=2)))
 
 
 class SourceConfig(_Model):
@@ -92,6 +100,7 @@ class SourceConfig(_Model):
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
     _image = field_validator("image")(classmethod(lambda cls, v: check_image_repository(v)))
+    _branch = field_validator("branch")(classmethod(lambda cls, v: check_git_ref(v, "branch")))
 
     @field_validator("dockerfile", "context")
     @classmethod
@@ -127,6 +136,17 @@ class BuildConfig(_Model):
     retry_initial: float = Field(30.0, ge=0, description="first back-off after a failed build, s")
     retry_max: float = Field(3600.0, ge=0, description="longest back-off after failed builds, s")
     timeout: float = Field(3600.0, gt=0, description="a build running longer is failed")
+    max_per_cycle: int = Field(50, ge=1, description="builds one source may start in one cycle; "
+                               "the rest (newest first) wait for the next cycle")
+    engine: Literal["docker", "buildkit"] = Field("docker", description="docker: the engine's classic "
+                                                  "builder; buildkit: the build.buildkit pool")
+    buildkit: BuildKitConfig = BuildKitConfig()
+
+    @model_validator(mode="after")
+    def _pool(self) -> "BuildConfig":
+        if self.engine == "buildkit" and not self.buildkit.addresses:
+            raise ValueError("engine 'buildkit' needs at least one address in build.buildkit.addresses")
+        return self
 
 
 class PollConfig(_Model):
@@ -142,7 +162,8 @@ class StoreConfig(_Model):
 
 
 class DockerConfig(_Model):
-    base_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST or the local socket")
+    base_url: str | None = Field(None, description="Docker engine URL; default: DOCKER_HOST (with "
+                                    "DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), else the local socket")
 
 
 class ChartRepoConfig(_Model):
@@ -151,9 +172,13 @@ class ChartRepoConfig(_Model):
     username: str | None = None
     password: SecretStr | None = None
     charts: list[str] | None = Field(None, description="charts to watch; default: all")
-    staging_pattern: str = Field(r"^\d+\.\d+\.\d+-staging(\.|$)",
-                                 description="regex on a chart version that marks a staging build")
+    staging_pattern: str = Field(r"^v?\d+\.\d+\.\d+-",
+                                 description="regex on a chart version that marks a staging build; "
+                                             "default: every prerelease, which is what the staging "
+                                             "DSS range deploys")
     interval: float | None = Field(None, gt=0)
+
+    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
 
     @field_validator("staging_pattern")
     @classmethod
@@ -192,6 +217,42 @@ class ApiConfig(_Model):
     registry_webhook_token: SecretStr | None = Field(
         None, description="bearer token the registry's notification endpoint sends; null disables "
                           "POST /hooks/registry")
+    max_body_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, le=1024**3,
+        description="largest request body (JSON calls and webhooks); larger ones are answered 413")
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=4 * 1024**3,
+        description="largest plugin upload (POST /api/v1/artifacts/<plugin>); the server refuses "
+                    "any larger body before reading it")
+    threads: int = Field(8, ge=1, le=64, description="requests served at once")
+    _empty_secrets: tuple[str, ...] = PrivateAttr(default=())
+
+    #: The settings that are secrets: an empty value ("" from ``${VAR}`` or ``${file:...}``)
+    #: is treated as unset (the call or receiver it guards stays closed) and logged at load.
+    SECRET_KEYS: ClassVar[tuple[str, ...]] = (
+        "token", "gitlab_webhook_token", "github_webhook_secret", "registry_webhook_token")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _empty_secrets_are_unset(cls, data: Any, handler: Any) -> "ApiConfig":
+        empty: list[str] = []
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in cls.SECRET_KEYS:
+                value = data.get(key)
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                if isinstance(value, str) and not value.strip():
+                    data[key] = None
+                    empty.append(key)
+        model = handler(data)
+        model._empty_secrets = tuple(empty)
+        return model
+
+    @property
+    def empty_secrets(self) -> tuple[str, ...]:
+        """The secret settings that were given but empty (and are therefore unset)."""
+        return self._empty_secrets
 
     @field_validator("listen")
     @classmethod
@@ -270,16 +331,25 @@ def _format_loc(loc: tuple) -> str:
     return out
 
 
-def _expand(value: Any, env: Mapping[str, str], path: str, file: str) -> Any:
-    """Replace ``${VAR}`` and ``${file:/path}`` in every string of the raw YAML tree."""
+def _expand(value: Any, env: Mapping[str, str], path: str, file: str,
+            seen: list[tuple[str, str]] | None = None) -> Any:
+    """Replace ``${VAR}`` and ``${file:/path}`` in every string of the raw YAML tree; every
+    substituted value is appended to ``seen`` as ``(key path, value)``."""
     if isinstance(value, dict):
-        return {k: _expand(v, env, f"{path}.{k}" if path else str(k), file) for k, v in value.items()}
+        return {k: _expand(v, env, f"{path}.{k}" if path else str(k), file, seen)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, env, f"{path}[{i}]", file) for i, v in enumerate(value)]
+        return [_expand(v, env, f"{path}[{i}]", file, seen) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
     def sub(m: re.Match) -> str:
+        out = _sub(m)
+        if seen is not None:
+            seen.append((path, out))
+        return out
+
+    def _sub(m: re.Match) -> str:
         ref = m.group(1).strip()
         if ref.startswith("file:"):
             fpath = Path(os.path.expanduser(ref[5:]))
@@ -303,7 +373,8 @@ def parse_config(data: Any, *, file: str = "<config>", env: Mapping[str, str] | 
     env = os.environ if env is None else env
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping (registry:, sources:, ...)", file=file)
-    data = _expand(data, env, "", file)
+    substituted: list[tuple[str, str]] = []
+    data = _expand(data, env, "", file, substituted)
     try:
         cfg = Config.model_validate({**data, "path": file} if "path" not in data else data)
     except ValidationError as exc:
@@ -320,16 +391,84 @@ def parse_config(data: Any, *, file: str = "<config>", env: Mapping[str, str] | 
         key, msg = problems[0]
         more = "".join(f"\n  {k}: {m}" for k, m in problems[1:])
         raise ConfigError(msg + more, file=file, key=key or None) from None
+    for value in secret_values(cfg, substituted):
+        register_secret(value)
+    if cfg.api.empty_secrets:
+        from poller.logs import get_logger
+
+        for key in cfg.api.empty_secrets:
+            get_logger("poller.config").warning(
+                "config.empty_secret", file=file, key=f"api.{key}",
+                effect="treated as unset: an empty secret never authenticates")
+    _warn_unauthenticated_github(cfg, file)
     return cfg
+
+
+_BUILD_ARG = re.compile(r"sources\[\d+\]\.build_args\.")
+
+
+def _secrets_in(model: Any) -> Iterator[str]:
+    if isinstance(model, SecretStr):
+        yield model.get_secret_value()
+    elif isinstance(model, BaseModel):
+        for name in type(model).model_fields:
+            yield from _secrets_in(getattr(model, name))
+    elif isinstance(model, dict):
+        for v in model.values():
+            yield from _secrets_in(v)
+    elif isinstance(model, (list, tuple)):
+        for v in model:
+            yield from _secrets_in(v)
+
+
+def secret_values(cfg: Config, substituted: list[tuple[str, str]] = ()) -> list[str]:
+    """Every real secret of ``cfg``: each ``SecretStr`` setting, a password written inline in
+    a git URL, and each ``build_args`` value taken from ``${VAR}`` or ``${file:}``. Empty values
+    are not secrets (and are never masked)."""
+    out = list(_secrets_in(cfg))
+    urls = [u for s in cfg.sources for u in (s.git and s.git.url, s.gitlab and s.gitlab.url,
+                                              s.github and s.github.api_url) if u]
+    urls += [cfg.charts.helm_api.url] if cfg.charts.helm_api else []
+    for url in urls:  # passwords written inline in remote URLs (shown redacted, never in full)
+        userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
+        if ":" in userinfo:
+            out += [userinfo.partition(":")[2], unquote(userinfo.partition(":")[2])]
+    out += [v for path, v in substituted if _BUILD_ARG.match(path)]
+    return [v for v in dict.fromkeys(out) if v and v.strip()]
+
+
+#: conditional requests one poll of a GitHub source makes (see poller.sources.github)
+GITHUB_REQUESTS_PER_POLL = 2
+GITHUB_ANONYMOUS_LIMIT = 60   # requests per hour and address, 304s included
+
+
+def _warn_unauthenticated_github(cfg: "Config", file: str) -> None:
+    """Without a token GitHub counts every poll, 304s included, against 60 requests an hour."""
+    from poller.logs import get_logger
+
+    for i, s in enumerate(cfg.sources):
+        if s.github is None or (s.github.token is not None and s.github.token.get_secret_value()):
+            continue
+        interval = s.interval or cfg.poll.interval
+        per_hour = GITHUB_REQUESTS_PER_POLL * 3600 / interval
+        get_logger(__name__).warning(
+            "config.github_unauthenticated", file=file, key=f"sources[{i}].github.token", source=s.name,
+            reason=f"unauthenticated, GitHub counts every request of a poll, 304s "
+                   f"included, against {GITHUB_ANONYMOUS_LIMIT} per hour; polling every {interval:g}s "
+                   f"spends {per_hour:.0f} per hour on this source alone; set github.token")
 
 
 def load_config(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> Config:
     """Read, expand and validate the YAML config at ``path``."""
     file = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError("is a directory; give the path of the YAML config file", file=file) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"is not UTF-8 text (byte {exc.start}); save it as UTF-8", file=file) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

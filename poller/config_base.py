@@ -10,22 +10,32 @@ class _Model(BaseModel):
 SettingsModel = _Model
 
 
-import re as _re
-
-_NAME = _re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
-
-
-def check_name(v: str) -> str:
-    """A name used in keys, labels and job ids."""
-    if not _NAME.match(v):
-        raise ValueError("must be lowercase letters, digits, '.', '_' or '-' (at most 63)")
-    return v
+# One validator per kind of name lives in poller.names; settings models import them from here.
+from poller.names import check_image_repository, check_name  # noqa: E402,F401
 
 
-def check_image_repository(v: str) -> str:
-    """An image repository with its registry host and no tag or digest."""
-    if ":" in v.rsplit("/", 1)[-1] or "@" in v:
-        raise ValueError("give the repository only, without a tag or digest")
-    if "/" not in v:
-        raise ValueError("must include the registry host, e.g. 127.0.0.1:5000/name")
-    return v
+def split_url_credentials(data: object, *, key: str = "url") -> object:
+    """A ``model_validator(mode="before")`` for registry-like settings: credentials written
+    inline (``https://user:PW@host``) are moved into ``username`` / ``password`` so that only
+    the bare URL is ever shown, logged, stored or used as a metric label."""
+    if not isinstance(data, dict) or not isinstance(data.get(key), str):
+        return data
+    url: str = data[key]
+    scheme, sep, rest = url.rpartition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" not in netloc:
+        return data
+    from urllib.parse import unquote
+
+    userinfo, _, host = netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if data.get("username") or data.get("password"):
+        raise ValueError(f"{key}: credentials are given both in the URL and as username/password; "
+                         "keep only the username/password keys")
+    out = {**data, key: f"{scheme}{sep}{host}{slash}{path}"}
+    if user:
+        out["username"] = unquote(user)
+    if colon:
+        out["password"] = unquote(password)
+    return out
+

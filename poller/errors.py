@@ -25,6 +25,11 @@ class ConfigError(SlipwayError):
         super().__init__(f"{where}: {reason}" if where else reason)
 
 
+class StoreError(SlipwayError):
+    """The store file can't be used (not a database, damaged, old schema, read-only). The
+    message names the file and what to do."""
+
+
 class PermanentError(SlipwayError):
     """Retrying without a change (new commit, new config) will not help."""
 
@@ -42,6 +47,10 @@ class UpstreamError(SlipwayError):
         self.status = status
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class ResponseTooLarge(UpstreamError):
+    """An upstream answered with more than Slipway reads from it (a body, a ref list)."""
 
 
 class NotFound(PermanentError):

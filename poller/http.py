@@ -5,6 +5,11 @@ the helm API) uses a session from :func:`make_session`, so requests are counted 
 upstream and status (tests and ``/metrics`` read the same numbers), and failures become
 :class:`~poller.errors.UpstreamError` (retry later, with ``retry_after``) or a permanent
 error.
+
+Every body is read through :func:`read_bounded`: at most ``max_body`` bytes (after content
+decoding, so a gzip bomb counts at its real size) within ``read_deadline`` seconds, else a
+:class:`~poller.errors.ResponseTooLarge` naming the upstream. A caller that streams a body
+itself (archives) passes ``stream=True`` and bounds what it keeps.
 """
 
 from __future__ import annotations
@@ -18,9 +23,17 @@ from typing import Callable
 import requests
 from prometheus_client import Counter as PromCounter
 
-from poller.errors import AuthError, NotFound, UpstreamError
+from poller.errors import AuthError, NotFound, ResponseTooLarge, UpstreamError
 
 DEFAULT_TIMEOUT = (5.0, 60.0)
+#: Largest response body read from any upstream (a registry tag page, a GitHub ref page and a
+#: git ref advertisement of tens of thousands of refs all fit many times over).
+MAX_BODY = 16 * 1024 * 1024
+#: Longest time reading one body may take, however slowly the upstream trickles it.
+READ_DEADLINE = 300.0
+#: A redirect's own body is never used; this much of it is drained at most.
+_MAX_REDIRECT_BODY = 64 * 1024
+_CHUNK = 64 * 1024
 
 UPSTREAM_REQUESTS = PromCounter(
     "slipway_upstream_requests_total", "HTTP requests Slipway made, by upstream and status",
@@ -56,21 +69,69 @@ class RequestCounter:
 REQUESTS = RequestCounter()
 
 
-class _TimeoutSession(requests.Session):
-    def __init__(self, timeout) -> None:
+def read_bounded(resp: requests.Response, upstream: str, *, max_body: int = MAX_BODY,
+                 deadline: float = READ_DEADLINE) -> bytes:
+    """Read ``resp``'s whole body, refusing more than ``max_body`` bytes or ``deadline`` seconds.
+
+    The body is kept as ``resp.content`` (so ``.json()`` and ``.text`` work as usual).
+    """
+    if resp._content_consumed:  # already read (or streamed away) by someone else
+        return resp.content
+    what = f"{upstream}: {resp.request.method} {_redact(resp.url)}"
+    declared = resp.headers.get("Content-Length", "")
+    if resp.request.method != "HEAD" and declared.isdigit() and int(declared) > max_body:
+        resp.close()
+        raise ResponseTooLarge(f"{what}: response of {int(declared)} bytes is larger than the "
+                               f"{max_body} bytes read from an upstream", upstream=upstream)
+    chunks: list[bytes] = []
+    size, started = 0, time.monotonic()
+    try:
+        for chunk in resp.iter_content(_CHUNK):
+            size += len(chunk)
+            if size > max_body:
+                resp.close()
+                raise ResponseTooLarge(f"{what}: response larger than the {max_body} bytes read "
+                                       "from an upstream", upstream=upstream)
+            if time.monotonic() - started > deadline:
+                resp.close()
+                raise UpstreamError(f"{what}: response took longer than {deadline:.0f}s to read",
+                                    upstream=upstream)
+            chunks.append(chunk)
+    except requests.RequestException as exc:
+        resp.close()
+        raise UpstreamError(f"{what}: reading the response failed: {type(exc).__name__}",
+                            upstream=upstream) from exc
+    resp._content = b"".join(chunks)
+    resp._content_consumed = True
+    return resp._content
+
+
+class _BoundedSession(requests.Session):
+    """Default timeout, and every body read through :func:`read_bounded` unless streamed."""
+
+    def __init__(self, timeout, upstream: str, max_body: int) -> None:
         super().__init__()
         self._default_timeout = timeout
+        self.upstream = upstream
+        self.max_body = max_body
 
     def request(self, method, url, **kwargs):  # type: ignore[override]
         kwargs.setdefault("timeout", self._default_timeout)
-        return super().request(method, url, **kwargs)
+        streamed = bool(kwargs.get("stream"))
+        kwargs["stream"] = True
+        resp = super().request(method, url, **kwargs)
+        if not streamed:
+            read_bounded(resp, self.upstream, max_body=self.max_body)
+        return resp
 
 
 def make_session(upstream: str, *, counter: RequestCounter | None = None,
-                 timeout=DEFAULT_TIMEOUT, verify: bool | str = True) -> requests.Session:
-    """A ``requests.Session`` that counts every response under ``upstream``."""
+                 timeout=DEFAULT_TIMEOUT, verify: bool | str = True,
+                 max_body: int = MAX_BODY) -> requests.Session:
+    """A ``requests.Session`` that counts every response under ``upstream`` and reads at most
+    ``max_body`` bytes of any body it is not asked to stream."""
     tally = counter or REQUESTS
-    session = _TimeoutSession(timeout)
+    session = _BoundedSession(timeout, upstream, max_body)
     session.verify = verify
     session.headers["User-Agent"] = "slipway/0.1"
 
@@ -78,7 +139,12 @@ def make_session(upstream: str, *, counter: RequestCounter | None = None,
         tally.add(upstream, resp.status_code)
         UPSTREAM_REQUESTS.labels(upstream, str(resp.status_code)).inc()
 
-    session.hooks["response"].append(_count)
+    def _drain_redirect(resp: requests.Response, *args, **kwargs):
+        # requests reads a redirect's body before following it: never an endless one.
+        if resp.is_redirect:
+            read_bounded(resp, upstream, max_body=_MAX_REDIRECT_BODY)
+
+    session.hooks["response"].extend([_count, _drain_redirect])
     return session
 
 

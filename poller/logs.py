@@ -26,21 +26,58 @@ _PATTERNS = [
 ]
 
 
+def _forms(value: str) -> set[str]:
+    """``value`` as it may appear in text: raw, JSON-escaped (ASCII or not), repr'd, URL-quoted."""
+    from urllib.parse import quote
+
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+             repr(value)[1:-1], quote(value, safe=""), quote(value)}
+    return {f for f in forms if f}
+
+
 def register_secret(value: str | None) -> None:
-    """Make sure ``value`` never appears in a log line."""
-    if value and len(value) >= 4:
+    """Make sure ``value`` never appears in a log line or a stored build log. Only real
+    secrets belong here: empty or blank values are ignored, so are values shorter than 4
+    characters (masking them would garble every line)."""
+    if value and value.strip() and len(value) >= 4:
         with _SECRETS_LOCK:
-            _SECRETS.add(value)
+            _SECRETS.update(_forms(value))
 
 
-def mask(text: str) -> str:
+def mask_known(text: str) -> str:
+    """``text`` with every registered secret replaced (no pattern matching: fast on big logs)."""
+    if not text:
+        return text
     with _SECRETS_LOCK:
         secrets = sorted(_SECRETS, key=len, reverse=True)
     for s in secrets:
-        text = text.replace(s, "***")
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+def mask(text: str) -> str:
+    """``text`` with every registered secret, credential header and URL password replaced."""
+    if not text:
+        return text
+    text = mask_known(text)
     text = _PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}***", text)
     text = _PATTERNS[1].sub(r"\1\2:***@", text)
     return text
+
+
+def mask_value(value: Any) -> Any:
+    """:func:`mask` applied to every string in a JSON-like value (before it is serialised,
+    so escaping can never hide a secret from the masker)."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: mask_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [mask_value(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return mask(str(value))
 
 
 #: The build or rollout the current thread works for (``build-12``, ``rollout-game-prod-3``):
@@ -120,29 +157,46 @@ class BoundLogger:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        d = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-             + f".{int(record.msecs):03d}Z",
-             "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
+        d: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
         d.update(_with_cid(getattr(record, "fields", {}) or {}))
         if record.exc_info:
             d["exception"] = self.formatException(record.exc_info)
-        return mask(json.dumps(d, default=str))
+        return json.dumps(mask_value(d))
 
 
 class _TextFormatter(logging.Formatter):
+    """One line per event: field values with spaces, quotes or control characters are quoted
+    and escaped, so no value can start a line of its own (no log injection)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        fields = _with_cid(getattr(record, "fields", {}) or {})
-        ctx = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        fields = mask_value(_with_cid(getattr(record, "fields", {}) or {}))
+        ctx = " ".join(f"{_fmt(k)}={_fmt(v)}" for k, v in fields.items())
         line = (f"{time.strftime('%H:%M:%S', time.localtime(record.created))} "
-                f"{record.levelname.lower():7} {record.getMessage()}" + (f"  {ctx}" if ctx else ""))
+                f"{record.levelname.lower():7} {_fmt(mask(record.getMessage()))}"
+                + (f"  {ctx}" if ctx else ""))
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return mask(line)
+            # Indented, each line: an exception message cannot pass for a log line.
+            trace = mask(self.formatException(record.exc_info))
+            line += "".join("\n    | " + _escape(t) for t in trace.splitlines())
+        return line
+
+
+_UNSAFE = re.compile(r"[\s\"\\\x00-\x1f\x7f\u0085\u2028\u2029]")
+
+
+def _escape(s: str) -> str:
+    """Control characters (newlines first of all) as visible escapes."""
+    return json.dumps(s, ensure_ascii=False)[1:-1] if _CONTROL.search(s) else s
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 
 
 def _fmt(v: Any) -> str:
-    s = str(v)
-    return json.dumps(s) if (" " in s or not s) else s
+    s = v if isinstance(v, str) else json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+    return json.dumps(s, ensure_ascii=False) if (not s or _UNSAFE.search(s)) else s
 
 
 def setup_logging(*, level: str = "info", fmt: str = "auto", stream=None) -> None:

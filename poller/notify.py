@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from poller.http import make_session, request
-from poller.logs import get_logger, register_secret
+from poller.logs import get_logger
 from poller.notify_settings import NotifyConfig
 
 log = get_logger(__name__)
@@ -31,8 +31,6 @@ class Notifier:
     def __init__(self, cfg: NotifyConfig, *, session=None):
         self.cfg = cfg
         self.session = session or make_session("notify", timeout=(5.0, 10.0))
-        for hook in cfg.webhooks:
-            register_secret(hook.url.get_secret_value())
 
     def send(self, event: str, text: str, **fields: Any) -> int:
         """Post to every webhook that wants ``event``; returns how many accepted it."""

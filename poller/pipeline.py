@@ -19,8 +19,10 @@ not asked again until ``poll.resync`` seconds have passed.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -46,7 +48,7 @@ class Action:
     sha: str
     kind: str
     tags: list[str]
-    action: str              # up-to-date | build | retag | backoff | in-flight
+    action: str              # up-to-date | build | retag | backoff | in-flight | deferred
     status: str = "done"     # done | pending | succeeded | failed
     build_id: int | None = None
     digest: str | None = None
@@ -64,6 +66,28 @@ class SourceReport:
     error: str | None = None
     retry_after: float | None = None
     actions: list[Action] = field(default_factory=list)
+
+
+#: How long a build claim lasts without renewal; a running build renews it every third of this.
+CLAIM_TTL = 60.0
+
+
+def _holder_alive(host: str, pid: int) -> bool:
+    """Whether the process holding a build claim still runs (another host's: trust its lease)."""
+    if host != socket.gethostname() or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    """An error message short enough for a log line and the store, whatever an upstream sent."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 class Backoff:
@@ -117,6 +141,11 @@ class Pipeline:
         self._converged: dict[str, tuple[tuple, float]] = {}
         self._last_snapshot: dict[str, RefSnapshot] = {}
         self._shutting_down = threading.Event()
+        # Builds are claimed in the store, so two processes on one store never build the same
+        # (image, ref) at once; a killed holder's claim is taken over (dead pid, lapsed lease).
+        self._host = socket.gethostname()
+        self._holder = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._heartbeat: threading.Thread | None = None
         #: Called as ``listener(event, fields)`` for build.started, build.succeeded,
         #: build.failed, image.retagged, source.error. Metrics and notifications subscribe here.
         self.listeners: list[Callable[[str, dict], None]] = []
@@ -177,6 +206,14 @@ class Pipeline:
             self.store.record_poll(name, error=str(exc))
             log.error("source.error", source=name, error=str(exc), retry_in=round(delay, 1))
             self.emit("source.error", source=name, error=str(exc), temporary=False)
+        except Exception as exc:  # a malformed answer or a bug: this source's failure, not the pass's
+            delay = self.backoff.failed(f"source:{name}")
+            message = _clip(f"internal error: {type(exc).__name__}: {exc}")
+            report.error, report.retry_after = message, delay
+            self.store.record_poll(name, error=message)
+            log.error("source.crashed", source=name, error=message, retry_in=round(delay, 1),
+                      exc_info=True)
+            self.emit("source.error", source=name, error=message, temporary=False)
         return report
 
     def _decide(self, cfg: SourceConfig, snap: RefSnapshot) -> list[Action]:
@@ -184,6 +221,7 @@ class Pipeline:
         repo = cfg.image_repository
         actions: list[Action] = []
         existing: set[str] | None = None
+        started = 0
         for plan in plans:
             act = Action(source=cfg.name, ref=plan.ref, sha=plan.sha, kind=plan.kind,
                          tags=list(plan.tags), action="up-to-date")
@@ -202,6 +240,11 @@ class Pipeline:
                     continue
                 sha_digest = self.registry.head_manifest(repo, sha_tag(plan.sha))
                 if sha_digest and self.registry.labels(repo, sha_digest).get(LABEL_REVISION) == plan.sha:
+                    if self.store.live_claim(image=plan.image, ref=plan.ref, holder_alive=_holder_alive):
+                        # Another poller process on this store is between the two pushes of its build.
+                        act.action, act.status = "in-flight", "pending"
+                        actions.append(act)
+                        continue
                     act.action = "retag"
                     act.digest = self._retag(repo, sha_tag(plan.sha), STAGING_TAG, plan)
                     actions.append(act)
@@ -212,7 +255,15 @@ class Pipeline:
                 if plan.tags[0] in existing:
                     actions.append(act)
                     continue
-            actions.append(self._schedule(plan, act))
+            if started >= self.cfg.build.max_per_cycle:
+                # A burst of refs (or a hostile upstream) never queues unbounded work; plans are
+                # newest first, and the rest are found again next cycle.
+                act.action, act.status = "deferred", "pending"
+                act.error = f"more than {self.cfg.build.max_per_cycle} builds wanted this cycle"
+            else:
+                act = self._schedule(plan, act)
+                started += act.action == "build"
+            actions.append(act)
         return actions
 
     def _retag(self, repo: str, src: str, dst: str, plan: BuildPlan) -> str:
@@ -252,11 +303,54 @@ class Pipeline:
         return act
 
     def _run_build(self, plan: BuildPlan, act: Action) -> Action:
-        build_id = self.store.start_build(source=plan.source, image=plan.image, ref=plan.ref,
-                                          kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
-                                          pid=os.getpid())
-        with correlation(f"build-{build_id}"):
-            return self._run_build_inner(plan, act, build_id)
+        try:
+            other = self.store.claim_build(image=plan.image, ref=plan.ref, sha=plan.sha,
+                                           holder=self._holder, host=self._host, pid=os.getpid(),
+                                           ttl=CLAIM_TTL, holder_alive=_holder_alive)
+        except Exception as exc:  # the store is busy or broken: this build waits for a later cycle
+            act.status, act.error = "failed", _clip(f"could not claim the build in the store: {exc}")
+            log.error("build.claim_failed", image=plan.image, ref=plan.ref, error=act.error)
+            return act
+        if other is not None:
+            act.action, act.status = "in-flight", "pending"
+            act.error = f"being built by another poller ({other['host']} pid {other['pid']})"
+            return act
+        self._start_heartbeat()
+        try:
+            if self._built_meanwhile(plan):  # by the claim's previous holder
+                act.action, act.status = "up-to-date", "done"
+                return act
+            build_id = self.store.start_build(source=plan.source, image=plan.image, ref=plan.ref,
+                                              kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
+                                              pid=os.getpid())
+            with correlation(f"build-{build_id}"):
+                return self._run_build_inner(plan, act, build_id)
+        finally:
+            self.store.release_claim(image=plan.image, ref=plan.ref, holder=self._holder)
+
+    def _built_meanwhile(self, plan: BuildPlan) -> bool:
+        """Whether the plan's last tag already carries its commit (pushed since the decision)."""
+        repo = self.cfg.source(plan.source).image_repository
+        try:
+            digest = self.registry.head_manifest(repo, plan.tags[-1])
+            return bool(digest) and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha
+        except SlipwayError:
+            return False  # the build finds out what is wrong, and records it
+
+    def _start_heartbeat(self) -> None:
+        with self._inflight_lock:
+            if self._heartbeat is not None:
+                return
+            self._heartbeat = threading.Thread(target=self._renew_claims, name="build-claims",
+                                               daemon=True)
+            self._heartbeat.start()
+
+    def _renew_claims(self) -> None:
+        while not self._shutting_down.wait(CLAIM_TTL / 3):
+            try:
+                self.store.renew_claims(self._holder, CLAIM_TTL)
+            except Exception as exc:  # the next beat tries again; the lease outlives a few misses
+                log.warning("claims.renew_failed", error=repr(exc))
 
     def _run_build_inner(self, plan: BuildPlan, act: Action, build_id: int) -> Action:
         act.build_id = build_id
@@ -275,7 +369,10 @@ class Pipeline:
             result = self.builder.build(plan, self.sources[plan.source], self.cfg.source(plan.source),
                                         on_log)
         except (BuildError, UpstreamError, NotFound, SlipwayError) as exc:
-            self.store.finish_build(build_id, status="failed", error=str(exc), log="".join(lines))
+            # An upstream's failure (engine unreachable, registry down) is not the commit's:
+            # recorded as ``upstream-error``, which puts no back-off on it; next cycle retries.
+            status = "upstream-error" if isinstance(exc, UpstreamError) else "failed"
+            self.store.finish_build(build_id, status=status, error=str(exc), log="".join(lines))
             act.status, act.error = "failed", str(exc)
             blog.error("build.failed", error=str(exc))
             self._emit_done("build.failed", plan, build_id, error=str(exc))

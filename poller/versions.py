@@ -2,7 +2,9 @@
 
 Only ``X.Y.Z`` and ``vX.Y.Z`` (with optional semver prerelease and build parts) are
 versions. Anything else (``latest``, ``v1.2``, ``release-3``) is ``IGNORED``; it never
-raises, so an odd tag can't crash a cycle.
+raises, so an odd tag can't crash a cycle. Input longer than :data:`MAX_VERSION_LENGTH` (a
+hostile upstream's tag of thousands of digits) is not a version either: it is rejected before
+the regular expression or ``int()`` ever see it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ _SEMVER = re.compile(
     r"(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+(?P<build>[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
+
+
+#: Longest text that may be a version. Real tags are far shorter; the bound keeps parsing cheap.
+MAX_VERSION_LENGTH = 128
+#: Digits a numeric identifier may have (keeps ``int()`` far from its digit limit).
+_MAX_NUMBER_DIGITS = 20
 
 
 class TagKind(enum.Enum):
@@ -57,7 +65,8 @@ class Version:
     def _key(self):
         pre: tuple = ()
         if self.prerelease:
-            pre = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.prerelease)
+            pre = tuple((0, int(p), "") if p.isdigit() and len(p) <= _MAX_NUMBER_DIGITS
+                        else (1, 0, p) for p in self.prerelease)
         # A release sorts after all of its prereleases.
         return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, pre)
 
@@ -77,8 +86,10 @@ class Version:
 
 def parse_version(text: str) -> Version | None:
     """Parse ``X.Y.Z`` or ``vX.Y.Z`` (semver 2.0.0). Returns ``None`` for anything else."""
-    m = _SEMVER.match(text.strip()) if isinstance(text, str) else None
-    if not m:
+    if not isinstance(text, str) or len(text) > MAX_VERSION_LENGTH:
+        return None
+    m = _SEMVER.match(text.strip())
+    if not m or any(len(m.group(k)) > _MAX_NUMBER_DIGITS for k in ("major", "minor", "patch")):
         return None
     pre = tuple(m.group("pre").split(".")) if m.group("pre") else ()
     return Version(int(m.group("major")), int(m.group("minor")), int(m.group("patch")), pre,

@@ -10,5 +10,6 @@ pytest_plugins = [
         "tests.fixtures.cluster",
         "tests.fixtures.hosted",
         "tests.fixtures.fleet",
+        "tests.fixtures.buildkit",
     ) if importlib.util.find_spec(name) is not None
 ]

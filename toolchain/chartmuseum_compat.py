@@ -12,10 +12,15 @@ storage, and accepts ChartMuseum's command-line flags for it:
   GET  /charts/<name>-<ver>.tgz    chart package
   GET  /api/charts                 {name: [chartversion, ...]}
   GET  /api/charts/<name>          [chartversion, ...]
-  GET  /api/charts/<name>/<ver>    chartversion
+  GET  /api/charts/<name>/<ver>    chartversion (<ver> "latest": newest stable version)
   HEAD /api/charts/<name>[/<ver>]  200 or 404
   POST /api/charts                 body: .tgz, or multipart form field "chart"
+                                   (POST /api/charts/ with a trailing slash: 404)
   DELETE /api/charts/<name>/<ver>
+
+Like ChartMuseum v0.16.5, index.yaml carries no ETag and no Last-Modified, a conditional
+request gets the full 200, and the body is byte-identical between GETs until the stored
+charts change (``generated`` is the time the index was last rebuilt, not of the request).
 """
 
 from __future__ import annotations
@@ -62,6 +67,28 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.created: dict[str, str] = {}
+        self._index: tuple[tuple, bytes] | None = None
+
+    def _state(self) -> tuple:
+        """What the index depends on: the stored packages (name, size, mtime)."""
+        out = []
+        for p in sorted(self.root.glob("*.tgz")):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            out.append((p.name, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def index_body(self) -> bytes:
+        """index.yaml, rebuilt only when the stored charts changed."""
+        with self.lock:
+            state = self._state()
+            if self._index is None or self._index[0] != state:
+                index = {"apiVersion": "v1", "entries": self.entries(), "generated": _now(),
+                         "serverInfo": {}}
+                self._index = (state, yaml.safe_dump(index, sort_keys=False).encode())
+            return self._index[1]
 
     def _packages(self):
         for p in sorted(self.root.glob("*.tgz")):
@@ -114,12 +141,17 @@ class Store:
         return False
 
 
+def _is_prerelease(v: str) -> bool:
+    return "-" in v.split("+", 1)[0]
+
+
 def _version_key(v: str):
-    core = re.split(r"[-+]", v.lstrip("v"), maxsplit=1)[0]
-    nums = []
-    for part in core.split("."):
-        nums.append(int(part) if part.isdigit() else 0)
-    return nums + [0 if "-" in v else 1]
+    """Semver precedence (a release after its prereleases; numeric identifiers numerically)."""
+    core, _, pre = v.lstrip("v").split("+", 1)[0].partition("-")
+    nums = [int(p) if p.isdigit() else 0 for p in core.split(".")]
+    if not pre:
+        return (nums, 1, ())
+    return (nums, 0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split(".")))
 
 
 def make_handler(store: Store, opts):
@@ -175,9 +207,8 @@ def make_handler(store: Store, opts):
             if path in ("/", ""):
                 return self._send(200, "<html><body>ChartMuseum (Slipway stand-in)</body></html>", "text/html")
             if path == "/index.yaml":
-                index = {"apiVersion": "v1", "entries": store.entries(), "generated": _now(),
-                         "serverInfo": {}}
-                return self._send(200, yaml.safe_dump(index, sort_keys=False), "application/x-yaml")
+                # no ETag / Last-Modified, conditional headers ignored: always the full 200
+                return self._send(200, store.index_body(), "application/x-yaml")
             m = re.fullmatch(r"/charts/([A-Za-z0-9._+-]+\.tgz)", path)
             if m:
                 p = store.root / m.group(1)
@@ -197,7 +228,10 @@ def make_handler(store: Store, opts):
                     return self._send(200, versions)
                 want = m.group(2)
                 if want == "latest":
-                    return self._send(200, versions[0])
+                    stable = [v for v in versions if not _is_prerelease(v["version"])]
+                    if not stable:
+                        return self._send(404, {"error": "chart version not found"})
+                    return self._send(200, stable[0])
                 for v in versions:
                     if v["version"] == want:
                         return self._send(200, v)
@@ -208,7 +242,7 @@ def make_handler(store: Store, opts):
             if not self._auth_ok():
                 return
             path = self._path()
-            if opts.disable_api or path not in ("/api/charts", "/api/charts/"):
+            if opts.disable_api or path != "/api/charts":
                 return self._send(404, {"error": "not found"})
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)

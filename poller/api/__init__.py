@@ -1,26 +1,37 @@
 """The poller's HTTP API: a Flask app factory with one blueprint per domain.
 
 ``create_app(services)`` takes the already-built parts (store, config, pipeline, scheduler...)
-in a :class:`Services` holder; nothing here reads the environment. Every call that changes
-something needs ``Authorization: Bearer <api.token>`` (401 without, 403 wrong, compared in
-constant time); read-only calls are open when ``api.public_read`` is true. Errors are JSON.
+in a :class:`Services` holder; nothing here reads the environment. Auth, errors, input parsing
+and serving come from :mod:`poller.httpapi`, shared with the helm API:
+
+* Every call that changes something needs ``Authorization: Bearer <api.token>`` (401 without
+  or malformed, 403 wrong; constant-time). With no (or an empty) ``api.token`` every such call
+  is refused.
+* Read-only calls (``/api/v1/status``, builds, approvals, updates, fleet, the dashboard's data)
+  are open when ``api.public_read`` is true, else they need the token too. ``/healthz``,
+  ``/metrics``, ``/openapi.json`` and the dashboard's static assets are always open; webhooks
+  carry their own secrets.
+* Errors are JSON ``{"error", "message"}``; bad input is a 4xx, never a 500.
 Domains add their routes with ``register_blueprint`` hooks listed in :data:`BLUEPRINTS`.
 """
 
 from __future__ import annotations
 
-import hmac
-from poller.optional import import_optional
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable
 
-from flask import Flask, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, current_app, g
 
+from poller import httpapi
 from poller.config import Config
-from poller.errors import SlipwayError
+from poller.errors import SlipwayError, UpstreamError
+from poller.httpapi import error_response
+from poller.logs import get_logger
+from poller.optional import import_optional
 from poller.store import Store
+
+log = get_logger("poller.api")
 
 #: Modules with a ``blueprint`` attribute; a missing module is simply not part of this build.
 BLUEPRINTS = (
@@ -31,6 +42,9 @@ BLUEPRINTS = (
     "poller.api.webhooks",
     "poller.api.dashboard",
 )
+
+#: The realm named in ``WWW-Authenticate`` challenges.
+REALM = "slipway"
 
 
 @dataclass
@@ -48,30 +62,22 @@ def services() -> Services:
     return current_app.extensions["slipway"]
 
 
-def _token_ok(required: bool) -> tuple[bool, int]:
-    token = services().config.api.token
-    header = request.headers.get("Authorization", "")
-    if token is None:
-        # No token configured: mutating calls are refused rather than left open.
-        return (not required), 403
-    if not header.startswith("Bearer "):
-        return (not required), 401
-    given = header[len("Bearer "):].strip().encode()
-    if hmac.compare_digest(given, token.get_secret_value().encode()):
-        g.actor = "token"
-        return True, 200
-    return False, 403
+def check_token() -> None:
+    """Raise :class:`ApiError` (401/403) unless the request carries ``api.token``."""
+    httpapi.require_bearer(services().config.api.token)
+    g.actor = "token"
+
+
+def can_read() -> bool:
+    """True when read-only data may be served to this request."""
+    return services().config.api.public_read or httpapi.has_bearer(services().config.api.token)
 
 
 def require_token(fn: Callable) -> Callable:
     """For routes that change something."""
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        ok, status = _token_ok(required=True)
-        if not ok:
-            return error(status, "unauthorized" if status == 401 else "forbidden",
-                         "a valid bearer token is required" if status == 401 else
-                         "the token is wrong or the API has no token configured")
+        check_token()
         return fn(*args, **kwargs)
     return wrapper
 
@@ -81,74 +87,53 @@ def read_access(fn: Callable) -> Callable:
     @wraps(fn)
     def wrapper(*args, **kwargs):
         if not services().config.api.public_read:
-            ok, status = _token_ok(required=True)
-            if not ok:
-                return error(status, "unauthorized" if status == 401 else "forbidden",
-                             "this API requires a bearer token for reading too")
+            check_token()
         return fn(*args, **kwargs)
     return wrapper
 
 
 def error(status: int, code: str, message: str, **extra: Any):
-    resp = jsonify({"error": code, "message": message, **extra})
-    resp.status_code = status
-    if status == 401:
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="slipway"'
-    return resp
+    return error_response(status, code, message, realm=REALM, **extra)
 
 
 def json_body(required: bool = False) -> dict:
     """The request's JSON object; a clear 400 for anything else."""
-    if not request.data:
-        if required:
-            raise BadInput("a JSON body is required")
-        return {}
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise BadInput("the body must be a JSON object")
-    return data
+    return httpapi.json_object(required=required)
 
 
-class BadInput(SlipwayError):
-    pass
+def body_as(model: Any, required: bool = False) -> Any:
+    """The request's JSON object validated by the pydantic ``model`` (unknown fields: 400)."""
+    return httpapi.validate(model, json_body(required=required))
 
 
 def create_app(svc: Services) -> Flask:
-    app = Flask("slipway")
+    # static_folder=None: the only static files are the dashboard's own (its blueprint).
+    app = Flask("poller.api", static_folder=None)
     app.extensions["slipway"] = svc
     app.config["JSON_SORT_KEYS"] = False
+    httpapi.install(app, realm=REALM, max_body=svc.config.api.max_body_bytes, log=log)
 
-    @app.errorhandler(BadInput)
-    def _bad(exc):
-        return error(400, "bad_request", str(exc))
+    @app.errorhandler(UpstreamError)
+    def _upstream(exc):
+        log.warning("api.upstream_unavailable", error=str(exc))
+        return error(503, "upstream_unavailable", str(exc))
 
     @app.errorhandler(SlipwayError)
     def _slipway(exc):
         return error(409, type(exc).__name__, str(exc))
 
-    @app.errorhandler(HTTPException)
-    def _http(exc):
-        return error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
-
-    @app.errorhandler(Exception)
-    def _crash(exc):
-        app.logger.exception("api.crash")
-        return error(500, "internal", "internal error; see the poller's log")
-
     for name in BLUEPRINTS:
         module = import_optional(name)
         if module is not None:
             app.register_blueprint(module.blueprint)
+    from poller.api.openapi import blueprint as openapi_blueprint
+
+    app.register_blueprint(openapi_blueprint)
     return app
 
 
-def serve_in_thread(app: Flask, listen: str):
-    """Serve ``app`` on ``listen`` (host:port) from a daemon thread; returns the server."""
-    import threading
-
-    from werkzeug.serving import make_server
-
-    host, _, port = listen.rpartition(":")
-    server = make_server(host, int(port), app, threaded=True)
-    threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
-    return server
+def serve_in_thread(app: Flask, listen: str) -> httpapi.Served:
+    """Serve ``app`` on ``listen`` (host:port) with waitress from a daemon thread."""
+    api = app.extensions["slipway"].config.api
+    return httpapi.serve(app, listen, name="slipway-api", threads=api.threads,
+                         max_body=max(api.max_body_bytes, api.max_upload_bytes))

@@ -6,8 +6,15 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from poller.api import error, require_token, services
+from poller.names import InvalidName, check_plugin_name, check_tag
 
 blueprint = Blueprint("artifacts", __name__)
+
+
+@blueprint.before_request
+def _upload_limit() -> None:
+    # Plugin jars may be larger than JSON bodies; the server's own limit is the larger one.
+    request.max_content_length = services().config.api.max_upload_bytes
 
 
 @blueprint.post("/api/v1/artifacts/<plugin>")
@@ -17,6 +24,13 @@ def publish_plugin(plugin: str):
     from poller.artifacts.publish import publish
 
     cfg = services().config
+    try:
+        check_plugin_name(plugin)
+        for key in ("version", "env"):
+            if request.args.get(key) is not None:
+                check_tag(request.args[key], key)
+    except InvalidName as exc:
+        return error(400, "bad_request", str(exc))
     if not request.data:
         return error(400, "bad_request", "the body must be the plugin .jar")
     artifact = publish(open_store(cfg), cfg.plugins, plugin, request.get_data(),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from poller.api import error, json_body, read_access, require_token, services
+from poller.api import body_as, error, read_access, require_token, services
+from poller.api.models import Decision
 from poller.approvals import ApprovalNotFound, ApprovalQueue
+from poller.httpapi import query_int
 
 blueprint = Blueprint("core", __name__)
 
@@ -40,12 +42,12 @@ def status():
 @blueprint.get("/api/v1/builds")
 @read_access
 def builds():
-    limit = min(int(request.args.get("limit", 50)), 500)
+    limit = query_int("limit", 50, minimum=1, maximum=500)
     return jsonify([b.as_dict() for b in services().store.builds(source=request.args.get("source"),
                                                                    limit=limit)])
 
 
-@blueprint.get("/api/v1/builds/<int:build_id>")
+@blueprint.get("/api/v1/builds/<id:build_id>")
 @read_access
 def build(build_id: int):
     rec = services().store.get_build(build_id)
@@ -62,13 +64,13 @@ def approvals():
         status=None if status == "all" else status)])
 
 
-@blueprint.post("/api/v1/approvals/<int:approval_id>/<decision>")
+@blueprint.post("/api/v1/approvals/<id:approval_id>/<decision>")
 @require_token
 def decide(approval_id: int, decision: str):
     if decision not in ("approve", "reject"):
         return error(404, "not_found", "use /approve or /reject")
-    body = json_body()
-    who = str(body.get("by") or getattr(g, "actor", "api"))
+    body = body_as(Decision)
+    who = body.by or getattr(g, "actor", "api")
     queue = ApprovalQueue(services().store)
     try:
         appr = queue.approve(approval_id, by=who) if decision == "approve" else queue.reject(approval_id, by=who)

@@ -20,8 +20,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template
 
-from poller.api import _token_ok, error, read_access, services
+from poller.api import can_read, error, read_access, services
 from poller.approvals import ApprovalQueue
+from poller.httpapi import configured_secret
 from poller.logs import get_logger
 
 blueprint = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
@@ -166,9 +167,11 @@ def _helm_runs(svc) -> dict | None:
         hit = _HELM_CACHE.get(helm.url)
         if hit and now - hit[0] < 5.0:
             return hit[1]
-    from poller.http import make_session, request as http_request
+    from poller.http import make_session
+    from poller.http import request as http_request
 
-    headers = {"Authorization": f"Bearer {helm.token.get_secret_value()}"} if helm.token else {}
+    token = configured_secret(helm.token)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         resp = http_request(make_session("helm_api", timeout=(1.0, 2.0)), "GET",
                             helm.url.rstrip("/") + "/jobs?limit=20", upstream="helm_api",
@@ -195,15 +198,13 @@ def _context() -> dict:
         "helm": _helm_runs(svc),
         "fleet_enabled": "fleet" in current_app.blueprints and bool(
             getattr(getattr(svc.config, "fleet", None), "services", None)),
-        "can_act": svc.config.api.token is not None,
+        "can_act": configured_secret(svc.config.api.token) is not None,
         "ago": _ago,
     }
 
 
 def _readable() -> bool:
-    if services().config.api.public_read:
-        return True
-    return _token_ok(required=True)[0]
+    return can_read()
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def sections():
     return render_template("_sections.html", ctx=_context())
 
 
-@blueprint.get("/dashboard/builds/<int:build_id>/log")
+@blueprint.get("/dashboard/builds/<id:build_id>/log")
 @read_access
 def build_log(build_id: int):
     svc = services()

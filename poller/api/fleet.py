@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from poller.api import error, json_body, read_access, require_token, services
+from poller.api import body_as, error, read_access, require_token, services
+from poller.api.models import FleetRollout
+from poller.httpapi import ApiError
 
 blueprint = Blueprint("fleet", __name__)
 
@@ -12,7 +14,10 @@ blueprint = Blueprint("fleet", __name__)
 def _state():
     from poller.fleet import open_state
 
-    return open_state(services().config.fleet)
+    cfg = services().config.fleet
+    if not cfg.services:
+        raise ApiError(404, "fleet_not_configured", "no fleet is configured (fleet.services)")
+    return open_state(cfg)
 
 
 @blueprint.get("/api/v1/fleet")
@@ -26,9 +31,9 @@ def views():
 @blueprint.get("/api/v1/fleet/<view>")
 @read_access
 def view(view: str):
-    state = _state()
     if view not in ("current", "staging", "deploy"):
         return error(404, "not_found", "views: current, staging, deploy")
+    state = _state()
     return jsonify(getattr(state, view)())
 
 
@@ -36,12 +41,8 @@ def view(view: str):
 @require_token
 def start():
     """``{"service": S, "version": V}`` or ``{"services": {S: V, ...}}`` (one deploy queue)."""
-    body = json_body(required=True)
-    versions = body.get("services") or {body.get("service"): body.get("version")}
-    if not isinstance(versions, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in versions.items()):
-        return error(400, "bad_request", "give 'service' and 'version', or 'services': {name: version}")
-    started = _state().start_rollouts(versions, reason=str(body.get("reason") or "api"))
+    body = body_as(FleetRollout, required=True)
+    started = _state().start_rollouts(body.versions(), reason=body.reason or "api")
     return jsonify({s: ro.as_dict() for s, ro in started.items()}), 201
 
 

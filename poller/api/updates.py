@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from poller.api import error, json_body, read_access, require_token, services
+from poller.api import body_as, error, read_access, require_token, services
+from poller.api.models import Actor, Pin
+from poller.httpapi import query_int
 from poller.rollout.control import NoActiveRollout, RolloutControl
 from poller.updater.history import UpdateHistory
 from poller.updater.status import updates_status
@@ -21,14 +23,14 @@ def _deployment_or_404(name: str):
     return None
 
 
-def _who(body: dict) -> str:
-    return str(body.get("by") or getattr(g, "actor", "api"))
+def _who(body: Actor | Pin) -> str:
+    return body.by or getattr(g, "actor", "api")
 
 
 @blueprint.get("/api/v1/updates")
 @read_access
 def status():
-    limit = min(int(request.args.get("limit", 20)), 500)
+    limit = query_int("limit", 20, minimum=1, maximum=500)
     svc = services()
     return jsonify(updates_status(svc.config, svc.store, limit=limit))
 
@@ -36,7 +38,7 @@ def status():
 @blueprint.get("/api/v1/updates/history")
 @read_access
 def history():
-    limit = min(int(request.args.get("limit", 50)), 500)
+    limit = query_int("limit", 50, minimum=1, maximum=500)
     items = UpdateHistory(services().store).list(deployment=request.args.get("deployment"), limit=limit)
     return jsonify([u.__dict__ for u in items])
 
@@ -47,10 +49,8 @@ def pin(name: str):
     missing = _deployment_or_404(name)
     if missing:
         return missing
-    body = json_body(required=True)
-    version = body.get("version")
-    if not isinstance(version, str) or not version:
-        return error(400, "bad_request", "give {\"version\": \"<tag>\"}")
+    body = body_as(Pin, required=True)
+    version = body.version
     UpdateHistory(services().store).pin(name, version, by=_who(body))
     return jsonify({"deployment": name, "pinned": version})
 
@@ -61,7 +61,7 @@ def unpin(name: str):
     missing = _deployment_or_404(name)
     if missing:
         return missing
-    removed = UpdateHistory(services().store).unpin(name, by=_who(json_body()))
+    removed = UpdateHistory(services().store).unpin(name, by=_who(body_as(Actor)))
     return jsonify({"deployment": name, "unpinned": removed})
 
 
@@ -76,7 +76,7 @@ def rollout(name: str, action: str):
     if fn is None:
         return error(404, "not_found", "use /pause, /resume or /abort")
     try:
-        rec = fn(name, by=_who(json_body()))
+        rec = fn(name, by=_who(body_as(Actor)))
     except NoActiveRollout as exc:
         return error(409, "no_active_rollout", str(exc))
     return jsonify(rec.__dict__)

@@ -7,8 +7,11 @@ so a lost or refused delivery costs at most one poll interval.
   in constant time). Push and tag push events (``object_kind`` ``push`` / ``tag_push``) match
   the configured sources by GitLab project path or id, or by the repository's clone URLs.
 * ``POST /hooks/github``: ``X-Hub-Signature-256: sha256=<hex>``, the HMAC-SHA256 of the raw
-  body under ``api.github_webhook_secret``. ``push`` and ``create`` events match sources by
-  ``owner/name`` or clone URL; ``ping`` is answered.
+  body under ``api.github_webhook_secret``. Both content types GitHub sends are accepted:
+  ``application/json`` and ``application/x-www-form-urlencoded`` (``payload=<JSON>``, the
+  default of a hook created without ``content_type``); the signature covers the raw body either
+  way. ``push`` and ``create`` events match sources by ``owner/name`` or clone URL; ``ping`` is
+  answered 200.
 * ``POST /hooks/registry``: the registry's notification envelope (``{"events": [...]}``) with
   ``Authorization: Bearer <api.registry_webhook_token>``. Manifest pushes on a watched image
   (a source's image or a deployment's) trigger the updater's job (``updates``; also
@@ -16,7 +19,7 @@ so a lost or refused delivery costs at most one poll interval.
   scheduled, and are recorded as ``registry.push`` events in the store either way.
 
 A wrong or missing secret is 401 and changes nothing; a receiver whose secret is not
-configured is 403 (disabled, never open). Malformed JSON is 400. Each delivery id
+configured, or configured empty, is 403 (disabled, never open). Malformed JSON is 400. Each delivery id
 (``X-Gitlab-Event-UUID``, ``X-GitHub-Delivery``, the registry event ids) is remembered in a
 bounded memory and a replay is answered ``duplicate: true`` without acting; reconciling is
 idempotent anyway, so a replay that got past the memory (after a restart) is harmless too.
@@ -27,16 +30,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import threading
 from collections import OrderedDict
 from typing import Any, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, current_app, jsonify, request
 
 from poller.api import error, services
+from poller.httpapi import (
+    ApiError,
+    bearer_token,
+    configured_secret,
+    parse_json,
+    secret_matches,
+)
 from poller.logs import get_logger
 
 blueprint = Blueprint("webhooks", __name__)
@@ -89,10 +98,13 @@ def normalize_repo_url(url: str | None) -> str | None:
     if scp and "://" not in url:
         host, path = scp.group(1), scp.group(2)
     else:
-        parts = urlsplit(url)
-        host, path = (parts.hostname or ""), parts.path
-        if parts.port and parts.scheme not in ("ssh", "git+ssh"):
-            host += f":{parts.port}"
+        try:
+            parts = urlsplit(url)
+            host, path, port = (parts.hostname or ""), parts.path, parts.port
+        except ValueError:  # a bad port or bracketed host: nothing can match it
+            return None
+        if port and parts.scheme not in ("ssh", "git+ssh"):
+            host += f":{port}"
     path = path.rstrip("/")
     if path.endswith(".git"):
         path = path[:-4]
@@ -155,8 +167,8 @@ def _reconcile_quietly(pipeline, name: str) -> None:
 
 # -- request plumbing ----------------------------------------------------------------------
 def _secret(attr: str) -> str | None:
-    value = getattr(services().config.api, attr, None)
-    return value.get_secret_value() if value is not None else None
+    """The receiver's secret; None when unset or empty (the receiver is then disabled)."""
+    return configured_secret(getattr(services().config.api, attr, None))
 
 
 def _disabled(name: str):
@@ -171,11 +183,24 @@ def _unauthorized(what: str):
 
 
 def _payload() -> tuple[dict | None, Any]:
-    """The raw body parsed as a JSON object, or ``(None, 400 response)``."""
+    """The raw body parsed as a JSON object, or ``(None, 400 response)``.
+
+    A form-encoded body (``payload=<url-encoded JSON>``, how GitHub sends a hook created with
+    the default content type) is unwrapped first."""
+    raw = request.get_data(cache=True) or b""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        try:
+            form = parse_qs(raw.decode("utf-8"), strict_parsing=True, max_num_fields=16)
+        except (UnicodeDecodeError, ValueError):
+            form = {}
+        if len(form.get("payload", [])) != 1:
+            return None, error(400, "bad_request",
+                               "a form-encoded delivery carries one 'payload' field")
+        raw = form["payload"][0].encode("utf-8")
     try:
-        data = json.loads(request.get_data(cache=True) or b"")
-    except (ValueError, UnicodeDecodeError):
-        return None, error(400, "bad_request", "the body is not valid JSON")
+        data = parse_json(raw)
+    except ApiError as exc:
+        return None, error(exc.status, exc.code, exc.message)
     if not isinstance(data, dict):
         return None, error(400, "bad_request", "the body must be a JSON object")
     return data, None
@@ -198,8 +223,7 @@ def gitlab_hook():
     secret = _secret("gitlab_webhook_token")
     if secret is None:
         return _disabled("gitlab")
-    given = request.headers.get("X-Gitlab-Token", "")
-    if not hmac.compare_digest(given.encode(), secret.encode()):
+    if not secret_matches(request.headers.get("X-Gitlab-Token"), secret):
         return _unauthorized("gitlab")
     data, bad = _payload()
     if bad is not None:
@@ -238,7 +262,7 @@ def github_hook():
         return _disabled("github")
     body = request.get_data(cache=True)
     given = request.headers.get("X-Hub-Signature-256", "")
-    if not hmac.compare_digest(given.encode(), github_signature(secret, body).encode()):
+    if not secret_matches(given, github_signature(secret, body)):
         return _unauthorized("github")
     data, bad = _payload()
     if bad is not None:
@@ -289,9 +313,7 @@ def registry_hook():
     secret = _secret("registry_webhook_token")
     if secret is None:
         return _disabled("registry")
-    header = request.headers.get("Authorization", "")
-    given = header[len("Bearer "):].strip() if header.startswith("Bearer ") else ""
-    if not hmac.compare_digest(given.encode(), secret.encode()):
+    if not secret_matches(bearer_token(request.headers.get("Authorization")), secret):
         return _unauthorized("registry")
     data, bad = _payload()
     if bad is not None:

@@ -1,7 +1,9 @@
 """A persistent approval queue: updates that wait for a person.
 
 Backed by the store's ``approvals`` table, so a restart keeps every pending request.
-A rejected (kind, subject, version) is never proposed again; a request can expire.
+A rejected (kind, subject, version) is never proposed again; a request can expire; a pending
+request the asker no longer proposes (a newer major came) is superseded, and comes back to
+pending if it is proposed again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from poller.errors import SlipwayError
 from poller.store import Store
 
 PENDING, APPROVED, REJECTED, EXPIRED, APPLIED = "pending", "approved", "rejected", "expired", "applied"
+SUPERSEDED = "superseded"
 
 
 class ApprovalNotFound(SlipwayError):
@@ -53,6 +56,10 @@ class ApprovalQueue:
         self.expire()
         now = self.clock()
         self.store.execute(
+            "UPDATE approvals SET status='pending', created_at=?, expires_at=?, from_version=?, reason=?"
+            " WHERE kind=? AND subject=? AND to_version=? AND status='superseded'",
+            (now, now + ttl if ttl else None, from_version, reason, kind, subject, to_version))
+        self.store.execute(
             "INSERT OR IGNORE INTO approvals (kind, subject, from_version, to_version, reason,"
             " status, created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
             (kind, subject, from_version, to_version, reason, now, now + ttl if ttl else None))
@@ -91,6 +98,14 @@ class ApprovalQueue:
 
     def reject(self, approval_id: int, *, by: str = "cli") -> Approval:
         return self._decide(approval_id, REJECTED, by)
+
+    def supersede(self, *, kind: str, subject: str, keep: set[str]) -> int:
+        """Pending requests of ``subject`` other than ``keep`` are no longer asked."""
+        marks = ",".join("?" * len(keep))
+        cur = self.store.execute(
+            "UPDATE approvals SET status='superseded' WHERE kind=? AND subject=? AND status='pending'"
+            + (f" AND to_version NOT IN ({marks})" if keep else ""), (kind, subject, *sorted(keep)))
+        return cur.rowcount
 
     def mark_applied(self, approval_id: int) -> None:
         self.store.execute("UPDATE approvals SET status='applied' WHERE id=?", (approval_id,))

@@ -17,15 +17,15 @@ def open_store(cfg) -> ArtifactStore:
     return ArtifactStore(RegistryClient(cfg.registry), cfg.plugins.repository)
 
 
-def docker_client(cfg, docker_host: str | None):
-    """``plugins.docker_url``, else ``docker_host``, else the Docker library's own default."""
-    import docker
+def docker_client(cfg):
+    """The servers' engine: ``plugins.docker_url``, else ``docker.base_url``, else the
+    environment (``DOCKER_HOST``...), else the local socket (:mod:`poller.docker_engine`)."""
+    from poller.docker_engine import client_factory
 
-    url = cfg.plugins.docker_url or docker_host
-    return docker.DockerClient(base_url=url, timeout=120) if url else docker.from_env(timeout=120)
+    return client_factory(cfg.plugins.docker_url, cfg.docker.base_url)()
 
 
-def rollout_for(cfg, env: str, docker_host: str | None):
+def rollout_for(cfg, env: str):
     """The plugin rollout that serves ``env``: Kubernetes when it names a namespace, else Docker."""
     environment = cfg.plugins.environments.get(env)
     if environment is not None and environment.kubernetes_namespace:
@@ -34,7 +34,7 @@ def rollout_for(cfg, env: str, docker_host: str | None):
         return KubePluginRollout(cfg.plugins, open_store(cfg), apps_api(cfg.plugins.kubeconfig))
     from poller.artifacts.rollout import PluginRollout
 
-    return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg, docker_host), fleet=fleet_state(cfg))
+    return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg), fleet=fleet_state(cfg))
 
 
 def fleet_state(cfg):

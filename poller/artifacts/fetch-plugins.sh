@@ -1,6 +1,6 @@
 #!/bin/sh
 # fetch-plugins.sh: download this server's plugin set from the registry at start-up.
-# Shipped by Slipway; POSIX sh plus wget, sed and tr, so a FROM scratch image with only
+# Shipped by Slipway; POSIX sh plus wget, sed, tr and sha256sum, so a FROM scratch image with only
 # /bin/busybox can run it (`/bin/busybox sh /fetch-plugins.sh`).
 #
 #   SLIPWAY_REGISTRY      registry base URL, e.g. http://127.0.0.1:5000          (required)
@@ -11,9 +11,11 @@
 #
 # Writes $SLIPWAY_PLUGIN_DIR/plugins.txt, one "<plugin> <version> <digest>" line each, only
 # once every jar is in place: a server that reports is a server that has its whole set.
+# Each jar's sha256 must match the manifest's layer digest before it replaces the old one: a
+# mismatch fails the fetch and keeps the jar that was there.
 set -eu
 
-for tool in wget sed tr mv mkdir rm; do
+for tool in wget sed tr mv mkdir rm sha256sum; do
   command -v "$tool" >/dev/null 2>&1 || eval "$tool() { busybox $tool \"\$@\"; }"
 done
 
@@ -32,7 +34,15 @@ for plugin in $plugins; do
   digest=$(printf '%s' "$manifest" | sed -n 's/.*"layers":\[{[^]]*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p')
   version=$(printf '%s' "$manifest" | sed -n 's/.*"org\.opencontainers\.image\.version":"\([^"]*\)".*/\1/p')
   [ -n "$digest" ] || { echo "fetch-plugins: $repo/$plugin:$channel has no jar layer" >&2; exit 1; }
-  wget -q -O "$dir/$plugin.jar.tmp" "$registry/v2/$repo/$plugin/blobs/$digest"
+  rm -f "$dir/$plugin.jar.tmp"
+  wget -q -O "$dir/$plugin.jar.tmp" "$registry/v2/$repo/$plugin/blobs/$digest" || {
+    rm -f "$dir/$plugin.jar.tmp"; echo "fetch-plugins: cannot download $repo/$plugin@$digest" >&2; exit 1; }
+  got=$(sha256sum "$dir/$plugin.jar.tmp" | sed 's/[[:space:]].*//')
+  if [ "sha256:$got" != "$digest" ]; then
+    rm -f "$dir/$plugin.jar.tmp"
+    echo "fetch-plugins: $repo/$plugin:$channel: jar digest sha256:$got does not match the manifest's $digest; keeping the old jar" >&2
+    exit 1
+  fi
   mv "$dir/$plugin.jar.tmp" "$dir/$plugin.jar"
   echo "$plugin ${version:-unknown} $digest" >>"$dir/plugins.txt.tmp"
 done

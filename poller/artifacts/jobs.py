@@ -12,7 +12,7 @@ def jobs(cfg, store) -> list:
 
     log = get_logger("poller.artifacts")
     docker_envs = [env for env, e in cfg.plugins.environments.items() if e.kubernetes_namespace is None]
-    rollout = PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg, None),
+    rollout = PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg),
                             fleet=fleet_state(cfg)) if docker_envs else None
 
     def make(env: str, runner):

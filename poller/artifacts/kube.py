@@ -164,7 +164,7 @@ class KubePluginRollout:
         report = CycleReport(env)
         namespace = self.cfg.environments[env].kubernetes_namespace
         wanted = {t: plugin_stamp({p: a.digest for p, a in plugins.items()})
-                  for t, plugins in sync_channels(self.store, self.cfg, env).items()}
+                  for t, plugins in sync_channels(self.store, self.cfg, env, report.incomplete).items()}
         found = self._read_record(namespace)
         record = found or {}
         by_type = self._pods(namespace)
@@ -176,6 +176,8 @@ class KubePluginRollout:
             self._write_record(namespace, moved, exists=found is not None)
         pending: set[str] = set()
         for type_name in type_order(self.cfg):
+            if type_name not in wanted:   # incomplete: its pods keep what they run
+                continue
             pods = by_type.get(type_name, [])
             outdated = [p for p in pods if (p.metadata.annotations or {}).get(STAMP) != wanted[type_name]]
             report.up_to_date += [p.metadata.name for p in pods if p not in outdated]

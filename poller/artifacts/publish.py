@@ -8,6 +8,7 @@ from pathlib import Path
 
 from poller.artifacts.settings import PluginsConfig, fast_track_tag
 from poller.artifacts.store import Artifact, ArtifactError, ArtifactStore
+from poller.names import check_plugin_name
 
 _VERSION_SUFFIX = re.compile(r"[-_]v?\d+\.\d+\.\d+.*$")
 
@@ -21,6 +22,7 @@ def publish(store: ArtifactStore, cfg: PluginsConfig, plugin: str, jar: bytes, *
             version: str | None = None, env: str | None = None) -> Artifact:
     """Push ``jar``. With ``env`` it is a fast-track push: allowed only where the environment
     says ``fast_track: true`` and never in production; it also moves ``fast-<env>``."""
+    check_plugin_name(plugin)
     if env is None:
         if version is None:
             raise ArtifactError("give a version (semver or 'staging') or a fast-track --env")

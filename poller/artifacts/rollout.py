@@ -43,6 +43,8 @@ class CycleReport:
     restarted: list[str] = field(default_factory=list)
     draining: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # types held back by their dependencies
+    #: types whose channel did not move: a plugin of their set has no matching release yet
+    incomplete: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
 
@@ -82,10 +84,12 @@ class PluginRollout:
     def cycle(self, env: str) -> CycleReport:
         report = CycleReport(env)
         wanted = {t: {p: a.digest for p, a in plugins.items()}
-                  for t, plugins in sync_channels(self.store, self.cfg, env).items()}
+                  for t, plugins in sync_channels(self.store, self.cfg, env, report.incomplete).items()}
         servers = find_servers(self.docker, self.cfg.probe, env)
         pending: set[str] = set()
         for type_name in type_order(self.cfg):
+            if type_name not in wanted:   # incomplete: its servers keep what they run
+                continue
             members = servers.get(type_name, [])
             outdated = [s for s in members if self._outdated(s, wanted[type_name])]
             report.up_to_date += [s.name for s in members if s not in outdated]

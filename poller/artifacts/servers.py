@@ -2,8 +2,9 @@
 
 A server is a container labelled ``slipway.server-type=<type>`` and ``slipway.env=<env>``.
 It reports the plugins it fetched at start (``plugins.txt`` from ``fetch-plugins.sh``) and
-whether players are on it (``busy_path`` answers 2xx) over its probe port (the host binding
-of ``probe.port``, or for a host-network server the port in its ``slipway.port`` label).
+whether players are on it (``busy_path`` answers 2xx) over its probe port, found by
+:func:`poller.docker_engine.http_address`: the host binding of ``probe.port``; for a
+host-network server 127.0.0.1 and the port in its ``slipway.port`` label.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import docker.errors
 import requests
 
 from poller.artifacts.settings import ServerProbe
+from poller.docker_engine import http_address
 
 TYPE_LABEL = "slipway.server-type"
 ENV_LABEL = "slipway.env"
-PORT_LABEL = "slipway.port"  # host-network servers: the port they answer on
 MACHINE_LABEL = "slipway.machine"  # fleet machines: the machine the server runs on
 
 
@@ -83,15 +84,8 @@ class Server:
             return None
         if self.container.status != "running":
             return None
-        if self.container.attrs["HostConfig"].get("NetworkMode") == "host":
-            port = self.container.labels.get(PORT_LABEL, str(self.probe.port))
-            return f"http://127.0.0.1:{port}{path}"
-        bindings = (self.container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{self.probe.port}/tcp") or []
-        if not bindings:
-            return None
-        host = bindings[0].get("HostIp") or "127.0.0.1"
-        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        return f"http://{host}:{bindings[0]['HostPort']}{path}"
+        address = http_address(self.container.attrs, self.probe.port)
+        return f"http://{address[0]}:{address[1]}{path}" if address else None
 
     def report(self) -> dict[str, str] | None:
         """plugin -> digest the server runs; ``None`` while it is down or has not fetched yet."""

@@ -14,8 +14,8 @@ import re
 from pydantic import Field, field_validator, model_validator
 
 from poller.config_base import SettingsModel
+from poller.names import check_plugin_name, check_repository_path, valid_name
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
 _RULE = re.compile(r"^(latest|staging|\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?|\d+(\.\d+)?\.x)$")
 PRODUCTION_NAMES = ("production", "prod")
 
@@ -36,8 +36,7 @@ class ServerType(SettingsModel):
     @classmethod
     def _rules(cls, v: dict[str, str]) -> dict[str, str]:
         for plugin, rule in v.items():
-            if not _NAME.match(plugin):
-                raise ValueError(f"plugin name '{plugin}': lowercase letters, digits, '.', '_' or '-'")
+            check_plugin_name(plugin)
             if not _RULE.match(rule):
                 raise ValueError(f"{plugin}: rule '{rule}' is not latest, staging, X.Y.Z, X.x or X.Y.x")
         return v
@@ -83,7 +82,8 @@ class PluginsConfig(SettingsModel):
     environments: dict[str, Environment] = Field(default_factory=dict)
     probe: ServerProbe = ServerProbe()
     kube: KubeSettings = KubeSettings()
-    docker_url: str | None = Field(None, description="Docker engine of the servers; default DOCKER_HOST")
+    docker_url: str | None = Field(None, description="Docker engine of the servers; default: docker.base_url, "
+                                      "else DOCKER_HOST, else the local socket")
     kubeconfig: str | None = Field(None, description="for Kubernetes environments; default: in-cluster, "
                                    "then ~/.kube/config")
     interval: float = Field(30.0, gt=0, description="poller run: seconds between plugin cycles")
@@ -91,20 +91,17 @@ class PluginsConfig(SettingsModel):
     @field_validator("repository")
     @classmethod
     def _repository(cls, v: str) -> str:
-        v = v.strip("/")
-        if not v or not all(_NAME.match(p) for p in v.split("/")):
-            raise ValueError("must be a registry path such as 'plugins' or 'game/plugins'")
-        return v
+        return check_repository_path(v.strip("/"), "plugin repository (e.g. 'plugins', 'game/plugins')")
 
     @model_validator(mode="after")
     def _check(self) -> "PluginsConfig":
         for name, env in self.environments.items():
-            if not _NAME.match(name):
+            if not valid_name(name):
                 raise ValueError(f"environments.{name}: lowercase letters, digits, '.', '_' or '-'")
             if env.fast_track and (env.production or name in PRODUCTION_NAMES):
                 raise ValueError(f"environments.{name}.fast_track: production refuses the fast track")
         for name, st in self.server_types.items():
-            if not _NAME.match(name):
+            if not valid_name(name):
                 raise ValueError(f"server_types.{name}: lowercase letters, digits, '.', '_' or '-'")
             for dep in st.depends_on:
                 if dep not in self.server_types:

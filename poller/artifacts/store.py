@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from poller.errors import NotFound, PermanentError, UpstreamError
 from poller.http import check_response
+from poller.names import check_plugin_name, check_tag
 from poller.registry.client import Manifest, RegistryClient
 from poller.versions import parse_version
 
@@ -56,7 +57,8 @@ class ArtifactStore:
         self.repository = repository
 
     def repo(self, plugin: str) -> str:
-        return f"{self.repository}/{plugin}"
+        """The plugin's repository; the last guard before a name becomes a registry URL."""
+        return f"{self.repository}/{check_plugin_name(plugin)}"
 
     # -- publishing -----------------------------------------------------------------
     def _upload(self, repo: str, data: bytes) -> str:
@@ -81,6 +83,8 @@ class ArtifactStore:
         """Publish ``jar`` as ``plugin:version`` (and every tag in ``also_tag``)."""
         if not valid_version(version):
             raise ArtifactError(f"version '{version}' is neither semver (X.Y.Z) nor 'staging'")
+        for tag in (version, *also_tag):
+            check_tag(tag)
         if not jar.startswith(b"PK"):
             raise ArtifactError(f"{plugin}: not a .jar (zip) file")
         repo = self.repo(plugin)

@@ -20,6 +20,7 @@ import requests
 from poller.builds.context import make_context
 from poller.config import RegistryConfig, SourceConfig
 from poller.errors import BuildError, PushError, UpstreamError
+from poller.logs import mask
 from poller.sources.base import Source
 
 LABEL_REVISION = "org.opencontainers.image.revision"
@@ -63,8 +64,9 @@ class DockerBuilder:
     """The real builder: a Docker engine through the docker SDK."""
 
     def __init__(self, client_factory: Callable[[], docker.DockerClient], registry: RegistryConfig,
-                 *, workdir: str | None = None, timeout: float = 3600.0):
+                 *, workdir: str | None = None, timeout: float = 3600.0, engine: str = "docker"):
         self._client_factory = client_factory
+        self.engine = engine  # its URL, for error messages
         self.registry = registry
         self.workdir = workdir
         self.timeout = timeout
@@ -81,6 +83,9 @@ class DockerBuilder:
         lines: list[str] = []
 
         def log(text: str) -> None:
+            # Masked as it arrives: a build that prints a secret (a build arg, a password)
+            # shows *** in the live view, the stored log and every error made from it.
+            text = mask(text)
             lines.append(text)
             on_log(text)
 
@@ -123,7 +128,7 @@ class DockerBuilder:
                 if "error" in chunk or "errorDetail" in chunk:
                     message = chunk.get("error") or chunk["errorDetail"].get("message", "")
                     log(f"ERROR: {message}\n")
-                    raise BuildError(f"build of {first} failed: {message.strip()}")
+                    raise BuildError(mask(f"build of {first} failed: {message.strip()}"))
                 aux = chunk.get("aux") or {}
                 if "ID" in aux:
                     image_id = aux["ID"]
@@ -131,10 +136,11 @@ class DockerBuilder:
                     raise BuildError(f"build of {first} took longer than {self.timeout:.0f}s")
         except docker.errors.APIError as exc:
             if exc.status_code and exc.status_code >= 500:
-                raise UpstreamError(f"docker engine: {exc.explanation}", upstream="docker") from exc
-            raise BuildError(f"build of {first} failed: {exc.explanation}") from exc
+                raise UpstreamError(mask(f"docker engine: {exc.explanation}"), upstream="docker") from exc
+            raise BuildError(mask(f"build of {first} failed: {exc.explanation}")) from exc
         except (requests.ConnectionError, docker.errors.DockerException) as exc:
-            raise UpstreamError(f"docker engine unreachable: {exc}", upstream="docker") from exc
+            raise UpstreamError(mask(f"docker engine {self.engine} unreachable: {exc}"),
+                                upstream="docker") from exc
         if image_id is None:
             image_id = client.api.inspect_image(first)["Id"]
         for tag in plan.tags[1:]:
@@ -150,7 +156,7 @@ class DockerBuilder:
                                              auth_config=self._auth()):
                     if "error" in chunk or "errorDetail" in chunk:
                         message = chunk.get("error") or chunk["errorDetail"].get("message", "")
-                        raise PushError(f"push of {plan.image}:{tag} failed: {message}",
+                        raise PushError(mask(f"push of {plan.image}:{tag} failed: {message}"),
                                         upstream="registry")
                     status = chunk.get("status")
                     if status and chunk.get("id") is None:
@@ -159,6 +165,6 @@ class DockerBuilder:
                     if aux.get("Digest"):
                         digest = aux["Digest"]
             except (docker.errors.APIError, requests.ConnectionError) as exc:
-                raise PushError(f"push of {plan.image}:{tag} failed: {exc}", upstream="registry") from exc
+                raise PushError(mask(f"push of {plan.image}:{tag} failed: {exc}"), upstream="registry") from exc
         log(f"--> pushed {plan.image}@{digest}\n")
         return digest

@@ -48,7 +48,7 @@ def _push(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from poller.charts.watcher import ChartWatcher
     from poller.config import load_config
-    from poller.logs import get_logger, register_secret
+    from poller.logs import get_logger
     from poller.store import Store
 
     log = get_logger("poller.charts")
@@ -56,8 +56,6 @@ def _watch(args: argparse.Namespace) -> int:
     repos = [r for r in cfg.charts.repos if not args.repo or r.name in args.repo]
     if not repos:
         raise ConfigError("no chart repositories to watch", file=cfg.path, key="charts.repos")
-    if cfg.charts.helm_api and cfg.charts.helm_api.token:
-        register_secret(cfg.charts.helm_api.token.get_secret_value())
     store = Store(cfg.store_path)
     watchers = [ChartWatcher(r, cfg.charts, store) for r in repos]
     stop = threading.Event()

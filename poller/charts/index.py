@@ -8,6 +8,7 @@ watcher needs anyway to reconcile.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class IndexPoller:
         self.url = repo.url.rstrip("/") + "/index.yaml"
         self._etag: str | None = None
         self._last_modified: str | None = None
+        self._digest: str | None = None
         self._charts: dict[str, list[ChartVersion]] | None = None
 
     def poll(self) -> IndexResult:
@@ -112,14 +114,18 @@ class IndexPoller:
         resp = request(self.session, "GET", self.url, upstream=self.upstream, headers=headers,
                        auth=auth)
         if resp.status_code == 304 and self._charts is not None:
-            log.debug("charts.index.unchanged", repo=self.repo.name)
+            log.debug("charts.index.unchanged", repo=self.repo.name, by="304")
+            return IndexResult(False, self._charts)
+        self._etag = resp.headers.get("ETag")
+        self._last_modified = resp.headers.get("Last-Modified")
+        digest = hashlib.sha256(resp.content).hexdigest()
+        if digest == self._digest and self._charts is not None:
+            log.debug("charts.index.unchanged", repo=self.repo.name, by="digest")
             return IndexResult(False, self._charts)
         charts = parse_index(resp.content, staging_pattern=self.repo.staging_pattern,
                              charts=self.repo.charts)
-        self._etag = resp.headers.get("ETag")
-        self._last_modified = resp.headers.get("Last-Modified")
         changed = charts != self._charts
-        self._charts = charts
+        self._charts, self._digest = charts, digest
         log.info("charts.index.fetched", repo=self.repo.name, charts=len(charts),
                  conditional=bool(self._etag or self._last_modified))
         return IndexResult(changed, charts)

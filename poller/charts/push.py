@@ -23,6 +23,7 @@ import yaml
 from poller.errors import ConfigError, PermanentError, UpstreamError
 from poller.http import make_session, request
 from poller.logs import get_logger
+from poller.names import InvalidName, check_chart_name
 from poller.versions import parse_version
 
 log = get_logger(__name__)
@@ -46,7 +47,7 @@ class PackagedChart:
 
 
 def _ignore_patterns(chart_dir: Path) -> list[str]:
-    path = chart_dir / ".helmignore"
+    path = _inside(chart_dir, chart_dir / ".helmignore")
     if not path.is_file():
         return []
     return [line.strip() for line in path.read_text().splitlines()
@@ -67,8 +68,19 @@ def _ignored(rel: str, is_dir: bool, patterns: list[str]) -> bool:
     return False
 
 
+def _inside(chart_dir: Path, path: Path) -> Path:
+    """``path`` itself, refused when it is a symlink that leads out of the chart directory."""
+    if path.is_symlink():
+        target = path.resolve()
+        root = chart_dir.resolve()
+        if target != root and root not in target.parents:
+            raise ConfigError(f"is a symlink to {target}, outside the chart directory; charts are "
+                              "packaged from their own files only", file=str(path))
+    return path
+
+
 def load_chart_meta(chart_dir: str | os.PathLike) -> dict:
-    chart_yaml = Path(chart_dir) / "Chart.yaml"
+    chart_yaml = _inside(Path(chart_dir), Path(chart_dir) / "Chart.yaml")
     try:
         meta = yaml.safe_load(chart_yaml.read_text())
     except OSError as exc:
@@ -80,6 +92,10 @@ def load_chart_meta(chart_dir: str | os.PathLike) -> dict:
     for key in ("apiVersion", "name", "version"):
         if not meta.get(key):
             raise ConfigError("field required", file=str(chart_yaml), key=key)
+    try:
+        check_chart_name(meta["name"] if isinstance(meta["name"], str) else repr(meta["name"]))
+    except InvalidName as exc:
+        raise ConfigError(str(exc), file=str(chart_yaml), key="name") from None
     return meta
 
 
@@ -113,11 +129,13 @@ def package_chart(chart_dir: str | os.PathLike, *, version: str | None = None,
             rel_root = Path(root).relative_to(chart_dir).as_posix()
             rel_root = "" if rel_root == "." else rel_root + "/"
             dirs[:] = sorted(d for d in dirs if not _ignored(rel_root + d, True, patterns))
+            for d in dirs:  # os.walk does not descend into symlinked directories: say so
+                _inside(chart_dir, Path(root) / d)
             for f in sorted(files):
                 rel = rel_root + f
                 if rel == "Chart.yaml" or _ignored(rel, False, patterns):
                     continue
-                add_bytes(f"{name}/{rel}", (Path(root) / f).read_bytes())
+                add_bytes(f"{name}/{rel}", _inside(chart_dir, Path(root) / f).read_bytes())
     return PackagedChart(name, version, buf.getvalue())
 
 

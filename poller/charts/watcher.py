@@ -16,6 +16,10 @@ Per chart and channel the newest version newer than the last applied one wins:
   for none.
 
 All changes for one environment in one reconcile collapse into one ``POST /apply``.
+
+An unchanged index (304, or the same body digest) after a reconcile that left nothing
+outstanding (no failed apply, no approval that could still be granted) costs nothing more:
+no parsing, no store reads, no plan.
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ class ChartWatcher:
         self.approvals = approvals or ApprovalQueue(store, clock=clock)
         self.session = session or make_session("helm-api")
         self.index = IndexPoller(repo_cfg, session=index_session)
+        self._settled = False  # the last reconcile left nothing that could still apply
         store.ensure_schema(_SCHEMA)
 
     # -- history --------------------------------------------------------------------
@@ -213,6 +218,9 @@ class ChartWatcher:
         recording what did succeed) when the helm API refused or could not be reached."""
         polled = self.index.poll()
         result = ReconcileResult(index_changed=polled.changed)
+        if not polled.changed and self._settled:
+            return result
+        self._settled = False
         first_error: SlipwayError | None = None
         for env, decisions in self.plan(polled.charts, result).items():
             reason = "; ".join(f"{d.version.chart} {d.version.version} ({d.version.channel})"
@@ -243,6 +251,8 @@ class ChartWatcher:
                                               d.version.channel, env, job, d.approval_id))
             log.info("charts.applied", repo=self.repo.name, environment=env, job=job,
                      charts=reason)
+        # a rejected version never applies; pending ones and failed applies are still due
+        self._settled = not result.failed and all(a.status == "rejected" for a in result.awaiting)
         if first_error is not None:
             raise ApplyFailed(f"helm API apply failed: {first_error}", result=result,
                               cause=first_error) from first_error

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import threading
 
@@ -43,7 +42,7 @@ def cmd_agent(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    build_agent(cfg.fleet, docker_url=os.environ.get("DOCKER_HOST"), stop=stop).run()
+    build_agent(cfg.fleet, docker_url=cfg.docker.base_url, stop=stop).run()
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -37,10 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("config")
     p.set_defaults(handler=cmd_check_config)
-
-
-def _docker_host() -> str | None:
-    return os.environ.get("DOCKER_HOST")
 
 
 def _log_printer(mode: str):
@@ -83,9 +78,10 @@ def cmd_check_config(args) -> int:
 
 def cmd_once(args) -> int:
     from poller.app import build_pipeline
+    from poller.logs import mask_value
 
     cfg = load_config(args.config)
-    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(), on_build_log=_log_printer(args.logs))
+    pipeline = build_pipeline(cfg, on_build_log=_log_printer(args.logs))
     try:
         for name in args.source or []:
             cfg.source(name)
@@ -93,13 +89,15 @@ def cmd_once(args) -> int:
         extra = _charts_once(cfg, pipeline.store)
     finally:
         pipeline.shutdown(wait=True)
+    # A plan in back-off is a build that failed before and is not retried yet: still a failure.
     failed = any(r.error for r in reports) or any(
-        a.status == "failed" for r in reports for a in r.actions) or any(c.get("error") for c in extra)
+        a.status == "failed" or a.action == "backoff" for r in reports for a in r.actions) or any(
+        c.get("error") for c in extra)
     if args.json:
         out = {"ok": not failed, "sources": [
             {"source": r.source, "head": r.head, "error": r.error,
              "actions": [a.as_dict() for a in r.actions]} for r in reports], "charts": extra}
-        print(json.dumps(out, indent=2))
+        print(json.dumps(mask_value(out), indent=2))
     else:
         from poller.commands.tables import table
 
@@ -110,7 +108,7 @@ def cmd_once(args) -> int:
             for a in r.actions:
                 detail = a.error or (a.digest or "")
                 rows.append([r.source, a.ref, a.sha[:12], f"{a.action}/{a.status}", detail])
-        print(table(["source", "ref", "commit", "action", "detail"], rows) if rows else "no sources")
+        print(table(["source", "ref", "commit", "action", "detail"], mask_value(rows)) if rows else "no sources")
     return 1 if failed else 0
 
 
@@ -227,17 +225,13 @@ def cmd_run(args) -> int:
     from poller.api import Services, create_app, serve_in_thread
     from poller.api.dashboard import LiveLogs, tee
     from poller.commands.progress import ProgressDisplay
-    from poller.logs import correlation_listener, get_logger, register_secret
+    from poller.logs import correlation_listener, get_logger
     from poller.metrics import install as install_metrics
 
     cfg = load_config(args.config)
-    for secret in (cfg.api.token, cfg.api.gitlab_webhook_token, cfg.api.github_webhook_secret,
-                   cfg.api.registry_webhook_token):
-        if secret is not None:
-            register_secret(secret.get_secret_value())
     printer = _log_printer("auto")
     live_logs = LiveLogs()
-    pipeline = build_pipeline(cfg, docker_base_url=_docker_host(),
+    pipeline = build_pipeline(cfg,
                               on_build_log=tee(printer, live_logs.on_log))
     pipeline.listeners.append(correlation_listener)
     pipeline.listeners.append(live_logs.listener)
@@ -254,13 +248,14 @@ def cmd_run(args) -> int:
         app = create_app(Services(config=cfg, store=pipeline.store, pipeline=pipeline, scheduler=scheduler,
                                   extra={"live_logs": live_logs}))
         server = serve_in_thread(app, cfg.api.listen)
-        get_logger("poller.api").info("api.listening", listen=cfg.api.listen,
+        get_logger("poller.api").info("api.listening", listen=cfg.api.listen, server="waitress",
+                                      threads=cfg.api.threads,
                                       token="set" if cfg.api.token else "none (read-only)")
     try:
         scheduler.run_forever(grace=args.grace)
     finally:
         if server is not None:
-            server.shutdown()
+            server.close()
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def _cycle(cfg, env: str) -> dict:
 
     if env not in cfg.plugins.environments:
         raise SlipwayError(f"no environment '{env}' in plugins.environments")
-    return rollout_for(cfg, env, os.environ.get("DOCKER_HOST")).cycle(env).as_dict()
+    return rollout_for(cfg, env).cycle(env).as_dict()
 
 
 def cmd_push(args) -> int:
@@ -104,7 +103,7 @@ def cmd_status(args) -> int:
     from poller.commands.tables import table
 
     cfg = load_config(args.config)
-    servers = find_servers(docker_client(cfg, os.environ.get("DOCKER_HOST")), cfg.plugins.probe, args.env)
+    servers = find_servers(docker_client(cfg), cfg.plugins.probe, args.env)
     rows = [{"server": s.name, "type": t, "plugins": s.report(), "busy": s.busy()}
             for t, members in sorted(servers.items()) for s in members]
     if args.json:

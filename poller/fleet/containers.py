@@ -16,6 +16,7 @@ import docker
 import docker.errors
 import requests
 
+from poller.docker_engine import http_address
 from poller.errors import UpstreamError
 from poller.fleet.settings import HealthCheck
 from poller.logs import get_logger
@@ -152,13 +153,12 @@ class ServiceContainer:
             if health is None:  # the image has no HEALTHCHECK: running is all we can know
                 return True if state.get("Running") else None
             return {"healthy": True, "unhealthy": False}.get(health.get("Status"))
-        ports = container.attrs["NetworkSettings"]["Ports"].get(f"{self.health.port}/tcp") or []
-        if not ports:
+        address = http_address(container.attrs, self.health.port)
+        if address is None:
             return None
-        host = ports[0].get("HostIp") or "127.0.0.1"
-        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         try:
-            resp = requests.get(f"http://{host}:{ports[0]['HostPort']}{self.health.path}", timeout=2)
+            resp = requests.get(f"http://{address[0]}:{address[1]}{self.health.path}",
+                                timeout=self.health.request_timeout)
         except requests.RequestException:
             return None
         return True if resp.ok else None

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 
-import docker
-
+from poller.docker_engine import client_factory
 from poller.fleet import open_state
 from poller.fleet.agent import Agent
 from poller.fleet.containers import ServiceContainer
@@ -13,9 +12,9 @@ from poller.fleet.settings import FleetConfig
 
 
 def build_agent(cfg: FleetConfig, *, docker_url: str | None, stop: threading.Event) -> Agent:
+    """``docker_url``: the top-level ``docker.base_url`` (``fleet.agent.docker_url`` wins over it)."""
     assert cfg.agent is not None
-    url = cfg.agent.docker_url or docker_url
-    client = docker.DockerClient(base_url=url, timeout=120) if url else docker.from_env(timeout=120)
+    client = client_factory(cfg.agent.docker_url, docker_url)()
     containers = {svc: ServiceContainer(client, name, cfg.services[svc].image, cfg.services[svc].health,
                                         stop=stop, stop_timeout=cfg.services[svc].stop_timeout)
                   for svc, name in cfg.agent.containers.items()}

@@ -6,13 +6,11 @@ The same section is shared by the poller (which starts rollouts) and by every ma
 
 from __future__ import annotations
 
-import re
-
 from pydantic import Field, field_validator, model_validator
 
 from poller.config_base import SettingsModel
+from poller.names import check_image_repository, valid_name
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
 
 
 class EtcdConfig(SettingsModel):
@@ -41,9 +39,12 @@ class HealthCheck(SettingsModel):
     """How an agent decides a switched container is healthy."""
 
     kind: str = Field("docker", description="'docker' (the image's HEALTHCHECK) or 'http'")
-    port: int | None = Field(None, description="http: the container port to call (host binding is looked up)")
+    port: int | None = Field(None, description="http: the container port to call: its published host "
+                             "binding; a host-network container is called on 127.0.0.1:port (its "
+                             "'slipway.port' label overrides); else the container's own address")
     path: str = Field("/health", description="http: the path that must answer 2xx")
     timeout: float = Field(30.0, gt=0, description="seconds a new container gets to become healthy")
+    request_timeout: float = Field(2.0, gt=0, description="http: seconds one health request may take")
 
     @model_validator(mode="after")
     def _kind(self) -> "HealthCheck":
@@ -62,12 +63,7 @@ class ServiceConfig(SettingsModel):
     health: HealthCheck = HealthCheck()
     stop_timeout: int = Field(10, ge=0, description="seconds the old container gets to stop before SIGKILL")
 
-    @field_validator("image")
-    @classmethod
-    def _image(cls, v: str) -> str:
-        if ":" in v.rsplit("/", 1)[-1] or "@" in v:
-            raise ValueError("give the repository only; the version is the tag")
-        return v
+    _image = field_validator("image")(classmethod(lambda cls, v: check_image_repository(v)))
 
 
 class AgentConfig(SettingsModel):
@@ -75,7 +71,8 @@ class AgentConfig(SettingsModel):
 
     machine: str = Field(description="this machine's name, unique in the fleet")
     containers: dict[str, str] = Field(description="service -> name of its container on this machine")
-    docker_url: str | None = Field(None, description="Docker engine; default: DOCKER_HOST or the local socket")
+    docker_url: str | None = Field(None, description="Docker engine; default: docker.base_url, else "
+                                   "DOCKER_HOST (and DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), else the local socket")
     lease_ttl: int = Field(10, ge=2, description="seconds; a silent agent's claims expire after this")
     interval: float = Field(1.0, gt=0, description="longest wait between two looks at etcd")
     labels: dict[str, str] = Field(default_factory=dict, description="extra labels put on containers it creates")
@@ -83,7 +80,7 @@ class AgentConfig(SettingsModel):
     @field_validator("machine")
     @classmethod
     def _machine(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not valid_name(v):
             raise ValueError("must be lowercase letters, digits, '.', '_' or '-'")
         return v
 
@@ -99,7 +96,7 @@ class FleetConfig(SettingsModel):
     @model_validator(mode="after")
     def _graph(self) -> "FleetConfig":
         for name, svc in self.services.items():
-            if not _NAME.match(name):
+            if not valid_name(name):
                 raise ValueError(f"services.{name}: names are lowercase letters, digits, '.', '_' or '-'")
             for dep in svc.depends_on:
                 if dep not in self.services:

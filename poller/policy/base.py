@@ -17,6 +17,11 @@ class Running:
 
     tag: str | None
     digest: str | None = None
+    #: every digest the running content is known under (also when ``digest`` is None)
+    digests: tuple[str, ...] = ()
+
+    def runs(self, digest: str) -> bool:
+        return digest == self.digest or digest in self.digests
 
 
 @dataclass(frozen=True)

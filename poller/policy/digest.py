@@ -27,7 +27,7 @@ class DigestPolicy:
 
     def decide(self, running: Running, offer: Offer, *, skip: Iterable[str] = ()) -> Move | None:
         digest = offer.digest_of(self.tag)
-        if digest is None or digest == running.digest:
+        if digest is None or running.runs(digest):
             return None
         move = Move(tag=self.tag, digest=digest,
                     reason=f"{self.name}: tag now points at {digest[:19]} "

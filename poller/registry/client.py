@@ -23,7 +23,7 @@ from urllib.parse import urljoin
 import requests
 
 from poller.config import RegistryConfig
-from poller.errors import AuthError, NotFound, UpstreamError
+from poller.errors import AuthError, NotFound, ResponseTooLarge, UpstreamError
 from poller.http import RequestCounter, check_response, make_session
 
 MANIFEST_TYPES = (
@@ -34,6 +34,8 @@ MANIFEST_TYPES = (
 )
 _INDEX_TYPES = MANIFEST_TYPES[:2]
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+#: Most tags read from one repository (all pages together); more is the registry's failure.
+MAX_TAGS = 100_000
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,11 @@ class RegistryClient:
         self._lock = threading.Lock()
 
     # -- transport ------------------------------------------------------------------
-    def _basic(self) -> tuple[str, str] | None:
+    def _basic(self) -> tuple[bytes, bytes] | None:
+        # As UTF-8 bytes: requests would encode str credentials as latin-1 and fail on any
+        # other character (a password with 'ü' or '✓' crashed every poll).
         if self.cfg.username and self.cfg.password:
-            return (self.cfg.username, self.cfg.password.get_secret_value())
+            return (self.cfg.username.encode(), self.cfg.password.get_secret_value().encode())
         return None
 
     def _send(self, method: str, path: str, *, scope: str, headers: dict | None = None,
@@ -107,7 +111,7 @@ class RegistryClient:
             raise UpstreamError(f"{self.upstream}: token endpoint failed: {type(exc).__name__}",
                                 upstream=self.upstream) from exc
         check_response(resp, self.upstream + ":token")
-        body = resp.json()
+        body = self._json(resp, dict, "token endpoint")
         token = body.get("token") or body.get("access_token")
         if not token:
             raise AuthError(f"{self.upstream}: token endpoint returned no token")
@@ -143,47 +147,79 @@ class RegistryClient:
 
             digest = "sha256:" + hashlib.sha256(resp.content).hexdigest()
         media_type = resp.headers.get("Content-Type", "").split(";")[0] or \
-            json.loads(resp.content).get("mediaType", "")
+            str(self._json(resp, dict, f"{repo}:{ref}").get("mediaType", ""))
         return Manifest(digest=digest, media_type=media_type, raw=resp.content)
 
-    def labels(self, repo: str, digest: str) -> dict[str, str]:
+    def labels(self, repo: str, digest: str, depth: int = 0) -> dict[str, str]:
         """Labels of the image at ``digest`` (for an index: its linux/amd64 entry)."""
         with self._lock:
             if digest in self._labels:
                 self._labels.move_to_end(digest)
                 return self._labels[digest]
         manifest = self.get_manifest(repo, digest)
-        body = manifest.body
-        if manifest.media_type in _INDEX_TYPES or "manifests" in body:
-            chosen = next((m for m in body.get("manifests", [])
-                           if m.get("platform", {}).get("os") == "linux"
-                           and m.get("platform", {}).get("architecture") == "amd64"),
-                          (body.get("manifests") or [None])[0])
-            if chosen is None:
-                return {}
-            return self.labels(repo, chosen["digest"])
-        config_digest = body.get("config", {}).get("digest")
-        labels: dict[str, str] = {}
-        if config_digest:
-            resp = self._send("GET", f"/v2/{repo}/blobs/{config_digest}", scope=self._pull(repo))
-            check_response(resp, self.upstream)
-            labels = (resp.json().get("config") or {}).get("Labels") or {}
+        try:
+            labels = self._labels_of(repo, manifest, depth)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise UpstreamError(f"{self.upstream}: {repo}@{digest}: malformed manifest or image "
+                                f"config ({type(exc).__name__})", upstream=self.upstream) from None
         with self._lock:
             self._labels[digest] = labels
             while len(self._labels) > self._cache_size:
                 self._labels.popitem(last=False)
         return labels
 
+    def _labels_of(self, repo: str, manifest: Manifest, depth: int) -> dict[str, str]:
+        body = manifest.body
+        if manifest.media_type in _INDEX_TYPES or "manifests" in body:
+            chosen = next((m for m in body.get("manifests", [])
+                           if m.get("platform", {}).get("os") == "linux"
+                           and m.get("platform", {}).get("architecture") == "amd64"),
+                          (body.get("manifests") or [None])[0])
+            if chosen is None or depth >= 2:  # an index of indexes of indexes is no image
+                return {}
+            return self.labels(repo, chosen["digest"], depth + 1)
+        config_digest = body.get("config", {}).get("digest")
+        if not config_digest:
+            return {}
+        resp = self._send("GET", f"/v2/{repo}/blobs/{config_digest}", scope=self._pull(repo))
+        check_response(resp, self.upstream)
+        labels = (resp.json().get("config") or {}).get("Labels") or {}
+        if not isinstance(labels, dict):
+            raise TypeError("Labels is not an object")
+        return {str(k): str(v) for k, v in labels.items()}
+
+    def _json(self, resp: requests.Response, kind: type, what: str):
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, kind):
+            raise UpstreamError(f"{self.upstream}: {what}: expected a JSON {kind.__name__}",
+                                upstream=self.upstream)
+        return data
+
     def list_tags(self, repo: str, *, page_size: int = 1000) -> list[str]:
         """Every tag of ``repo``, following ``Link: <...>; rel="next"`` pagination."""
         tags: list[str] = []
         path: str | None = f"/v2/{repo}/tags/list?n={page_size}"
+        pages = 0
         while path:
+            pages += 1
+            if pages > MAX_TAGS // page_size + 10:  # endless (or empty) pages are no tag list
+                raise ResponseTooLarge(f"{self.upstream}: {repo} tags: more than {pages - 1} pages",
+                                       upstream=self.upstream)
             resp = self._send("GET", path, scope=self._pull(repo))
             if resp.status_code == 404:
                 return tags  # no such repository yet: nothing pushed
             check_response(resp, self.upstream)
-            tags.extend(resp.json().get("tags") or [])
+            page = self._json(resp, dict, f"{repo} tags").get("tags") or []
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise UpstreamError(f"{self.upstream}: {repo} tags: expected a list of strings",
+                                    upstream=self.upstream)
+            tags.extend(page)
+            if len(tags) > MAX_TAGS:
+                raise ResponseTooLarge(f"{self.upstream}: {repo} has more than {MAX_TAGS} tags",
+                                       upstream=self.upstream)
             path = _next_link(resp.headers.get("Link"))
         return tags
 

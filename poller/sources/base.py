@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
 
+#: Most refs (branches and tags) Slipway reads from one source in one poll. An upstream that
+#: offers more is refused (a failure of that source), so a hostile one can't exhaust memory.
+MAX_REFS = 50_000
+
 
 @dataclass(frozen=True)
 class RefSnapshot:

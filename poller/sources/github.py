@@ -1,11 +1,20 @@
 """A GitHub repository as a :class:`~poller.sources.base.Source`, over the REST API.
 
-Polling lists every ref with ``GET /repos/{owner}/{repo}/git/refs`` (paginated through
-``Link``) as *conditional* requests: each page is sent with the ``ETag`` it had last time,
-so an unchanged repository costs one ``304 Not Modified`` per page (one page holds 100
-refs), and GitHub does not count 304s against the rate limit. Annotated tags point at tag
-objects; they are peeled once with ``GET .../git/tags/{sha}`` and the result is cached by
-the tag object's sha, which is immutable.
+Polling reads two documented endpoints as *conditional* requests, each sent with the
+``ETag`` it had last time: ``GET .../git/ref/heads/{branch}`` (the branch head) and
+``GET .../git/matching-refs/tags`` (every tag). Only ``refs/tags/*`` and the branch are ever
+read, so pull-request refs (``refs/pull/*``, which ``git/refs`` lists too, two per pull
+request) cost nothing. ``matching-refs`` ignores ``per_page`` in practice and answers in one
+page; when it does paginate, ``Link: rel="next"`` is followed, but only on the configured API
+host (the token is never sent anywhere else). An unchanged repository costs two
+``304 Not Modified``; GitHub counts those against the rate limit only for unauthenticated
+requests (hence the warning at config load for a GitHub source without a token).
+
+Rate limits: a primary limit (``X-RateLimit-Remaining: 0``) waits until
+``X-RateLimit-Reset``; ``Retry-After`` is honoured; a secondary limit (403 or 429 without
+either) waits at least :data:`SECONDARY_RATE_LIMIT_WAIT` seconds, as GitHub asks. None of
+them is a credentials problem. Annotated tags point at tag objects; they are peeled once with
+``GET .../git/tags/{sha}`` and the result is cached by the tag object's sha, which is immutable.
 
 The page cache is only replaced after a poll fully succeeded, so a poll that fails half
 way (say, while peeling) is repeated in full next time instead of being answered by 304s.
@@ -18,26 +27,27 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
 
 from poller.config import SourceConfig
-from poller.errors import SourceError, UpstreamError
+from poller.errors import ResponseTooLarge, SourceError, UpstreamError
 from poller.http import DEFAULT_TIMEOUT, check_response, make_session, parse_retry_after
 from poller.sources.archive import chunk_stream, strip_leading_dir
-from poller.sources.base import RefSnapshot
+from poller.sources.base import MAX_REFS, RefSnapshot
 
 API_VERSION = "2022-11-28"
 _FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _PER_PAGE = 100
+SECONDARY_RATE_LIMIT_WAIT = 60.0
 _MAX_TAG_DEPTH = 8
 _ARCHIVE_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
 class _Page:
-    """One page of ``git/refs`` as last received: its validator, refs and next link."""
+    """One page of refs as last received: its validator, refs and next link."""
 
     etag: str | None
     refs: list[dict[str, Any]]
@@ -69,18 +79,22 @@ class GitHubSource:
 
     def poll(self) -> RefSnapshot:
         """List refs conditionally; peel new annotated tags; report ``unchanged`` on 304s."""
-        refs, pages, modified = self._list_refs()
-        if not modified and self._snapshot is not None:
+        pages: dict[str, _Page] = {}
+        tag_refs, tags_modified = self._list_refs(self._repo_url(f"git/matching-refs/tags?per_page={_PER_PAGE}"),
+                                                  pages)
+        branch_ref = f"refs/heads/{self.branch}"
+        head_refs, head_modified = self._list_refs(self._repo_url(f"git/ref/heads/{quote(self.branch)}"),
+                                                   pages, missing_ok=True)
+        if not (tags_modified or head_modified) and self._snapshot is not None:
+            self._pages = pages
             return dataclasses.replace(self._snapshot, tags=dict(self._snapshot.tags),
                                        unchanged=True)
-        head: str | None = None
+        head = next((obj["sha"] for name, obj in (_ref_entry(r, self.upstream) for r in head_refs)
+                     if name == branch_ref), None)
         tags: dict[str, str] = {}
-        branch_ref = f"refs/heads/{self.branch}"
-        for ref in refs:
-            name, obj = ref["ref"], ref["object"]
-            if name == branch_ref:
-                head = obj["sha"]
-            elif name.startswith("refs/tags/"):
+        for ref in tag_refs:
+            name, obj = _ref_entry(ref, self.upstream)
+            if name.startswith("refs/tags/"):
                 commit = self._peel(obj["sha"], obj["type"])
                 if commit is not None:
                     tags[name[len("refs/tags/"):]] = commit
@@ -113,31 +127,49 @@ class GitHubSource:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _list_refs(self) -> tuple[list[dict[str, Any]], dict[str, _Page], bool]:
-        """All refs, the pages they came from, and whether any page was modified."""
-        url: str | None = self._repo_url(f"git/refs?per_page={_PER_PAGE}")
-        pages: dict[str, _Page] = {}
+    def _list_refs(self, first: str, pages: dict[str, _Page], *,
+                   missing_ok: bool = False) -> tuple[list[dict[str, Any]], bool]:
+        """The refs at ``first`` and its next pages (recorded in ``pages``), and whether any
+        page changed. ``missing_ok``: 404 (no such ref) and 409 (empty repository) are no refs."""
+        url: str | None = first
         refs: list[dict[str, Any]] = []
         modified = False
         while url and url not in pages:
             cached = self._pages.get(url)
             headers = {"If-None-Match": cached.etag} if cached and cached.etag else {}
-            resp = self._get(url, headers=headers, allow=(304, 409))
+            resp = self._get(url, headers=headers, allow=(304, 404, 409) if missing_ok else (304, 409))
             if resp.status_code == 304 and cached is not None:
                 page = cached
-            elif resp.status_code == 409:  # "Git Repository is empty."
-                page, modified = _Page(None, [], None), True
+            elif resp.status_code in (404, 409):  # no such ref / "Git Repository is empty."
+                page, modified = _Page(None, [], None), modified or cached is None or bool(cached.refs)
             elif resp.status_code == 304:
                 raise UpstreamError(f"{self.upstream}: 304 for an unconditional request",
                                     upstream=self.upstream, status=304)
             else:
-                page = _Page(resp.headers.get("ETag"), self._json(resp, list),
-                             resp.links.get("next", {}).get("url"))
+                body = self._json(resp, (list, dict))
+                page = _Page(resp.headers.get("ETag"), body if isinstance(body, list) else [body],
+                             self._next_link(resp))
                 modified = True
             pages[url] = page
             refs.extend(page.refs)
+            if len(refs) > MAX_REFS or len(pages) > MAX_REFS // _PER_PAGE + 1:
+                raise ResponseTooLarge(f"{self.upstream}: more than {MAX_REFS} refs",
+                                       upstream=self.upstream)
             url = page.next_url
-        return refs, pages, modified
+        return refs, modified
+
+    def _next_link(self, resp: requests.Response) -> str | None:
+        """``Link: rel="next"``, refused unless it stays on the configured API host."""
+        url = resp.links.get("next", {}).get("url")
+        if not url:
+            return None
+        url = urljoin(resp.url, url)
+        api, nxt = urlsplit(self._api), urlsplit(url)
+        if (nxt.scheme, nxt.hostname, nxt.port) != (api.scheme, api.hostname, api.port):
+            raise SourceError(f"{self.upstream}: GET {_path(resp.url)}: the next page is on another "
+                              f"host ({nxt.hostname}); not followed, the token goes to "
+                              f"{api.hostname} only")
+        return url
 
     def _peel(self, sha: str, kind: str, depth: int = 0) -> str | None:
         """The commit a ref object ends at; ``None`` for trees and blobs."""
@@ -146,7 +178,8 @@ class GitHubSource:
         if kind != "tag" or depth >= _MAX_TAG_DEPTH:
             return None
         if sha not in self._peeled:
-            target = self._json(self._get(self._repo_url(f"git/tags/{sha}")), dict)["object"]
+            target = _object(self._json(self._get(self._repo_url(f"git/tags/{sha}")), dict)
+                             .get("object"), self.upstream)
             self._peeled[sha] = self._peel(target["sha"], target["type"], depth + 1)
         return self._peeled[sha]
 
@@ -184,16 +217,48 @@ class GitHubSource:
         if "Retry-After" in resp.headers:
             raise UpstreamError(what, upstream=self.upstream, status=resp.status_code,
                                 retry_after=parse_retry_after(resp.headers["Retry-After"]))
+        # A secondary rate limit: 429, or 403 saying so (a plain 403 is a permissions problem).
+        if resp.status_code == 429 or _says_rate_limit(resp):
+            raise UpstreamError(what.replace("(rate limited)", "(secondary rate limit)"),
+                                upstream=self.upstream, status=resp.status_code,
+                                retry_after=SECONDARY_RATE_LIMIT_WAIT)
 
-    def _json(self, resp: requests.Response, kind: type) -> Any:
+    def _json(self, resp: requests.Response, kind: type | tuple[type, ...]) -> Any:
         try:
             data = resp.json()
         except ValueError as exc:
             raise SourceError(f"{self.upstream}: GET {_path(resp.url)}: not JSON") from exc
         if not isinstance(data, kind):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
             raise SourceError(f"{self.upstream}: GET {_path(resp.url)}: expected a JSON "
-                              f"{kind.__name__}, got {type(data).__name__}")
+                              f"{names}, got {type(data).__name__}")
         return data
+
+
+def _says_rate_limit(resp: requests.Response) -> bool:
+    """GitHub's 403 for a secondary limit says so in its message."""
+    try:
+        message = str((resp.json() or {}).get("message", ""))
+    except (ValueError, AttributeError):
+        return False
+    return "rate limit" in message.lower()
+
+
+def _object(obj: Any, upstream: str) -> dict[str, str]:
+    """A git object reference ``{"sha": <full sha>, "type": str}``; anything else is refused."""
+    if (not isinstance(obj, dict) or not isinstance(obj.get("type"), str)
+            or not isinstance(obj.get("sha"), str) or not _FULL_SHA.fullmatch(obj["sha"])):
+        raise SourceError(f"{upstream}: malformed git object in answer: expected "
+                          '{"sha": <full sha>, "type": ...}')
+    return obj
+
+
+def _ref_entry(ref: Any, upstream: str) -> tuple[str, dict[str, str]]:
+    """``(name, object)`` of one entry of ``git/refs``, checked."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("ref"), str):
+        raise SourceError(f"{upstream}: malformed ref in answer: expected "
+                          '{"ref": str, "object": {...}}')
+    return ref["ref"], _object(ref.get("object"), upstream)
 
 
 def _path(url: str) -> str:

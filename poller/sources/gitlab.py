@@ -23,10 +23,10 @@ import gitlab.exceptions
 import requests
 
 from poller.config import SourceConfig
-from poller.errors import NotFound, SlipwayError, SourceError, UpstreamError
+from poller.errors import NotFound, ResponseTooLarge, SlipwayError, SourceError, UpstreamError
 from poller.http import DEFAULT_TIMEOUT, check_response, make_session
 from poller.sources.archive import chunk_stream, strip_leading_dir
-from poller.sources.base import RefSnapshot
+from poller.sources.base import MAX_REFS, RefSnapshot
 
 #: Passed to every python-gitlab call: fail at once instead of sleeping in the library.
 _NO_RETRY: dict[str, Any] = {"obey_rate_limit": False, "retry_transient_errors": False,
@@ -81,8 +81,7 @@ class GitLabSource:
                 return RefSnapshot(self.branch, self._snapshot.head, dict(self._snapshot.tags),
                                    unchanged=True)
             head = self._branch_head()
-            tags = {t.name: t.commit["id"]
-                    for t in self._project.tags.list(get_all=True, per_page=100, **_NO_RETRY)}
+            tags = self._tags()
         self._last_event = event_id
         self._snapshot = RefSnapshot(self.branch, head, tags)
         return self._snapshot
@@ -110,7 +109,31 @@ class GitLabSource:
     def _newest_event_id(self) -> int | None:
         """Id of the project's newest event (events are listed newest first)."""
         events = self._project.events.list(page=1, per_page=1, get_all=False, **_NO_RETRY)
-        return int(events[0].id) if events else None
+        if not events:
+            return None
+        try:
+            return int(str(events[0].id)[:20])
+        except (AttributeError, ValueError):
+            raise SourceError(f"{self.upstream}: malformed event in answer: expected an integer "
+                              "id") from None
+
+    def _tags(self) -> dict[str, str]:
+        """Every tag's commit, page by page (numbered, never an endless ``next`` chain),
+        refusing more than :data:`MAX_REFS`."""
+        tags: dict[str, str] = {}
+        per_page = 100
+        for page in range(1, MAX_REFS // per_page + 2):
+            batch = self._project.tags.list(page=page, per_page=per_page, get_all=False, **_NO_RETRY)
+            for t in batch:
+                name, commit = getattr(t, "name", None), getattr(t, "commit", None)
+                if not isinstance(name, str) or not isinstance(commit, dict) \
+                        or not isinstance(commit.get("id"), str):
+                    raise SourceError(f"{self.upstream}: malformed tag in answer: expected "
+                                      '{"name": str, "commit": {"id": str}}')
+                tags[name] = commit["id"]
+            if len(batch) < per_page:
+                return tags
+        raise ResponseTooLarge(f"{self.upstream}: more than {MAX_REFS} tags", upstream=self.upstream)
 
     def _branch_head(self) -> str | None:
         try:
@@ -120,7 +143,11 @@ class GitLabSource:
             if exc.response_code == 404:
                 return None
             raise
-        return branch.commit["id"]
+        commit = getattr(branch, "commit", None)
+        if not isinstance(commit, dict) or not isinstance(commit.get("id"), str):
+            raise SourceError(f"{self.upstream}: malformed branch in answer: expected "
+                              '{"commit": {"id": str}}')
+        return commit["id"]
 
     def _remember(self, resp: requests.Response, *args, **kwargs) -> None:
         """Response hook: keep this thread's latest response for its status and headers."""
@@ -137,6 +164,9 @@ class GitLabSource:
         except requests.RequestException as exc:
             raise UpstreamError(f"{self.upstream}: {what} failed: {type(exc).__name__}",
                                 upstream=self.upstream) from exc
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # JSON of the wrong shape
+            raise SourceError(f"{self.upstream}: {what}: malformed answer "
+                              f"({type(exc).__name__})") from exc
 
     def _from_gitlab(self, exc: gitlab.exceptions.GitlabError, what: str) -> SlipwayError:
         code = exc.response_code

@@ -12,8 +12,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from poller.errors import SourceError
+from poller.errors import ResponseTooLarge, SourceError
 from poller.http import request
+from poller.sources.base import MAX_REFS
 
 
 def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
@@ -29,10 +30,13 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
                                                        unquote(parts.password or ""))
 
 
-def parse_pkt_lines(data: bytes) -> list[bytes]:
-    """Split a pkt-line stream; flush packets (0000) are dropped."""
+def parse_pkt_lines(data: bytes, *, limit: int | None = None) -> list[bytes]:
+    """Split a pkt-line stream; flush packets (0000) are dropped. More than ``limit`` lines
+    raise :class:`ResponseTooLarge`."""
     out, i = [], 0
     while i + 4 <= len(data):
+        if limit is not None and len(out) > limit:
+            raise ResponseTooLarge(f"ref advertisement has more than {limit} refs")
         try:
             n = int(data[i:i + 4], 16)
         except ValueError as exc:
@@ -56,7 +60,13 @@ def advertised_refs(session: requests.Session, url: str, *, upstream: str) -> st
     ctype = resp.headers.get("Content-Type", "")
     if ctype != "application/x-git-upload-pack-advertisement":
         raise SourceError(f"{upstream}: not a smart-HTTP git remote (Content-Type {ctype or 'missing'})")
-    lines = parse_pkt_lines(resp.content)
+    try:
+        # Every ref, its peeled ^{} line, the service line and the capabilities.
+        lines = parse_pkt_lines(resp.content, limit=2 * MAX_REFS + 2)
+    except ResponseTooLarge as exc:
+        raise ResponseTooLarge(f"{upstream}: {exc}", upstream=upstream) from None
+    except SourceError as exc:
+        raise SourceError(f"{upstream}: {exc}") from None
     refs = []
     for raw in lines:
         line = raw.rstrip(b"\n")
@@ -65,5 +75,7 @@ def advertised_refs(session: requests.Session, url: str, *, upstream: str) -> st
         line = line.split(b"\0", 1)[0]  # capabilities ride on the first ref
         sha, _, ref = line.partition(b" ")
         if ref and ref != b"capabilities^{}":
-            refs.append(f"{sha.decode()}\t{ref.decode()}")
+            # A ref name that is not UTF-8 can be neither the watched branch nor a version:
+            # parse_ls_remote drops it (and any malformed line) instead of failing the poll.
+            refs.append(f"{sha.decode('ascii', 'replace')}\t{ref.decode('utf-8', 'replace')}")
     return "\n".join(refs)

@@ -13,7 +13,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from poller.errors import StoreError
+
+from poller.logs import mask, mask_known, mask_value
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
@@ -25,7 +29,7 @@ CREATE TABLE IF NOT EXISTS builds (
     sha         TEXT NOT NULL,
     tags        TEXT NOT NULL,      -- JSON list of image tags
     digest      TEXT,
-    status      TEXT NOT NULL,      -- running | succeeded | failed | interrupted
+    status      TEXT NOT NULL,      -- running | succeeded | failed | upstream-error | interrupted
     error       TEXT,
     started_at  REAL NOT NULL,
     finished_at REAL,
@@ -49,12 +53,22 @@ CREATE TABLE IF NOT EXISTS approvals (
     from_version TEXT,
     to_version  TEXT NOT NULL,
     reason      TEXT NOT NULL DEFAULT '',
-    status      TEXT NOT NULL,      -- pending | approved | rejected | expired | applied
+    status      TEXT NOT NULL,      -- pending | approved | rejected | expired | applied | superseded
     created_at  REAL NOT NULL,
     decided_at  REAL,
     decided_by  TEXT,
     expires_at  REAL,
     UNIQUE (kind, subject, to_version)
+);
+CREATE TABLE IF NOT EXISTS build_claims (
+    image       TEXT NOT NULL,
+    ref         TEXT NOT NULL,
+    sha         TEXT NOT NULL,
+    holder      TEXT NOT NULL,      -- host:pid:nonce of the process building it
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    expires_at  REAL NOT NULL,      -- renewed while the build runs; a dead holder's lapses
+    PRIMARY KEY (image, ref)
 );
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,6 +78,37 @@ CREATE TABLE IF NOT EXISTS events (
     detail      TEXT NOT NULL DEFAULT '{}'
 );
 """
+
+#: Columns this version reads and writes; a store without them was made by an older Slipway.
+_REQUIRED_COLUMNS = {
+    "builds": {"id", "source", "image", "ref", "kind", "sha", "tags", "digest", "status", "error",
+               "started_at", "finished_at", "duration", "log", "pid"},
+    "sources": {"name", "head", "tags", "last_poll", "last_ok", "last_error"},
+    "events": {"id", "at", "kind", "subject", "detail"},
+}
+
+#: What to do about a store that can't be used. It holds history only (git and the registry
+#: are the truth), so moving it aside loses no state that matters.
+_MOVE_ASIDE = "move it aside (it holds only history) or set store.path to another file"
+
+
+def _explain(path: str, exc: Exception) -> StoreError:
+    """One line naming the store file, what is wrong with it and what to do."""
+    text = str(exc).lower()
+    if isinstance(exc, IsADirectoryError) or Path(path).is_dir():
+        what = f"is a directory, not a file; set store.path to a file such as {path}/slipway.db"
+    elif "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
+        what = ("is read-only (or its directory is); give the poller's user write access to the "
+                "file and its directory")
+    elif "not a database" in text:
+        what = f"is not a Slipway store (not an SQLite database); {_MOVE_ASIDE}"
+    elif "malformed" in text or "corrupt" in text or "disk i/o" in text:
+        what = f"is damaged (truncated or corrupt); {_MOVE_ASIDE}"
+    elif "unable to open" in text:
+        what = "cannot be opened; check that its directory exists and is writable"
+    else:
+        what = f"cannot be used ({' '.join(str(exc).split())}); {_MOVE_ASIDE}"
+    return StoreError(f"store {path} {what}")
 
 
 @dataclass
@@ -96,11 +141,18 @@ class Store:
     def __init__(self, path: str | Path, *, log_limit: int = 256 * 1024):
         self.path = str(path)
         self.log_limit = log_limit
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.ensure_schema(_SCHEMA)
+        try:
+            if self.path != ":memory:":
+                if Path(self.path).is_dir():
+                    raise IsADirectoryError(self.path)
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.ensure_schema(_SCHEMA)
+            self._check()
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            raise _explain(self.path, exc) from None
 
     # -- plumbing -----------------------------------------------------------------
     def connection(self) -> sqlite3.Connection:
@@ -114,6 +166,25 @@ class Store:
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn
+
+    def _check(self) -> None:
+        """Refuse, at open, a store that is damaged, from an older schema, or not writable."""
+        conn = self.connection()
+        problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+        for table, wanted in _REQUIRED_COLUMNS.items():
+            have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+            missing = sorted(wanted - have)
+            if missing:
+                raise StoreError(f"store {self.path} was made by an older Slipway (table {table} "
+                                 f"has no column {', '.join(missing)}); {_MOVE_ASIDE}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:  # a write that is rolled back: fails at once on a read-only file
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version={int(version)}")
+        finally:
+            conn.execute("ROLLBACK")
 
     def ensure_schema(self, script: str) -> None:
         with self._lock:
@@ -140,6 +211,9 @@ class Store:
     def finish_build(self, build_id: int, *, status: str, digest: str | None = None,
                      error: str | None = None, log: str = "") -> None:
         now = time.time()
+        # Build output and errors are masked before they are kept (and again when read, for
+        # rows written before a secret was known): a build that prints a secret stores ***.
+        log, error = mask(log), (mask(error) if error else error)
         if len(log) > self.log_limit:
             log = "[... log truncated ...]\n" + log[-self.log_limit:]
         self.execute(
@@ -163,6 +237,11 @@ class Store:
         d = dict(row)
         d.pop("pid", None)
         d["tags"] = json.loads(d["tags"])
+        if d.get("error"):
+            d["error"] = mask(d["error"])
+        # Logs were fully masked when written; on the way out only the (cheap) known-secret
+        # pass runs again, for rows kept before a secret was configured.
+        d["log"] = mask_known(d.get("log") or "")
         return BuildRecord(**d)
 
     def get_build(self, build_id: int) -> BuildRecord | None:
@@ -181,6 +260,8 @@ class Store:
         """Consecutive failed builds of exactly this (image, ref, sha), and when the last ended.
 
         Back-off for a broken commit is derived from this history, so it survives restarts.
+        Builds stopped by an upstream (``upstream-error``) or a crash (``interrupted``) are no
+        fault of the commit and are not counted.
         """
         rows = self.execute(
             "SELECT status, finished_at FROM builds WHERE image=? AND ref=? AND sha=?"
@@ -194,10 +275,58 @@ class Store:
                 break
         return n, last
 
+    # -- build claims (one builder per image and ref across processes) --------------
+    def claim_build(self, *, image: str, ref: str, sha: str, holder: str, host: str, pid: int,
+                    ttl: float, holder_alive: Callable[[str, int], bool]) -> dict[str, Any] | None:
+        """Take the build of ``(image, ref)`` for ``holder``, for ``ttl`` seconds.
+
+        Returns ``None`` when taken, else the live claim that stands in the way. A claim whose
+        lease lapsed, or whose holder ``holder_alive(host, pid)`` says is gone (killed
+        mid-build), is taken over. The check and the take are one write transaction, so two
+        processes never both get it.
+        """
+        conn = self.connection()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT * FROM build_claims WHERE image=? AND ref=?",
+                               (image, ref)).fetchone()
+            if (row is not None and row["holder"] != holder and row["expires_at"] > now
+                    and holder_alive(row["host"], row["pid"])):
+                conn.execute("ROLLBACK")
+                return dict(row)
+            conn.execute("INSERT OR REPLACE INTO build_claims (image, ref, sha, holder, host, pid,"
+                         " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (image, ref, sha, holder, host, pid, now + ttl))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return None
+
+    def live_claim(self, *, image: str, ref: str,
+                   holder_alive: Callable[[str, int], bool]) -> dict[str, Any] | None:
+        """The claim on ``(image, ref)`` if one is held by a live process, else ``None``."""
+        row = self.execute("SELECT * FROM build_claims WHERE image=? AND ref=?",
+                           (image, ref)).fetchone()
+        if row is None or row["expires_at"] <= time.time() or not holder_alive(row["host"], row["pid"]):
+            return None
+        return dict(row)
+
+    def renew_claims(self, holder: str, ttl: float) -> None:
+        self.execute("UPDATE build_claims SET expires_at=? WHERE holder=?", (time.time() + ttl, holder))
+
+    def release_claim(self, *, image: str, ref: str, holder: str) -> None:
+        self.execute("DELETE FROM build_claims WHERE image=? AND ref=? AND holder=?",
+                     (image, ref, holder))
+
     # -- sources ------------------------------------------------------------------
     def record_poll(self, name: str, *, head: str | None = None, tags: dict | None = None,
                     error: str | None = None) -> None:
         now = time.time()
+        if error is not None:
+            error = mask(error)
         if error is None:
             self.execute(
                 "INSERT INTO sources (name, head, tags, last_poll, last_ok, last_error)"
@@ -222,7 +351,7 @@ class Store:
     # -- events (audit) -------------------------------------------------------------
     def record_event(self, kind: str, subject: str, **detail: Any) -> None:
         self.execute("INSERT INTO events (at, kind, subject, detail) VALUES (?, ?, ?, ?)",
-                     (time.time(), kind, subject, json.dumps(detail, default=str)))
+                     (time.time(), kind, subject, json.dumps(mask_value(detail), default=str)))
 
     def events(self, *, kind: str | None = None, limit: int = 100) -> Iterator[dict[str, Any]]:
         sql = "SELECT * FROM events" + (" WHERE kind=?" if kind else "") + " ORDER BY id DESC LIMIT ?"

@@ -23,6 +23,9 @@ class ImageRef:
     repository: str
     tag: str | None = None
     digest: str | None = None
+    #: every manifest digest the running content is known under (a Docker engine's
+    #: ``RepoDigests``), also when the reference names none. Not part of its identity.
+    digests: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def parse(cls, text: str) -> "ImageRef":

@@ -37,7 +37,19 @@ class DockerContainer:
             c = client.containers.get(self.container)
         except docker.errors.NotFound as exc:
             raise TargetError(f"{self.description} does not exist") from exc
-        return ImageRef.parse(c.attrs["Config"]["Image"])
+        ref = ImageRef.parse(c.attrs["Config"]["Image"])
+        # ``Config.Image`` is the string the container was created with (``repo:staging``
+        # carries no digest); what it runs is its image id, known to the engine under the
+        # manifest digests in that image's ``RepoDigests``.
+        try:
+            repo_digests = client.api.inspect_image(c.attrs["Image"]).get("RepoDigests") or []
+        except docker.errors.NotFound:
+            repo_digests = []
+        digests = tuple(sorted(d for name, _, d in (r.partition("@") for r in repo_digests)
+                               if name == ref.repository and d))
+        if ref.digest and ref.digest not in digests:
+            digests = (ref.digest, *digests)
+        return ImageRef(ref.repository, ref.tag, ref.digest, digests)
 
     def _create_args(self, attrs: dict, image_ref: str, image_attrs: dict) -> dict:
         cfg, host = attrs["Config"], attrs["HostConfig"]

@@ -11,11 +11,10 @@ from poller.updater.settings import DeploymentConfig, UpdatesConfig
 OKG_OWNER_LABEL = "game.kruise.io/owner-gss"
 
 
-def docker_factory(base_url: str | None) -> Callable:
-    import docker
+def docker_factory(*urls: str | None) -> Callable:
+    from poller.docker_engine import client_factory
 
-    url = base_url or "unix:///var/run/docker.sock"
-    return lambda: docker.DockerClient(base_url=url, timeout=300)
+    return client_factory(*urls)
 
 
 class TargetFactory:
@@ -60,7 +59,7 @@ class TargetFactory:
                                timeout=self.rollout_timeout)
         from poller.targets.docker_host import DockerContainer
 
-        return DockerContainer(docker_factory(t.docker.base_url or self.docker_base_url),
+        return DockerContainer(docker_factory(t.docker.base_url, self.docker_base_url),
                                container=t.docker.container, timeout=self.rollout_timeout)
 
     def selector(self, d: DeploymentConfig, target) -> dict[str, str]:
@@ -83,7 +82,7 @@ class TargetFactory:
             return KubernetesExecReloader(self.kube_api(k.kubeconfig, k.context), d.reload.exec,
                                           namespace=k.namespace, container=k.container)
         if d.target.docker is not None:
-            return DockerExecReloader(docker_factory(d.target.docker.base_url or self.docker_base_url),
+            return DockerExecReloader(docker_factory(d.target.docker.base_url, self.docker_base_url),
                                       d.reload.exec)
         return None
 

@@ -8,7 +8,6 @@ from typing import Callable
 
 from poller.config import Config, RegistryConfig
 from poller.http import RequestCounter
-from poller.logs import register_secret
 from poller.notify import Notifier
 from poller.registry.client import RegistryClient
 from poller.targets.factory import TargetFactory
@@ -23,14 +22,11 @@ def registry_config(cfg: Config, host: str) -> RegistryConfig:
     for r in cfg.updates.registries:
         reg = RegistryConfig(url=r.url, insecure=r.insecure, username=r.username, password=r.password)
         if reg.host == host:
-            if r.password:
-                register_secret(r.password.get_secret_value())
             return reg
     return RegistryConfig(url=host)
 
 
-def build_engine(cfg: Config, store, *, docker_base_url: str | None = None,
-                 counter: RequestCounter | None = None, targets: TargetFactory | None = None,
+def build_engine(cfg: Config, store, *, counter: RequestCounter | None = None, targets: TargetFactory | None = None,
                  max_concurrency: int = 4, backoff_initial: float = 5.0, page_size: int = 200,
                  clock: Callable[[], float] = time.time) -> UpdateEngine:
     history = UpdateHistory(store, clock=clock)
@@ -46,6 +42,6 @@ def build_engine(cfg: Config, store, *, docker_base_url: str | None = None,
                                              backoff_initial=backoff_initial,
                                              backoff_max=cfg.updates.backoff_max,
                                              page_size=page_size, clock=clock)
-    targets = targets or TargetFactory(cfg.updates, docker_base_url=cfg.docker.base_url or docker_base_url)
+    targets = targets or TargetFactory(cfg.updates, docker_base_url=cfg.docker.base_url)
     return UpdateEngine(cfg.updates, store, watchers=watchers, targets=targets, notifier=Notifier(cfg.notify),
                         clock=clock)

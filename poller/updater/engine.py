@@ -109,12 +109,50 @@ class UpdateEngine:
             return self.apply(t, running, move, approved_by=f"pin:{who}")
         if offer is None:
             return Outcome(d.name, "no-offer", from_ref, detail="registry not readable this cycle")
+        out, waiting = self._decide(t, running, from_ref, offer)
+        # a request nobody answered that this cycle no longer proposes (a newer major came, or
+        # the deployment got there another way) leaves the pending list
+        self.approvals.supersede(kind=KIND, subject=d.name, keep=waiting)
+        return out
+
+    def _decide(self, t: _Tracked, running: ImageRef | None, from_ref: str | None,
+                offer: Offer) -> tuple[Outcome, set[str]]:
+        """The outcome, and the refs now waiting for a person."""
+        d = t.cfg
         skip = self._skip(d.name)
-        current = Running(tag=running.tag if running else None, digest=running.digest if running else None)
+        current = Running(tag=running.tag if running else None, digest=running.digest if running else None,
+                          digests=running.digests if running else ())
+        next_major = getattr(t.policy, "next_major", None)
+        if d.approval == "none" or next_major is None:
+            out = (self._resolve(t, running, from_ref, skip, lambda s: t.policy.decide(current, offer, skip=s))
+                   or Outcome(d.name, "up-to-date", from_ref))
+            return out, {out.to_ref} if out.action == "waiting-approval" else set()
+        # Semver with approvals (the README's policy x approval table): a higher major is put to
+        # a person; while it waits, moves within the running major go on by the approval rule.
+        major = self._resolve(t, running, from_ref, skip, lambda s: next_major(current, offer, skip=s))
+        if major is not None and major.action not in ("waiting-approval", "held"):
+            return major, set()
+        waiting = {major.to_ref} if major is not None and major.action == "waiting-approval" else set()
+        within = self._resolve(t, running, from_ref, skip,
+                               lambda s: t.policy.decide(current, offer, skip=s, same_major=True))
+        if within is None:
+            return major or Outcome(d.name, "up-to-date", from_ref), waiting
+        if within.action == "waiting-approval":
+            waiting.add(within.to_ref)
+        if major is not None:
+            waits = f"{major.to_ref}: {major.action} ({major.detail})"
+            within.detail = "; ".join(x for x in (within.detail, waits) if x)
+        return within, waiting
+
+    def _resolve(self, t: _Tracked, running: ImageRef | None, from_ref: str | None, skip: set[str],
+                 propose: Callable[[set[str]], Move | None]) -> Outcome | None:
+        """Apply, or put to a person, the first move ``propose`` makes that nobody rejected;
+        ``None`` when it proposes nothing."""
+        d = t.cfg
         while True:
-            move = t.policy.decide(current, offer, skip=skip)
+            move = propose(skip)
             if move is None:
-                return Outcome(d.name, "up-to-date", from_ref)
+                return None
             if self.history.failed_before(d.name, move.ref):
                 return Outcome(d.name, "held", from_ref, move.ref,
                                "this version failed before; waiting for a newer one")

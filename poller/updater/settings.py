@@ -26,7 +26,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from poller.config_base import SettingsModel, check_image_repository, check_name
+from poller.config_base import SettingsModel, check_image_repository, check_name, split_url_credentials
+from poller.names import check_dns_label, check_dns_subdomain
 
 _LABEL = re.compile(r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")
 _PERCENT = re.compile(r"^(100|[1-9]?\d)%$")
@@ -50,6 +51,8 @@ class RegistryAuth(SettingsModel):
     username: str | None = None
     password: SecretStr | None = None
 
+    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
+
 
 class KubernetesTarget(SettingsModel):
     kind: Literal["Deployment", "StatefulSet", "DaemonSet", "GameServerSet"]
@@ -58,6 +61,10 @@ class KubernetesTarget(SettingsModel):
     container: str = Field(description="the only container whose image is changed")
     kubeconfig: str | None = Field(None, description="default: updates.kubeconfig, then in-cluster")
     context: str | None = None
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_dns_subdomain(v, "name")))
+    _labels = field_validator("namespace", "container")(
+        classmethod(lambda cls, v, info: check_dns_label(v, info.field_name)))
 
 
 class HelmTarget(SettingsModel):
@@ -71,6 +78,9 @@ class HelmTarget(SettingsModel):
         "tag", description="tag: write '1.4.0' (or 'staging@sha256:..'); reference: 'repo:tag[@digest]'")
     kubeconfig: str | None = None
     helm: str | None = Field(None, description="helm executable; default: updates.helm")
+
+    _release = field_validator("release")(classmethod(lambda cls, v: check_dns_subdomain(v, "release")))
+    _namespace = field_validator("namespace")(classmethod(lambda cls, v: check_dns_label(v, "namespace")))
 
 
 class DockerTarget(SettingsModel):
@@ -204,6 +214,9 @@ class DeploymentConfig(SettingsModel):
                 raise ValueError(f"pattern: not a valid regular expression: {exc}") from exc
         if self.rollout is not None and self.target.kind != "kubernetes":
             raise ValueError("rollout needs a kubernetes target")
+        if self.approval == "major" and self.policy not in ("patch", "minor", "major", "all"):
+            raise ValueError(f"approval 'major' needs a semver policy (patch, minor, major, all); "
+                             f"policy '{self.policy}' has no major versions: say 'none' or 'all'")
         return self
 
     @property

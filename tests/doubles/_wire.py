@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -42,8 +42,10 @@ class WireDouble:
     def _serve(self, host: str, name: str, app: Callable) -> None:
         self.requests: list[tuple[str, str]] = []
         self._faults: list[Fault] = []
+        self._answers: list[tuple[str | None, str, Callable[[], Response]]] = []
         self._lock = threading.RLock()
-        self._server = make_server(host, 0, app, threaded=True, request_handler=QuietHandler)
+        self._server = make_server(host, 0, self._answering(app), threaded=True,
+                                   request_handler=QuietHandler)
         self.url = f"http://{host}:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name=name, daemon=True)
@@ -58,6 +60,35 @@ class WireDouble:
         """
         with self._lock:
             self._faults.extend([Fault(status, retry_after, path)] * count)
+
+    def answer(self, path: str, body: bytes | Callable[[], Iterable[bytes]], *, status: int = 200,
+               content_type: str = "application/json", method: str | None = None,
+               headers: dict[str, str] | None = None) -> None:
+        """From now on answer requests whose raw path matches ``path`` (a regular expression;
+        with ``method``, only that method) with ``body``, whatever the route would say: the
+        wire of a broken or hostile upstream. A callable body is called per request and its
+        chunks streamed (an endless generator makes an endless body)."""
+        def respond() -> Response:
+            data = body if isinstance(body, bytes) else iter(body())
+            return Response(data, status=status, content_type=content_type, headers=headers)
+
+        with self._lock:
+            self._answers.append((method, path, respond))
+
+    def _answering(self, app: Callable) -> Callable:
+        def wsgi(environ: dict, start_response: Callable) -> Any:
+            path = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+            path = path.split("?", 1)[0]
+            method = environ.get("REQUEST_METHOD", "")
+            with self._lock:
+                respond = next((r for m, p, r in self._answers
+                                if m in (None, method) and re.search(p, path)), None)
+                if respond is not None:
+                    self.requests.append((environ.get("REQUEST_METHOD", ""), path))
+            if respond is None:
+                return app(environ, start_response)
+            return respond()(environ, start_response)
+        return wsgi
 
     def request_count(self) -> int:
         return len(self.requests)

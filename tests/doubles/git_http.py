@@ -75,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
                 status = int(v.strip().split()[0])
             elif k:
                 headers.append((k, v.strip()))
+        if srv.transform is not None:  # a broken or hostile server's rewrite of the answer
+            payload = srv.transform(path, payload)
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
@@ -91,6 +93,8 @@ class GitHttpServer:
         self.auth = auth  # "user:password"
         self.requests: list[tuple[str, str]] = []
         self.faults: list[tuple[int, int | None]] = []
+        #: ``transform(path, body) -> body``, applied to every answer of git http-backend.
+        self.transform = None
         self.lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True

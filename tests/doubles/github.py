@@ -6,12 +6,20 @@ objects under ``git/tags``, and ``tarball`` (a 302 to a codeload-like URL servin
 ``.tar.gz`` with an ``<owner>-<repo>-<short sha>/`` top directory).
 
 Like GitHub it sends strong ``ETag`` validators computed from the body, answers a matching
-``If-None-Match`` with ``304 Not Modified``, and keeps a primary rate limit
-(``X-RateLimit-*``) that every answered request spends except a 304. When the budget is
-gone, API calls get GitHub's 403 "API rate limit exceeded".
+``If-None-Match`` with ``304 Not Modified``, and keeps primary rate limits (``X-RateLimit-*``):
+the token's (5000) and the anonymous one (60 per hour, per address). Every answered request
+spends its bucket, except a 304 to an *authenticated* request: for anonymous requests a 304
+costs like any other. When a budget is gone, API calls get GitHub's 403 "API rate limit
+exceeded". Injected faults carry the ``X-RateLimit-*`` headers too, and a 403/429 fault says
+"secondary rate limit" as GitHub's does. ``git/matching-refs`` answers every match in one
+response whatever ``per_page`` says (what GitHub does in practice), ``git/refs`` lists
+``refs/pull/*`` too.
 
 Test hooks: :meth:`GitHubDouble.fail_next`, :meth:`GitHubDouble.exhaust_rate_limit`,
-:attr:`GitHubDouble.rate_limit_remaining`, :attr:`GitHubDouble.requests`.
+:attr:`GitHubDouble.rate_limit_remaining`, :attr:`GitHubDouble.anonymous_remaining`,
+:attr:`GitHubDouble.matching_refs_page_size` (paginate ``matching-refs`` after all),
+:attr:`GitHubDouble.link_base` (``Link`` headers that point at another server),
+:attr:`GitHubDouble.requests`.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from tests.doubles.gitrepo import GitRepo, git
 DEFAULT_TOKEN = "ghp_slipwayDoubleToken000000000000000000"
 DOCS = "https://docs.github.com/rest"
 RATE_LIMIT = 5000
+ANONYMOUS_RATE_LIMIT = 60
+SECONDARY = ("You have exceeded a secondary rate limit. Please wait a few minutes before you try "
+             "again.")
 
 
 
@@ -66,6 +77,9 @@ class GitHubDouble(WireDouble):
         self.rate_limit = rate_limit
         self.rate_limit_remaining = rate_limit
         self.rate_limit_reset = int(time.time()) + 3600
+        self.anonymous_remaining = ANONYMOUS_RATE_LIMIT
+        self.matching_refs_page_size: int | None = None
+        self.link_base: str | None = None
         self._repos: dict[str, _Repo] = {}
         self._codeload_tokens: set[str] = set()
         self._serve(host, "github-double", self._wsgi)
@@ -89,7 +103,10 @@ class GitHubDouble(WireDouble):
     def _wsgi(self, environ: dict, start_response: Callable) -> Any:
         request, raw_path, fault = self._accept(environ)
         if fault is not None:
-            return _fault_response(fault.status, fault.retry_after)(environ, start_response)
+            response = _fault_response(fault.status, fault.retry_after)
+            with self._lock:
+                response.headers.update(self._rate_headers(bool(request.headers.get("Authorization"))))
+            return response(environ, start_response)
         if raw_path.startswith("/_codeload/"):
             return self._codeload(request, raw_path)(environ, start_response)
         try:
@@ -105,23 +122,29 @@ class GitHubDouble(WireDouble):
             response.headers["ETag"] = etag
             if _etag_matches(request.headers.get("If-None-Match"), etag):
                 response = Response(status=304, headers={"ETag": etag})
+        authenticated = bool(request.headers.get("Authorization"))
         with self._lock:
-            if response.status_code != 304 and self.rate_limit_remaining > 0:
+            if not authenticated:   # a 304 is free for authenticated requests only
+                self.anonymous_remaining = max(0, self.anonymous_remaining - 1)
+            elif response.status_code != 304 and self.rate_limit_remaining > 0:
                 self.rate_limit_remaining -= 1
-            response.headers.update(self._rate_headers())
+            response.headers.update(self._rate_headers(authenticated))
         return response
 
-    def _rate_headers(self) -> dict[str, str]:
-        return {"X-RateLimit-Limit": str(self.rate_limit),
-                "X-RateLimit-Remaining": str(self.rate_limit_remaining),
+    def _rate_headers(self, authenticated: bool = True) -> dict[str, str]:
+        limit, remaining = ((self.rate_limit, self.rate_limit_remaining) if authenticated
+                            else (ANONYMOUS_RATE_LIMIT, self.anonymous_remaining))
+        return {"X-RateLimit-Limit": str(limit),
+                "X-RateLimit-Remaining": str(remaining),
                 "X-RateLimit-Reset": str(self.rate_limit_reset),
-                "X-RateLimit-Used": str(self.rate_limit - self.rate_limit_remaining),
+                "X-RateLimit-Used": str(limit - remaining),
                 "X-RateLimit-Resource": "core"}
 
     def _route(self, request: Request, raw_path: str) -> Response:
         authenticated = self._authenticate(request)
         with self._lock:
-            exhausted = self.rate_limit_remaining <= 0
+            exhausted = (self.rate_limit_remaining if request.headers.get("Authorization")
+                         else self.anonymous_remaining) <= 0
         if exhausted:
             raise Abort(_error(403, "API rate limit exceeded for user. (But here's the good news: "
                                      "Authenticated requests get a higher rate limit.)"))
@@ -143,7 +166,7 @@ class GitHubDouble(WireDouble):
             (r"", self._get_repo),
             (r"git/refs", lambda req, repo: self._list_refs(req, repo, "refs/")),
             (r"git/matching-refs/(.*)",
-             lambda req, repo, prefix: self._list_refs(req, repo, f"refs/{prefix}")),
+             lambda req, repo, prefix: self._list_refs(req, repo, f"refs/{prefix}", matching=True)),
             (r"git/ref/(.+)", self._get_ref),
             (r"git/tags/([0-9a-f]{40})", self._get_tag),
             (r"tarball/(.+)", self._tarball),
@@ -173,12 +196,15 @@ class GitHubDouble(WireDouble):
             "visibility": "private" if repo.private else "public", "size": 0 if not heads else 1,
         })
 
-    def _list_refs(self, request: Request, repo: _Repo, prefix: str) -> Response:
+    def _list_refs(self, request: Request, repo: _Repo, prefix: str, matching: bool = False) -> Response:
         refs = self._refs(repo, prefix)
         if not self._refs(repo, "refs/"):
             raise Abort(_error(409, "Git Repository is empty."))
         items = [self._ref_json(request, repo, name, obj) for name, obj in sorted(refs.items())]
-        return _paginated(request, items)
+        if matching and self.matching_refs_page_size is None:
+            return _json(items)   # matching-refs: everything at once, per_page or not
+        return _paginated(request, items, per_page=self.matching_refs_page_size if matching else None,
+                          base=self.link_base)
 
     def _get_ref(self, request: Request, repo: _Repo, ref: str) -> Response:
         obj = self._refs(repo, f"refs/{ref}").get(f"refs/{ref}")
@@ -266,7 +292,8 @@ def _error(status: int, message: str) -> Response:
 
 
 def _fault_response(status: int, retry_after: float | None) -> Response:
-    response = _error(status, "Service Unavailable" if status == 503 else f"HTTP {status}")
+    message = {503: "Service Unavailable", 403: SECONDARY, 429: SECONDARY}.get(status, f"HTTP {status}")
+    response = _error(status, message)
     if retry_after is not None:
         response.headers["Retry-After"] = str(int(retry_after))
     return response
@@ -279,15 +306,17 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-def _paginated(request: Request, items: list[Any]) -> Response:
-    """One page of ``items`` with a GitHub ``Link`` header (default 30, at most 100)."""
+def _paginated(request: Request, items: list[Any], *, per_page: int | None = None,
+               base: str | None = None) -> Response:
+    """One page of ``items`` with a GitHub ``Link`` header (default 30, at most 100).
+    ``per_page``: fixed, whatever the request asks; ``base``: the server the links name."""
     try:
         page = max(1, int(request.args.get("page", 1)))
-        per_page = min(100, max(1, int(request.args.get("per_page", 30))))
+        per_page = per_page or min(100, max(1, int(request.args.get("per_page", 30))))
     except ValueError:
         raise Abort(_error(400, "Invalid pagination parameters")) from None
     pages = max(1, -(-len(items) // per_page))
-    base = request.host_url.rstrip("/") + request.environ["double.raw_path"]
+    base = (base or request.host_url).rstrip("/") + request.environ["double.raw_path"]
 
     def page_url(n: int) -> str:
         args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page", "per_page")]

@@ -4,6 +4,9 @@
   Last-Modified, honouring If-None-Match / If-Modified-Since; counts 200s and 304s.
 * :class:`RecordingHelmApi`: answers ``POST /apply`` like the helm API and records every
   call; can be told to fail.
+* :class:`ChartMuseumProcess`: the ChartMuseum stand-in (``toolchain/chartmuseum_compat.py``)
+  run as a process with ``python``: no toolchain build needed, same script the cluster lane
+  installs as ``chartmuseum``.
 """
 
 from __future__ import annotations
@@ -11,11 +14,19 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import requests
 import yaml
+
+from tests.fixtures.services import free_port, wait_until
+
+STANDIN = Path(__file__).resolve().parents[2] / "toolchain" / "chartmuseum_compat.py"
 
 
 class _Server:
@@ -128,3 +139,28 @@ class RecordingHelmApi(_Server):
         self.calls: list[dict] = []
         self.fail_with: int | None = None
         super().__init__(_ApiHandler)
+
+
+class ChartMuseumProcess:
+    """``python toolchain/chartmuseum_compat.py`` on a free port with local storage."""
+
+    def __init__(self, storage: Path):
+        self.storage = Path(storage)
+        self.port = free_port()
+        self.log = self.storage.parent / f"chartmuseum-{self.port}.log"
+        with open(self.log, "wb") as fh:
+            self.popen = subprocess.Popen(
+                [sys.executable, str(STANDIN), f"--port={self.port}", "--listen-host=127.0.0.1",
+                 "--storage=local", f"--storage-local-rootdir={self.storage}"],
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_until(lambda: requests.get(self.url + "/health", timeout=2).status_code == 200, 30,
+                   what="the ChartMuseum stand-in to answer /health")
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=10)

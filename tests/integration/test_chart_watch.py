@@ -1,9 +1,15 @@
-"""The poller's chart watch against real HTTP: a static Helm repo (or the real ChartMuseum)
-and a recording stand-in for the helm API (or the real helm API on the real cluster)."""
+"""The poller's chart watch against real HTTP: a static Helm repo, the ChartMuseum stand-in
+(run with python; the cluster lane's `chartmuseum`), and a recording stand-in for the helm API
+(or the real helm API on the real cluster)."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
+import requests
+import yaml
 
 from poller.approvals import ApprovalQueue
 from poller.charts.index import classify
@@ -11,9 +17,11 @@ from poller.charts.watcher import ApplyFailed, ChartWatcher
 from poller.config import ChartRepoConfig, ChartsConfig, HelmApiClientConfig
 from poller.http import RequestCounter, make_session
 from poller.store import Store
-from tests.integration.chart_servers import IndexServer, RecordingHelmApi
+from tests.integration.chart_servers import ChartMuseumProcess, IndexServer, RecordingHelmApi
 
 TOKEN = "helm-api-token"
+ROOT = Path(__file__).resolve().parents[2]
+GAME = ROOT / "charts" / "game-server"
 
 
 @pytest.fixture
@@ -28,6 +36,19 @@ def api():
     srv = RecordingHelmApi()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def museum(tmp_path):
+    cm = ChartMuseumProcess(tmp_path / "chartmuseum-storage")
+    yield cm
+    cm.stop()
+
+
+def push(url: str, version: str, chart_dir: Path = GAME) -> None:
+    from poller.charts.push import package_chart, push_chart
+
+    push_chart(package_chart(chart_dir, version=version), url)
 
 
 @pytest.fixture
@@ -56,8 +77,20 @@ def applied(api):
     ("1.4", None),
     ("latest", None),
 ])
-def test_classify(version, channel):
+def test_classify_with_a_narrow_staging_pattern(version, channel):
     assert classify(version, r"^\d+\.\d+\.\d+-staging(\.|$)") == channel
+
+
+@pytest.mark.parametrize("version, channel", [
+    ("1.4.0-staging.20261122.3", "staging"),
+    ("0.3.0-rc.1", "staging"),
+    ("v1.4.0-alpha", "staging"),
+    ("1.4.0", "release"),
+    ("1.4", None),
+    ("latest", None),
+])
+def test_default_staging_channel_is_every_prerelease(version, channel):
+    assert classify(version, ChartRepoConfig(name="r", url="http://x").staging_pattern) == channel
 
 
 def test_staging_and_release_versions_apply_to_their_environments(repo, api, store_path):
@@ -93,6 +126,75 @@ def test_unchanged_index_costs_exactly_one_304_and_applies_nothing(repo, api, st
     assert counter.total() == 2
     assert not res.index_changed and not res.applied
     assert len(api.calls) == calls
+
+
+def test_unchanged_chartmuseum_index_costs_one_200_and_no_parse(museum, api, store_path, caplog):
+    """ChartMuseum sends no validators and answers every GET with 200; the body's digest
+    tells an unchanged index apart before anything is parsed or planned."""
+    push(museum.url, "1.0.0")
+    counter = RequestCounter()
+    w = make_watcher(museum.url, api.url, store_path, counter=counter)
+    assert [a.version for a in w.reconcile().applied] == ["1.0.0"]
+    caplog.set_level(logging.DEBUG, logger="poller.charts.index")
+    caplog.clear()
+    res = w.reconcile()
+    assert not res.index_changed and not res.applied and not res.awaiting
+    assert counter.snapshot() == {("chart-repo:main", 200): 2}
+    events = [(r.getMessage(), r.fields.get("by")) for r in caplog.records
+              if r.name == "poller.charts.index"]
+    assert events == [("charts.index.unchanged", "digest")]
+    assert len(api.calls) == 1
+
+    push(museum.url, "1.0.1")
+    res = w.reconcile()
+    assert res.index_changed and [a.version for a in res.applied] == ["1.0.1"]
+
+
+def test_unchanged_index_still_applies_an_approval_granted_meanwhile(repo, api, store_path):
+    repo.add("game-server", "1.0.0")
+    w = make_watcher(repo.url, api.url, store_path)
+    w.reconcile()
+    repo.add("game-server", "2.0.0")
+    [waiting] = w.reconcile().awaiting
+    ApprovalQueue(Store(store_path)).approve(waiting.approval_id, by="tester")
+    res = w.reconcile()  # same watcher, index unchanged (304)
+    assert not res.index_changed
+    assert [a.version for a in res.applied] == ["2.0.0"]
+
+
+def test_chartmuseum_index_has_no_validators_and_a_stable_body(museum):
+    push(museum.url, "1.0.0")
+    first = requests.get(f"{museum.url}/index.yaml", timeout=10)
+    assert first.status_code == 200
+    assert "ETag" not in first.headers and "Last-Modified" not in first.headers
+    again = requests.get(f"{museum.url}/index.yaml", timeout=10, headers={
+        "If-None-Match": '"anything"', "If-Modified-Since": "Tue, 01 Dec 2099 00:00:00 GMT"})
+    assert again.status_code == 200
+    assert again.content == first.content  # `generated` is not rewritten per GET
+    push(museum.url, "1.1.0")
+    changed = requests.get(f"{museum.url}/index.yaml", timeout=10)
+    assert changed.content != first.content
+    versions = [e["version"] for e in yaml.safe_load(changed.content)["entries"]["game-server"]]
+    assert versions == ["1.1.0", "1.0.0"]
+
+
+def test_chartmuseum_latest_is_the_newest_stable_version(museum):
+    push(museum.url, "1.0.0")
+    push(museum.url, "1.1.0-staging.1")
+    latest = requests.get(f"{museum.url}/api/charts/game-server/latest", timeout=10)
+    assert latest.status_code == 200 and latest.json()["version"] == "1.0.0"
+    push(museum.url, "0.1.0-rc.1", ROOT / "charts" / "slipway")
+    only_pre = requests.get(f"{museum.url}/api/charts/slipway/latest", timeout=10)
+    assert only_pre.status_code == 404
+
+
+def test_chartmuseum_upload_with_a_trailing_slash_is_404(museum):
+    from poller.charts.push import package_chart
+
+    chart = package_chart(GAME, version="1.0.0")
+    resp = requests.post(f"{museum.url}/api/charts/", data=chart.data, timeout=10)
+    assert resp.status_code == 404
+    assert requests.post(f"{museum.url}/api/charts", data=chart.data, timeout=10).status_code == 201
 
 
 def test_restart_does_not_retrigger_but_catches_up(repo, api, store_path):
@@ -266,9 +368,10 @@ def test_push_to_chartmuseum_then_watch_sees_it(chartmuseum, api, store_path, tm
     push_chart(package_chart(chart_dir, version="1.4.0"), chartmuseum.url)
     res = w.reconcile()
     assert [(a.version, a.environment) for a in res.applied] == [("1.4.0", "production")]
-    # nothing new: no apply; ChartMuseum answers the conditional GET with 304 when it can
+    # nothing new: no apply; ChartMuseum answers 200 (no validators), the digest matches
     res = w.reconcile()
     assert res.applied == [] and not res.index_changed
+    assert counter.snapshot().get(("chart-repo:main", 304)) is None
     assert len(api.calls) == 2
 
 

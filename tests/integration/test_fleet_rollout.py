@@ -17,10 +17,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from tests.fixtures.fleet import Namespace, netns_available
-from tests.fixtures.services import ROOT, wait_until
+from tests.fixtures.services import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +65,13 @@ class Fleet:
         self.dead: set[str] = set()
         self.namespaces: dict[str, Namespace] = {}
         self.machines: list[str] = []
+        self.health = {s: {"kind": "docker", "timeout": 30} for s in SERVICES}
 
     def name(self, machine: str, svc: str) -> str:
         return f"slw{self.id}-{machine}-{svc}"
 
     def config(self, machine: str, endpoint: str) -> Path:
-        services = {s: {"image": f"{self.registry.addr}/{s}", "health": {"kind": "docker", "timeout": 30},
+        services = {s: {"image": f"{self.registry.addr}/{s}", "health": self.health[s],
                         "stop_timeout": 1,
                         **extra} for s, extra in SERVICES.items()}
         data = {"registry": {"url": self.registry.addr, "insecure": True},
@@ -81,12 +83,13 @@ class Fleet:
         path.write_text(yaml.safe_dump(data))
         return path
 
-    def add_machine(self, machine: str, version: str = "1.0.0") -> None:
+    def add_machine(self, machine: str, version: str = "1.0.0", **run) -> None:
+        """``run``: per service, extra ``containers.run`` arguments (``{svc: {...}}``)."""
         self.machines.append(machine)
         for svc in SERVICES:
             self.docker.containers.run(f"{self.registry.addr}/{svc}:{version}", name=self.name(machine, svc),
                                        detach=True, labels={"slipway.test": self.id, "machine": machine,
-                                                            "service": svc})
+                                                            "service": svc}, **run.get(svc, {}))
 
     def start_agent(self, machine: str, *, netns: Namespace | None = None) -> None:
         endpoint = f"http://127.0.0.1:{netns.port}" if netns else self.etcd.url
@@ -320,3 +323,29 @@ def test_a_paused_rollout_stages_every_machine_and_switches_none_until_resumed(f
     wait_until(lambda: (fleet.rollout("db") or {}).get("state") == "done", timeout=120, what="db done")
     assert fleet.versions("db") == {m: "2.0.0" for m in machines}
     assert not any(k.startswith(staged) for k in fleet.etcd_view())
+
+
+def test_http_health_checks_reach_host_network_containers(fleet, docker_client, registry, tmp_path):
+    """Game servers often run with ``network_mode: host``: no published port binding exists, the
+    service listens on the host itself. ``health: {kind: http, port: P}`` checks 127.0.0.1:P."""
+    build_images(docker_client, tmp_path, registry, {"1.0.0": True, "2.0.0": True})
+    ports = {s: free_port() for s in SERVICES}
+    fleet.health = {s: {"kind": "http", "port": ports[s], "path": "/health", "timeout": 20} for s in SERVICES}
+    fleet.add_machine("m1", **{s: {"network_mode": "host",
+                                   "command": ["/bin/busybox", "httpd", "-f", "-p", str(ports[s]), "-h", "/www"]}
+                               for s in SERVICES})
+    fleet.start_agent("m1")
+    wait_until(lambda: all_current(fleet, ["m1"], "1.0.0"), timeout=60, what="the agent registered")
+    fleet.cli("rollout", "db", "2.0.0", "api", "2.0.0")
+
+    def ended(svc: str) -> bool:
+        return (fleet.rollout(svc) or {}).get("state") in ("done", "failed")
+
+    wait_until(lambda: ended("db") and (fleet.rollout("db")["state"] == "failed" or ended("api")),
+               timeout=120, what="the rollouts to end")
+    assert fleet.rollout("db")["state"] == fleet.rollout("api")["state"] == "done", fleet.rollout("db")
+    assert all_current(fleet, ["m1"], "2.0.0")
+    for svc, port in ports.items():
+        c = docker_client.containers.get(fleet.name("m1", svc))
+        assert c.attrs["HostConfig"]["NetworkMode"] == "host" and c.attrs["Config"]["Image"].endswith(":2.0.0")
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=3).text == f"{svc} 2.0.0\n"

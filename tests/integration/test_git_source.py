@@ -106,3 +106,23 @@ def test_unknown_repository_is_a_clear_error(tmp_path, http_server):
     with pytest.raises(Exception) as exc:
         source(http_server.repo_url("missing.git"), tmp_path).poll()
     assert "404" in str(exc.value)
+
+
+def test_a_git_failure_keeps_the_fatal_line_not_just_the_advice(tmp_path):
+    missing = tmp_path / "nowhere.git"
+    with pytest.raises(SourceError) as exc:
+        source(f"file://{missing}", tmp_path).poll()
+    message = str(exc.value)
+    assert "does not appear to be a git repository" in message, message
+    assert "the repository exists" in message and "\n" not in message
+
+
+def test_a_git_failure_message_is_bounded_and_masks_the_remote_credentials(repo, tmp_path):
+    long_path = "x" * 5000
+    url = f"http://ci:hunter2-secret@127.0.0.1:9/{long_path}.git"
+    src = source(url, tmp_path)
+    with pytest.raises((SourceError, UpstreamError)) as exc:
+        src.write_archive("0" * 40, io.BytesIO())
+    message = str(exc.value)
+    said = message.split(" failed: ", 1)[1]
+    assert "hunter2" not in message and len(said) <= 2100 and "…" in said, said[:300]

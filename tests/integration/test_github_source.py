@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -18,10 +19,13 @@ from poller.sources.base import Source
 from poller.sources.github import GitHubSource
 from tests.doubles.github import DEFAULT_TOKEN, GitHubDouble
 from tests.doubles.gitrepo import GitRepo
+from tests.fixtures.services import ROOT
 
 pytestmark = pytest.mark.integration
 
 REFS = "/repos/games/lobby/git/refs"
+TAGS = "/repos/games/lobby/git/matching-refs/tags"
+HEAD = "/repos/games/lobby/git/ref/heads/master"
 
 
 @pytest.fixture
@@ -114,7 +118,7 @@ def test_poll_sees_branch_head_and_all_tags_peeled(github_double: GitHubDouble, 
     assert snap.tags == {"v1.2": first, "1.4.0-rc.1": head, "latest": head}
 
 
-def test_unchanged_poll_is_one_304_that_costs_no_rate_limit(github_double: GitHubDouble, repo: GitRepo):
+def test_unchanged_poll_is_two_304s_that_cost_no_rate_limit(github_double: GitHubDouble, repo: GitRepo):
     repo.commit("one")
     repo.tag("v1.0.0")
     github_double.add_repo("games/lobby", repo)
@@ -125,7 +129,7 @@ def test_unchanged_poll_is_one_304_that_costs_no_rate_limit(github_double: GitHu
 
     again = source.poll()
 
-    assert github_double.requests == [("GET", REFS)]
+    assert github_double.requests == [("GET", TAGS), ("GET", HEAD)]
     assert github_double.rate_limit_remaining == remaining
     assert again.unchanged and (again.head, again.tags) == (first.head, first.tags)
 
@@ -154,7 +158,7 @@ def test_refs_beyond_the_first_page_are_read_and_watched(github_double: GitHubDo
     source = make_source(github_double)
     assert len(source.poll().tags) == 110
 
-    assert source.poll().unchanged                       # two pages, two 304s
+    assert source.poll().unchanged                       # 304s only
     subprocess.run(["git", "tag", "zz-last", sha], cwd=repo.bare, check=True)   # sorts onto page 2
     snap = source.poll()
 
@@ -296,3 +300,97 @@ def test_archives_that_escape_the_tree_are_refused():
     hostile.seek(0)
     with pytest.raises(SourceError, match="escapes"):
         strip_leading_dir(hostile, io.BytesIO(), "gz")
+
+
+# -- GitHub as it really behaves ----------------------------------------------------------
+
+
+def test_poll_reads_heads_and_tags_only_and_stays_cheap_with_many_pull_requests(
+        github_double: GitHubDouble, repo: GitRepo):
+    """``refs/pull/*`` (two per pull request) are never listed; ``matching-refs`` answering
+    everything at once (ignoring ``per_page``) or in pages, the poll is right either way."""
+    sha = repo.commit("one")
+    for i in range(120):
+        subprocess.run(["git", "tag", f"v0.0.{i:03d}", sha], cwd=repo.bare, check=True)
+    for n in range(1, 301):
+        for kind in ("head", "merge"):
+            subprocess.run(["git", "update-ref", f"refs/pull/{n}/{kind}", sha], cwd=repo.bare, check=True)
+    github_double.add_repo("games/lobby", repo)
+    assert "next" in api(github_double, f"{REFS}?per_page=100").links   # git/refs: 8 pages
+    github_double.requests.clear()
+
+    source = make_source(github_double)
+    snap = source.poll()
+    assert snap.head == sha and set(snap.tags) == {f"v0.0.{i:03d}" for i in range(120)}
+    assert [p for _, p in github_double.requests if "/git/" in p] == [TAGS, HEAD]
+    github_double.requests.clear()
+    assert source.poll().unchanged and github_double.requests == [("GET", TAGS), ("GET", HEAD)]
+
+    # the same with matching-refs paginating after all: every page read, then 304s
+    github_double.matching_refs_page_size = 50
+    paged = make_source(github_double)
+    github_double.requests.clear()
+    assert paged.poll().tags == snap.tags
+    assert [p for _, p in github_double.requests].count(TAGS) == 3
+    subprocess.run(["git", "tag", "zz-last", sha], cwd=repo.bare, check=True)   # lands on page 3
+    assert paged.poll().tags["zz-last"] == sha
+
+
+def test_unauthenticated_304s_spend_the_rate_limit_and_config_load_warns(
+        github_double: GitHubDouble, repo: GitRepo, tmp_path: Path):
+    repo.commit("one")
+    github_double.token = None                  # a public repository, polled without a token
+    github_double.add_repo("games/lobby", repo, private=False)
+    source = make_source(github_double, token=None)
+    source.poll()
+    before = github_double.anonymous_remaining
+    assert source.poll().unchanged
+    assert github_double.anonymous_remaining == before - 2     # two 304s, both counted
+
+    cfg = tmp_path / "slipway.yaml"
+    cfg.write_text(f"""registry: {{url: "127.0.0.1:5000"}}
+sources:
+  - name: lobby
+    github: {{repo: "games/lobby", api_url: "{github_double.url}"}}
+    branch: master
+    image: 127.0.0.1:5000/lobby
+""")
+    res = subprocess.run([sys.executable, "-m", "poller", "check-config", str(cfg)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "config.github_unauthenticated" in res.stderr and "sources[0].github.token" in res.stderr
+    assert "120 per hour" in res.stderr
+
+
+@pytest.mark.parametrize("status", [403, 429])
+def test_secondary_rate_limit_waits_a_minute_and_is_not_bad_credentials(github_double: GitHubDouble,
+                                                                        repo: GitRepo, status: int):
+    repo.commit("one")
+    github_double.add_repo("games/lobby", repo)
+    github_double.fail_next(1, status=status)           # no Retry-After, quota left
+
+    raw = api(github_double, TAGS)
+    assert raw.status_code == status and raw.headers["X-RateLimit-Remaining"] not in ("", "0")
+    assert "secondary rate limit" in raw.json()["message"]
+    github_double.fail_next(1, status=status)
+    with pytest.raises(UpstreamError) as err:
+        make_source(github_double).poll()
+
+    assert not isinstance(err.value, AuthError)
+    assert err.value.status == status and err.value.retry_after >= 60
+
+
+def test_token_is_never_sent_to_a_host_a_next_link_names(github_double: GitHubDouble, repo: GitRepo):
+    sha = repo.commit("one")
+    for i in range(5):
+        subprocess.run(["git", "tag", f"v0.0.{i}", sha], cwd=repo.bare, check=True)
+    github_double.add_repo("games/lobby", repo)
+    elsewhere = GitHubDouble(token=None)
+    try:
+        github_double.matching_refs_page_size = 2
+        github_double.link_base = elsewhere.url.replace("127.0.0.1", "localhost")
+        with pytest.raises(SourceError, match="another host"):
+            make_source(github_double).poll()
+        assert elsewhere.requests == []
+    finally:
+        elsewhere.stop()

@@ -42,8 +42,8 @@ def write_config(tmp_path, data) -> Path:
 
 
 def pipeline_for(data, docker_host, counter=None):
-    return build_pipeline(parse_config(data, file="test.yaml"), docker_base_url=docker_host,
-                          counter=counter)
+    data = {**data, "docker": {**data.get("docker", {}), "base_url": docker_host}}
+    return build_pipeline(parse_config(data, file="test.yaml"), counter=counter)
 
 
 def poller(*args, env_extra=None, **kw) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ and production refuses it.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -48,8 +49,9 @@ def jar(text: str) -> bytes:
 
 
 class Servers:
-    def __init__(self, tmp: Path, docker_client, docker_host: str, registry):
+    def __init__(self, tmp: Path, docker_client, docker_host: str, registry, types: dict | None = None):
         self.docker_host = docker_host
+        self.types = types or TYPES
         self.id = uuid.uuid4().hex[:8]
         self.tmp, self.docker, self.registry = tmp, docker_client, registry
         self.image = f"slipway-test-server:{self.id}"
@@ -64,7 +66,7 @@ class Servers:
         self.config_path = tmp / "slipway.yaml"
         self.config_path.write_text(yaml.safe_dump({
             "registry": {"url": registry.addr, "insecure": True},
-            "plugins": {"server_types": TYPES,
+            "plugins": {"server_types": self.types,
                         "environments": {"production": {"production": True}, "dev": {"fast_track": True}},
                         "probe": {"stop_timeout": 1, "restart_timeout": 30, "report_path": "/plugins/plugins.txt"}}}))
         self.cfg = load_config(self.config_path)
@@ -81,7 +83,7 @@ class Servers:
                     "slipway.port": str(port)},
             environment={"PORT": str(port), "SLIPWAY_REGISTRY": self.registry.url,
                          "SLIPWAY_CHANNEL": channel,
-                         "SLIPWAY_PLUGINS": " ".join(TYPES[server_type]["plugins"])})
+                         "SLIPWAY_PLUGINS": " ".join(self.types[server_type]["plugins"])})
 
     def get(self, name: str, path: str) -> requests.Response:
         return requests.get(f"http://127.0.0.1:{self.ports[name]}{path}", timeout=3)
@@ -234,3 +236,47 @@ def test_fast_track_reaches_dev_within_one_cycle_and_production_refuses(servers,
     report = servers.get("dev-lobby", "/plugins/plugins.txt").text
     assert (tmp_path / "fetched" / "plugins.txt").read_text() == report
     assert (tmp_path / "fetched" / "chat.jar").read_bytes() == build.read_bytes()
+
+
+#: the README's plugins example: chat is in both sets, economy only in lobby's
+README_TYPES = {"lobby": {"plugins": {"chat": "latest", "economy": "1.x"}},
+                "survival": {"plugins": {"chat": "latest"}, "depends_on": ["lobby"]}}
+
+
+def test_fast_track_on_first_use_moves_complete_channels_and_leaves_incomplete_ones(
+        tmp_path, docker_client, docker_host, registry):
+    """No economy release yet: ``plugin push chat.jar --env dev`` moves survival's channel (its
+    set is complete) and exits 0; lobby's channel is not touched at all, until economy exists."""
+    servers = Servers(tmp_path, docker_client, docker_host, registry, types=README_TYPES)
+    try:
+        build = tmp_path / "chat.jar"
+        build.write_bytes(jar("chat first build"))
+        pushed = servers.cli("push", str(build), "--env", "dev")
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        out = json.loads(pushed.stdout)
+        assert set(out["cycle"]["incomplete"]) == {"lobby"}
+        assert "economy" in out["cycle"]["incomplete"]["lobby"] and out["cycle"]["errors"] == []
+        assert "dev-survival" in registry.tags("plugins/chat")
+        assert "dev-lobby" not in registry.tags("plugins/chat")
+
+        # a survival server fetches its complete set; the next fast-track push restarts it
+        servers.start("s1", "survival", "dev")
+        wait_until(lambda: servers.plugins("s1"), timeout=60, what="survival server up")
+        build.write_bytes(jar("chat second build"))
+        pushed = servers.cli("push", str(build), "--env", "dev")
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        version = json.loads(pushed.stdout)["version"]
+        assert servers.plugins("s1") == {"chat": version}
+        assert "dev-lobby" not in registry.tags("plugins/chat")
+
+        # economy's first release completes lobby's set: its channel moves, whole
+        eco = tmp_path / "economy.jar"
+        eco.write_bytes(jar("economy 1.0.0"))
+        assert servers.cli("push", str(eco), "--version", "1.0.0").returncode == 0
+        cycled = servers.cli("cycle", "--env", "dev")
+        assert cycled.returncode == 0, cycled.stdout + cycled.stderr
+        assert json.loads(cycled.stdout)["incomplete"] == {}
+        assert "dev-lobby" in registry.tags("plugins/chat") and "dev-lobby" in registry.tags("plugins/economy")
+        assert servers.store.get("chat", "dev-lobby").version == version
+    finally:
+        servers.cleanup()

@@ -217,3 +217,156 @@ def test_minor_applies_major_waits_rejected_never_returns_pin_holds(
     assert "LAST UPDATES" in text and "carol" not in text
     assert any(line.split()[1:4] == ["prod", "2.0.0", "2.1.0"] for line in text.splitlines()
                if line.strip() and line.split()[0].isdigit())
+
+
+class _EngineRelay:
+    """A second Docker engine address: a unix socket relaying byte for byte to the real engine,
+    counting the connections it carries (so a test can tell which address a process used)."""
+
+    def __init__(self, path: Path, engine_socket: str):
+        import socket
+        import threading
+
+        self.path, self.engine, self.connections = path, engine_socket, 0
+        self._server = socket.socket(socket.AF_UNIX)
+        self._server.bind(str(path))
+        self._server.listen(16)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.engine)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._server.close()
+
+
+def test_updates_once_acts_on_the_engine_docker_host_names(tmp_path, registry, docker_client, docker_host,
+                                                           base_image, containers):
+    """No ``docker:`` key: ``poller updates once`` uses DOCKER_HOST, like the docker CLI would."""
+    assert docker_host.startswith("unix://")
+    relay = _EngineRelay(tmp_path / "other-engine.sock", docker_host[len("unix://"):])
+    try:
+        d1 = push_base(docker_client, registry, REPO, "staging")
+        box = run(docker_client, containers, "dockerhost", f"{registry.addr}/{REPO}:staging@{d1}")
+        d2 = retag(registry, REPO, "staging", "staging", label="built after the container started")
+        data = config(tmp_path, registry, [deployment("box", box.name, "digest", registry, tag="staging")],
+                      docker_host)
+        del data["docker"]
+        cfg_path = tmp_path / "slipway.yaml"
+        cfg_path.write_text(yaml.safe_dump(data))
+        res = subprocess.run([sys.executable, "-m", "poller", "updates", "once", "-c", str(cfg_path), "--json"],
+                             cwd=ROOT, text=True, capture_output=True,
+                             env={**os.environ, "DOCKER_HOST": f"unix://{relay.path}"}, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        [o] = json.loads(res.stdout)
+        assert (o["action"], o["to_ref"]) == ("updated", f"staging@{d2}"), o
+        assert relay.connections > 0, "the update went to another engine than DOCKER_HOST's"
+        assert image_of(docker_client, box.name) == f"{registry.addr}/{REPO}:staging@{d2}"
+    finally:
+        relay.close()
+
+
+def test_first_pass_leaves_a_container_already_running_the_wanted_digest(
+        tmp_path, registry, docker_client, docker_host, base_image, containers):
+    """Started from ``repo:staging`` (no digest in its config) while ``staging`` is that digest:
+    the first ``updates once`` must not recreate it; a real move still does."""
+    push_base(docker_client, registry, REPO, "staging")
+    box = run(docker_client, containers, "firstpass", f"{registry.addr}/{REPO}:staging")
+    cfg_path = tmp_path / "slipway.yaml"
+    cfg_path.write_text(yaml.safe_dump(config(
+        tmp_path, registry, [deployment("box", box.name, "digest", registry, tag="staging")], docker_host)))
+    res = poller("updates", "once", "-c", str(cfg_path), "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    [o] = json.loads(res.stdout)
+    assert o["action"] == "up-to-date", o
+    assert docker_client.containers.get(box.name).id == box.id
+
+    d2 = retag(registry, REPO, "staging", "staging", label="a real new build")
+    res = poller("updates", "once", "-c", str(cfg_path), "--json")
+    [o] = json.loads(res.stdout)
+    assert (o["action"], o["to_ref"]) == ("updated", f"staging@{d2}"), o
+    assert docker_client.containers.get(box.name).id != box.id
+
+
+def test_minor_policy_with_major_approval_surfaces_the_major_while_minors_keep_flowing(
+        tmp_path, registry, docker_client, docker_host, base_image, containers):
+    """The README's production pair (``policy: minor``, ``approval: major``) on a Docker host,
+    driven through the CLI: a new major waits for a person, minors still arrive meanwhile, and
+    once approved the deployment follows the new major."""
+    push_base(docker_client, registry, REPO, "1.0.0")
+    prod = run(docker_client, containers, "semver", f"{registry.addr}/{REPO}:1.0.0")
+    cfg_path = tmp_path / "slipway.yaml"
+    cfg_path.write_text(yaml.safe_dump(config(
+        tmp_path, registry, [deployment("prod", prod.name, "minor", registry, approval="major")], docker_host)))
+
+    def once() -> dict:
+        res = poller("updates", "once", "-c", str(cfg_path), "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        [o] = json.loads(res.stdout)
+        return o
+
+    def pending() -> list[dict]:
+        res = poller("approvals", "list", "-c", str(cfg_path), "--json")
+        assert res.returncode == 0, res.stderr
+        return [(a["subject"], a["to_version"]) for a in json.loads(res.stdout)]
+
+    retag(registry, REPO, "1.0.0", "1.1.0", label="1.1.0")
+    retag(registry, REPO, "1.0.0", "2.0.0", label="2.0.0")
+    o = once()
+    assert (o["action"], o["to_ref"]) == ("updated", "1.1.0"), o
+    assert "2.0.0: waiting-approval" in o["detail"]
+    assert pending() == [("prod", "2.0.0")]
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:1.1.0"
+
+    retag(registry, REPO, "1.0.0", "1.2.1", label="1.2.1")
+    o = once()
+    assert (o["action"], o["to_ref"]) == ("updated", "1.2.1"), o
+    o = once()
+    assert (o["action"], o["to_ref"]) == ("waiting-approval", "2.0.0"), o
+    assert pending() == [("prod", "2.0.0")]
+
+    [appr] = json.loads(poller("approvals", "list", "-c", str(cfg_path), "--json").stdout)
+    assert poller("approvals", "approve", str(appr["id"]), "-c", str(cfg_path)).returncode == 0
+    o = once()
+    assert (o["action"], o["to_ref"]) == ("updated", "2.0.0"), o
+    assert image_of(docker_client, prod.name) == f"{registry.addr}/{REPO}:2.0.0"
+
+    retag(registry, REPO, "1.0.0", "2.1.0", label="2.1.0")
+    assert (once()["action"], image_of(docker_client, prod.name)) == ("updated", f"{registry.addr}/{REPO}:2.1.0")
+    assert pending() == []
+
+    # a newer major supersedes the request nobody answered: one pending approval, the newest
+    retag(registry, REPO, "1.0.0", "3.0.0", label="3.0.0")
+    assert (once()["action"], pending()) == ("waiting-approval", [("prod", "3.0.0")])
+    retag(registry, REPO, "1.0.0", "4.0.0", label="4.0.0")
+    assert (once()["to_ref"], pending()) == ("4.0.0", [("prod", "4.0.0")])

@@ -48,7 +48,7 @@ def test_bad_json_is_a_400(app):
     r = app.test_client().post(f"/api/v1/approvals/{appr.id}/approve", data="{nope",
                                headers={"Authorization": "Bearer t0ken-value",
                                         "Content-Type": "application/json"})
-    assert r.status_code == 400 and r.json["error"] == "bad_request"
+    assert r.status_code == 400 and r.json["error"] == "bad_json"
 
 
 def test_unknown_route_is_json_404(app):

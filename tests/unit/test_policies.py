@@ -29,6 +29,17 @@ def test_semver_levels(level, expected):
     assert decide(SemverPolicy(level), "1.2.3") == expected
 
 
+@pytest.mark.parametrize("level,within", [("patch", "1.2.10"), ("minor", "1.3.0"), ("major", "1.3.0"),
+                                          ("all", "1.4.0-rc.1")])
+def test_semver_splits_the_running_major_from_the_next_one(level, within):
+    policy, running, offer = SemverPolicy(level), Running("1.2.3"), Offer(tags=TAGS)
+    assert policy.decide(running, offer, same_major=True).tag == within
+    beyond = policy.next_major(running, offer)
+    assert beyond.major and beyond.tag == ("v2.1.0-beta.2" if level == "all" else "2.0.0")
+    assert policy.next_major(running, offer, skip={"2.0.0", "v2.1.0-beta.2"}) is None
+    assert policy.next_major(Running("2.0.0"), offer) is None
+
+
 def test_semver_prereleases_only_when_asked():
     assert decide(SemverPolicy("minor"), "1.3.0") is None
     assert decide(SemverPolicy("minor", prereleases=True), "1.3.0") == "1.4.0-rc.1"
@@ -121,6 +132,8 @@ BASE = {"name": "game", "image": "127.0.0.1:5000/game", "policy": "minor",
      "updates.deployments[0].rollout.steps", "percentage"),
     ({"reload": {}}, "updates.deployments[0].reload", "exactly one"),
     ({"policy": "regex", "pattern": "("}, "updates.deployments[0]", "regular expression"),
+    ({"policy": "digest", "tag": "staging", "approval": "major"}, "updates.deployments[0]",
+     "needs a semver policy"),
 ])
 def test_settings_errors_name_the_key(change, key, words):
     with pytest.raises(ConfigError) as err:

@@ -31,3 +31,14 @@ def test_semver_precedence():
 
 def test_image_tag_has_no_plus():
     assert parse_version("1.0.0+b1").image_tag == "1.0.0_b1"
+
+
+@pytest.mark.parametrize("tag", [
+    "1" * 5000 + ".0.0",                       # beyond int()'s digit limit
+    "v1.2.3-" + "9" * 5000,                    # a numeric prerelease of thousands of digits
+    "1.2.3-rc." + "a" * 100_000,               # a long tag is not a version
+    "1.2.3+" + "b" * 100_000,
+    "123456789012345678901.0.0",               # more digits than any real version has
+])
+def test_absurd_versions_are_ignored_not_raised(tag):
+    assert classify_tag(tag) == (TagKind.IGNORED, None)

@@ -35,3 +35,15 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- $ns := .Values.helmsman.targetNamespaces | default (list .Release.Namespace) -}}
 {{- toJson $ns -}}
 {{- end -}}
+
+{{- define "slipway.buildkitName" -}}{{ include "slipway.fullname" . }}-buildkitd{{- end -}}
+
+{{/* build.engine buildkit over the chart's own builders, unless the config chose already. */}}
+{{- define "slipway.buildkitBuild" -}}
+{{- $name := include "slipway.buildkitName" . -}}
+{{- $addrs := list -}}
+{{- range $i := until (int .Values.buildkit.replicas) -}}
+{{- $addrs = append $addrs (dict "address" (printf "tcp://%s-%d.%s.%s.svc:%v" $name $i $name $.Release.Namespace $.Values.buildkit.port) "ca_cert" "/etc/slipway-buildkit/ca.pem" "cert" "/etc/slipway-buildkit/cert.pem" "key" "/etc/slipway-buildkit/key.pem") -}}
+{{- end -}}
+{{- toJson (dict "engine" "buildkit" "buildkit" (dict "addresses" $addrs "buildctl" "/opt/buildkit/bin/buildctl")) -}}
+{{- end -}}
