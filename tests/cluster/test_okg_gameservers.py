@@ -213,7 +213,7 @@ HTTP_RELOAD = {"http": {"port": RELOAD_PORT, "path": "/cgi-bin/reload?server={se
 
 
 def poller(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "poller", *args], cwd=ROOT, text=True, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "poller", *args], cwd=ROOT, text=True, capture_output=True, check=False,
                           env=dict(os.environ), timeout=120)
 
 
