@@ -1,31 +1,50 @@
-"""Plugin rollouts on Kubernetes (the real control plane from scripts/toolchain, kwok nodes).
+"""Plugin restarts on Kubernetes, against the real node (containerd + kubelet, toolchain/node.py)
+and the real OpenKruiseGame v1.0.0 + Kruise v1.8.0 (toolchain/okg.py).
 
-Slipway restarts outdated game-server pods by deleting them (their Deployment recreates them,
-and a new pod fetches the new plugins at start). The test only plays the players, by setting
-and clearing the busy label on a pod; everything is asserted from the API server: a watch
-records every pod event, and the rules are checked on that record, event by event.
+Slipway restarts outdated game-server pods by deleting them; their real controllers recreate
+them (a Deployment's ReplicaSet for the lobbies; a GameServerSet, through Kruise's StatefulSet,
+for the survival servers), and each new pod fetches its plugin set at start-up with the shipped
+``fetch-plugins.sh`` (busybox wget) in an init container. What a pod runs is read INSIDE it
+(``kubectl exec cat /plugins/plugins.txt`` and the jar's sha256). The pods reach the plugin
+registry on the node's bridge gateway (an address the node made). The test plays only the
+players: the busy label on a lobby, OpenKruiseGame's opsState on a GameServer. A watch on the
+API server checks, event by event, that no busy pod began terminating and that each type's
+max_unavailable held.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
+import yaml
 
 from poller.artifacts.kube import STAMP, TYPE_LABEL, KubePluginRollout, pod_ready
 from poller.artifacts.store import ArtifactStore
 from poller.config import parse_config
 from poller.registry.client import RegistryClient
-from tests.fixtures.services import wait_until
+from tests.fixtures.services import start_registry, stop_registry, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
+ROOT = Path(__file__).resolve().parents[2]
+FETCH = ROOT / "poller" / "artifacts" / "fetch-plugins.sh"
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 BUSY = "slipway.io/busy"
 DRAIN = "slipway.io/drain"
+OPS = "game.kruise.io/gs-opsState"
 REPLICAS = {"lobby": 3, "survival": 2}
 MAX_UNAVAILABLE = {"lobby": 1, "survival": 1}
+PLUGINS = {"lobby": "chat perms", "survival": "perms"}
+
+
+def busy(labels: dict) -> bool:
+    return labels.get(BUSY) == "true" or labels.get(OPS) == "Allocated"
 
 
 def jar(text: str) -> bytes:
@@ -35,14 +54,33 @@ def jar(text: str) -> bytes:
     return buf.getvalue()
 
 
-def deployment(name: str, server_type: str, replicas: int) -> dict:
-    labels = {"app": name, TYPE_LABEL: server_type}
+def pod_spec(image: str, registry: str, server_type: str, placement: dict) -> dict:
+    """The game server: an init container runs fetch-plugins.sh into /plugins, then the server runs."""
+    env = [{"name": "SLIPWAY_REGISTRY", "value": f"http://{registry}"},
+           {"name": "SLIPWAY_PLUGINS", "value": PLUGINS[server_type]},
+           {"name": "SLIPWAY_CHANNEL", "value": f"k8s-{server_type}"}]
+    mounts = [{"name": "plugins", "mountPath": "/plugins"}]
+    return {**placement, "terminationGracePeriodSeconds": 1, "volumes": [{"name": "plugins", "emptyDir": {}}],
+            "initContainers": [{"name": "fetch-plugins", "image": image, "env": env, "volumeMounts": mounts,
+                                "command": ["/bin/busybox", "sh", "/fetch-plugins.sh"]}],
+            "containers": [{"name": "gs", "image": image, "volumeMounts": mounts,
+                            "command": ["/bin/busybox", "sleep", "2147483647"]}]}
+
+
+def deployment(name: str, spec: dict, replicas: int) -> dict:
+    labels = {"app": name, TYPE_LABEL: name}
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "labels": labels},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"terminationGracePeriodSeconds": 1,
-                                           "containers": [{"name": "gs", "image": "registry.invalid/gs:1"}]}}}}
+                     "template": {"metadata": {"labels": labels}, "spec": spec}}}
+
+
+def gameserverset(name: str, spec: dict, replicas: int) -> dict:
+    return {"apiVersion": "game.kruise.io/v1alpha1", "kind": "GameServerSet", "metadata": {"name": name},
+            "spec": {"replicas": replicas,
+                     "updateStrategy": {"type": "RollingUpdate",
+                                        "rollingUpdate": {"podUpdatePolicy": "InPlaceIfPossible"}},
+                     "gameServerTemplate": {"metadata": {"labels": {TYPE_LABEL: name}}, "spec": spec}}}
 
 
 class PodWatch(threading.Thread):
@@ -50,7 +88,7 @@ class PodWatch(threading.Thread):
 
     After every event it checks, per server type, how many pods the Deployment wants but are
     not Ready (missing, starting, terminating), and whether a pod began terminating while it
-    carried the busy label. ``deletions`` lists (type, name, uid) in the order they began."""
+    carried a busy marker (the busy label, OpenKruiseGame's opsState Allocated). ``deletions`` lists (type, name, uid) in the order they began."""
 
     def __init__(self, core, namespace: str):
         super().__init__(daemon=True)
@@ -101,7 +139,7 @@ class PodWatch(threading.Thread):
                 t = pod.metadata.labels[TYPE_LABEL]
                 self.deletions.append((t, pod.metadata.name, uid))
                 labels = (before or pod).metadata.labels or {}
-                if labels.get(BUSY) == "true" or (pod.metadata.labels or {}).get(BUSY) == "true":
+                if busy(labels) or busy(pod.metadata.labels or {}):
                     self.violations.append(f"{pod.metadata.name} was deleted while it had players")
             if kind == "DELETED":
                 self.pods.pop(uid, None)
@@ -116,21 +154,33 @@ class PodWatch(threading.Thread):
 
 
 @pytest.fixture
-def cluster_plugins(kube, namespace, registry):
+def cluster_plugins(kube, namespace, node, okg, tmp_path):
+    """The plugin registry on the node's bridge gateway (the pods fetch from it, Slipway pushes to
+    it), the game-server image (static busybox + fetch-plugins.sh, FROM scratch) in it, and the
+    rollout's config, store and API clients."""
     from kubernetes import client
 
-    api = kube.api_client()
-    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    cfg = parse_config({"registry": {"url": registry.addr, "insecure": True},
-                        "plugins": {"server_types": {
-                            "lobby": {"plugins": {"chat": "latest", "perms": "latest"},
-                                      "max_unavailable": MAX_UNAVAILABLE["lobby"]},
-                            "survival": {"plugins": {"perms": "latest"}, "depends_on": ["lobby"],
-                                         "max_unavailable": MAX_UNAVAILABLE["survival"]}},
-                            "probe": {"restart_timeout": 90},
-                            "environments": {"k8s": {"kubernetes_namespace": namespace}}}}, env={})
-    store = ArtifactStore(RegistryClient(cfg.registry), "plugins")
-    return apps, core, cfg, store
+    gateway = node.subnet.rsplit(".", 1)[0] + ".1"
+    reg = start_registry(tmp_path / "plugin-registry", host=gateway)
+    try:
+        node.allow_registry(reg.addr)
+        image = node.push_image(reg.addr, "gs", "1", {"bin/busybox": Path(BUSYBOX), "fetch-plugins.sh": FETCH},
+                                ["/bin/busybox", "sleep", "2147483647"], env=["PATH=/bin"])
+        api = kube.api_client()
+        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+        cfg = parse_config({"registry": {"url": reg.addr, "insecure": True},
+                            "plugins": {"server_types": {
+                                "lobby": {"plugins": {"chat": "latest", "perms": "latest"},
+                                          "max_unavailable": MAX_UNAVAILABLE["lobby"]},
+                                "survival": {"plugins": {"perms": "latest"}, "depends_on": ["lobby"],
+                                             "max_unavailable": MAX_UNAVAILABLE["survival"]}},
+                                "probe": {"restart_timeout": 120},
+                                "environments": {"k8s": {"kubernetes_namespace": namespace}}}}, env={})
+        store = ArtifactStore(RegistryClient(cfg.registry), "plugins")
+        yield apps, core, cfg, store, image, reg.addr
+    finally:
+        stop_registry(reg)
+        reg.sink.shutdown()
 
 
 def live(core, namespace: str, server_type: str) -> dict[str, object]:
@@ -148,15 +198,44 @@ def stamps(core, namespace: str, server_type: str) -> dict[str, str | None]:
     return {n: (p.metadata.annotations or {}).get(STAMP) for n, p in live(core, namespace, server_type).items()}
 
 
-def test_pod_restarts_idle_first_busy_drained_and_never_deleted_with_players(kube, namespace, cluster_plugins):
-    apps, core, cfg, store = cluster_plugins
-    for plugin in ("chat", "perms"):
-        store.push(plugin, jar(f"{plugin} 1"), "1.0.0")
+def inside(kube, namespace: str, pod: str) -> dict[str, tuple[str, str]]:
+    """What the running container has in /plugins: plugin -> (version, digest), each jar's sha256
+    checked against the digest plugins.txt reports."""
+    def sh(*cmd: str) -> str:
+        return kube.kubectl("exec", "-n", namespace, pod, "-c", "gs", "--", "/bin/busybox", *cmd).stdout
+
+    out = {}
+    for line in sh("cat", "/plugins/plugins.txt").splitlines():
+        plugin, version, digest = line.split()
+        assert "sha256:" + sh("sha256sum", f"/plugins/{plugin}.jar").split()[0] == digest, (pod, plugin)
+        out[plugin] = (version, digest)
+    return out
+
+
+def running(kube, core, namespace: str, server_type: str) -> dict[str, dict[str, tuple[str, str]]]:
+    return {name: inside(kube, namespace, name) for name in live(core, namespace, server_type)}
+
+
+def set_ops(kube, namespace: str, name: str, ops: str) -> None:
+    kube.kubectl("patch", "gs", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"opsState": ops}}))
+    wait_until(lambda: (json.loads(kube.kubectl("get", "pod", name, "-n", namespace, "-o", "json").stdout)
+                        ["metadata"].get("labels") or {}).get(OPS) == ops, 60, what=f"{name} opsState {ops} on the pod")
+
+
+def test_restarted_pods_are_recreated_by_their_controllers_and_fetch_the_new_plugins_busy_spared(
+        kube, namespace, node, cluster_plugins):
+    apps, core, cfg, store, image, reg = cluster_plugins
+    v1 = {p: store.push(p, jar(f"{p} 1"), "1.0.0") for p in ("chat", "perms")}
     rollout = KubePluginRollout(cfg.plugins, store, apps, core)
     assert rollout.cycle("k8s").restarted == []  # channels and the record exist; no pods yet
-    for t, n in REPLICAS.items():
-        apps.create_namespaced_deployment(namespace, deployment(t, t, n))
-    wait_until(lambda: all_ready(core, namespace), timeout=120, what="every pod ready")
+    apps.create_namespaced_deployment(namespace, deployment("lobby", pod_spec(image, reg, "lobby", node.placement()),
+                                                            REPLICAS["lobby"]))
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(
+        gameserverset("survival", pod_spec(image, reg, "survival", node.placement()), REPLICAS["survival"])))
+    wait_until(lambda: all_ready(core, namespace), timeout=180, what="every pod ready")
+    want_v1 = {p: ("1.0.0", a.digest) for p, a in v1.items()}
+    assert all(got == want_v1 for got in running(kube, core, namespace, "lobby").values())
+    assert all(got == {"perms": want_v1["perms"]} for got in running(kube, core, namespace, "survival").values())
 
     watcher = PodWatch(core, namespace)
     watcher.start()
@@ -171,49 +250,60 @@ def test_pod_restarts_idle_first_busy_drained_and_never_deleted_with_players(kub
 
     # players join one lobby; a new chat build concerns lobbies only
     lobbies = sorted(live(core, namespace, "lobby"))
-    busy = lobbies[1]
-    busy_uid = live(core, namespace, "lobby")[busy].metadata.uid
-    core.patch_namespaced_pod(busy, namespace, {"metadata": {"labels": {BUSY: "true"}}})
-    store.push("chat", jar("chat 2"), "1.1.0")
+    busy_lobby = lobbies[1]
+    busy_uid = live(core, namespace, "lobby")[busy_lobby].metadata.uid
+    core.patch_namespaced_pod(busy_lobby, namespace, {"metadata": {"labels": {BUSY: "true"}}})
+    chat2 = store.push("chat", jar("chat 2"), "1.1.0")
     report = rollout.cycle("k8s")
-    assert report.draining == [busy]
-    assert sorted(report.restarted) == [n for n in lobbies if n != busy]
+    assert report.draining == [busy_lobby]
+    assert len(report.restarted) == 2 and busy_lobby not in report.restarted
     assert report.errors == [] and report.waiting == []
+    wait_until(lambda: len([p for p in live(core, namespace, "lobby").values() if pod_ready(p)]) == 3, 120,
+               what="the Deployment recreated the lobbies")
     now = live(core, namespace, "lobby")
-    assert busy in now and now[busy].metadata.uid == busy_uid, "the pod with players was deleted"
-    assert now[busy].metadata.annotations.get(DRAIN) == "requested"
-    new_lobby = {v for n, v in stamps(core, namespace, "lobby").items() if n != busy}
-    assert len(new_lobby) == 1 and new_lobby != s1["lobby"]
-    assert stamps(core, namespace, "lobby")[busy] in s1["lobby"]
+    assert now[busy_lobby].metadata.uid == busy_uid, "the pod with players was deleted"
+    assert now[busy_lobby].metadata.annotations.get(DRAIN) == "requested"
+    want_v2 = {**want_v1, "chat": ("1.1.0", chat2.digest)}
+    inside_now = running(kube, core, namespace, "lobby")
+    assert inside_now.pop(busy_lobby) == want_v1  # still the old set: not restarted while busy
+    assert set(inside_now).isdisjoint(lobbies) and all(got == want_v2 for got in inside_now.values())
     assert {p.metadata.uid for p in live(core, namespace, "survival").values()} == survival_uids
 
-    # still busy: still not restarted
-    again = rollout.cycle("k8s")
-    assert again.restarted == [] and again.draining == [busy]
-    assert live(core, namespace, "lobby")[busy].metadata.uid == busy_uid
-
-    # the players leave: the next cycle restarts it
-    core.patch_namespaced_pod(busy, namespace, {"metadata": {"labels": {BUSY: None}}})
+    # the players leave: the next cycle restarts it; the Deployment's new pod fetches the new set
+    core.patch_namespaced_pod(busy_lobby, namespace, {"metadata": {"labels": {BUSY: None}}})
     freed = rollout.cycle("k8s")
-    assert freed.restarted == [busy] and freed.draining == []
-    wait_until(lambda: all_ready(core, namespace), timeout=60, what="every pod ready")
-    assert set(stamps(core, namespace, "lobby").values()) == new_lobby
-    assert all(p.metadata.uid != busy_uid for p in live(core, namespace, "lobby").values())
-    assert {p.metadata.uid for p in live(core, namespace, "survival").values()} == survival_uids
-    assert rollout.cycle("k8s").restarted == []
+    assert freed.restarted == [busy_lobby] and freed.draining == []
+    wait_until(lambda: all_ready(core, namespace), timeout=120, what="every pod ready")
+    assert all(got == want_v2 for got in running(kube, core, namespace, "lobby").values())
 
-    # perms is used by both types: every lobby before any survival server, one at a time
+    # a survival server gets players (OpenKruiseGame's opsState); perms is used by both types:
+    # every lobby before any survival server, one at a time, the allocated one spared
+    allocated = min(live(core, namespace, "survival"))
+    allocated_uid = live(core, namespace, "survival")[allocated].metadata.uid
+    set_ops(kube, namespace, allocated, "Allocated")
     mark = len(watcher.deletions)
-    store.push("perms", jar("perms 2"), "1.1.0")
+    perms2 = store.push("perms", jar("perms 2"), "1.1.0")
     both = rollout.cycle("k8s")
-    assert len(both.restarted) == 5 and both.errors == []
-    wait_until(lambda: all_ready(core, namespace), timeout=60, what="every pod ready")
-    wait_until(lambda: len(watcher.deletions) - mark >= 5, timeout=30, what="the watch to see 5 deletions")
-    order = [t for t, _, _ in watcher.deletions[mark:]]
-    assert order == ["lobby"] * 3 + ["survival"] * 2, order
-    for t in REPLICAS:
-        after = set(stamps(core, namespace, t).values())
-        assert len(after) == 1 and None not in after
+    assert len(both.restarted) == 4 and both.draining == [allocated] and both.errors == [], both
+    wait_until(lambda: all_ready(core, namespace), timeout=180, what="every pod ready")
+    wait_until(lambda: len(watcher.deletions) - mark >= 4, timeout=30, what="the watch to see 4 deletions")
+    assert [t for t, _, _ in watcher.deletions[mark:]] == ["lobby"] * 3 + ["survival"]
+    want_v3 = {"chat": want_v2["chat"], "perms": ("1.1.0", perms2.digest)}
+    assert all(got == want_v3 for got in running(kube, core, namespace, "lobby").values())
+    survival = running(kube, core, namespace, "survival")
+    assert survival.pop(allocated) == {"perms": want_v1["perms"]}
+    assert list(survival.values()) == [{"perms": want_v3["perms"]}]
+    assert live(core, namespace, "survival")[allocated].metadata.uid == allocated_uid
+
+    # the game ends: Kruise recreates the freed server under its name, with the new set
+    set_ops(kube, namespace, allocated, "None")
+    last = rollout.cycle("k8s")
+    assert last.restarted == [allocated] and last.draining == []
+    wait_until(lambda: all_ready(core, namespace), timeout=180, what="every pod ready")
+    pod = live(core, namespace, "survival")[allocated]
+    assert pod.metadata.uid != allocated_uid and pod.spec.node_name == node.name
+    assert inside(kube, namespace, allocated) == {"perms": want_v3["perms"]}
+    assert rollout.cycle("k8s").restarted == []
 
     watcher.halt.set()
     watcher.join(10)
@@ -221,4 +311,4 @@ def test_pod_restarts_idle_first_busy_drained_and_never_deleted_with_players(kub
     # the rule was exercised, not trivially met: a pod of each type was down at some point
     assert watcher.worst == {"lobby": 1, "survival": 1}
     # every deletion the watch saw was one the rollout reported
-    assert len(watcher.deletions) == 2 + 1 + 5
+    assert len(watcher.deletions) == 2 + 1 + 4 + 1
