@@ -1,6 +1,6 @@
 """Game servers hot-updated in place: a GameServerSet managed by the real OpenKruiseGame v1.0.0
-and Kruise v1.8.0 (toolchain/okg.py), its pods really running on the real node (containerd +
-kubelet, toolchain/node.py). Everything is observed on the API server.
+and Kruise v1.8.0 (toolchain/slipway_toolchain/okg.py), its pods really running on the real node (containerd +
+kubelet, toolchain/slipway_toolchain/node.py). Everything is observed on the API server.
 
 * Without ``rollout:`` OKG + Kruise move the pods (the GameServerSet's RollingUpdate with
   ``InPlaceIfPossible``): only the sidecar container restarts, on its new image.

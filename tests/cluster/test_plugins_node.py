@@ -1,5 +1,5 @@
-"""Plugin restarts on Kubernetes, against the real node (containerd + kubelet, toolchain/node.py)
-and the real OpenKruiseGame v1.0.0 + Kruise v1.8.0 (toolchain/okg.py).
+"""Plugin restarts on Kubernetes, against the real node (containerd + kubelet, toolchain/slipway_toolchain/node.py)
+and the real OpenKruiseGame v1.0.0 + Kruise v1.8.0 (toolchain/slipway_toolchain/okg.py).
 
 Slipway restarts outdated game-server pods by deleting them; their real controllers recreate
 them (a Deployment's ReplicaSet for the lobbies; a GameServerSet, through Kruise's StatefulSet,
