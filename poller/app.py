@@ -11,6 +11,7 @@ from typing import Callable
 from poller.builds.builder import BuildPlan
 from poller.builds.factory import make_builder
 from poller.config import Config
+from poller.events import EventBus
 from poller.docker_engine import client_factory, engine_url
 from poller.http import RequestCounter
 from poller.pipeline import Pipeline
@@ -37,7 +38,8 @@ def _pid_alive(pid: int | None) -> bool:
 
 def build_pipeline(cfg: Config, *, store: Store | None = None,
                    counter: RequestCounter | None = None,
-                   on_build_log: Callable[[BuildPlan, str], None] | None = None) -> Pipeline:
+                   on_build_log: Callable[[BuildPlan, str], None] | None = None,
+                   bus: EventBus | None = None) -> Pipeline:
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
     registry = RegistryClient(cfg.registry, counter=counter)
@@ -45,4 +47,4 @@ def build_pipeline(cfg: Config, *, store: Store | None = None,
                            docker_engine=engine_url(cfg.docker.base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
     return Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
-                    on_build_log=on_build_log)
+                    on_build_log=on_build_log, bus=bus)

@@ -95,19 +95,6 @@ def correlation(cid: str | None) -> Iterator[str | None]:
         CORRELATION_ID.reset(token)
 
 
-def correlation_listener(event: str, fields: dict[str, Any]) -> None:
-    """A ``Pipeline.listeners`` hook: builds run in their own thread and emit ``build.started``
-    from it, so the rest of that build's lines (builder, registry) carry ``cid=build-<id>``."""
-    if event == "build.started" and fields.get("build_id") is not None:
-        CORRELATION_ID.set(f"build-{fields['build_id']}")
-    elif event in ("build.succeeded", "build.failed"):
-        CORRELATION_ID.set(None)
-    elif event == "rollout.started" and fields.get("deployment"):
-        CORRELATION_ID.set(str(fields.get("rollout_id") or f"rollout-{fields['deployment']}"))
-    elif event in ("rollout.finished", "rollout.stopped"):
-        CORRELATION_ID.set(None)
-
-
 def _with_cid(fields: dict[str, Any]) -> dict[str, Any]:
     cid = CORRELATION_ID.get()
     if cid and "cid" not in fields:

@@ -30,6 +30,8 @@ from typing import Callable
 from poller.builds.builder import LABEL_REVISION, BuildPlan, Builder
 from poller.config import Config, SourceConfig
 from poller.errors import BuildError, NotFound, SlipwayError, UpstreamError
+from poller.events import (BuildFinished, BuildStarted, EventBus, ImageRetagged, SourceError,
+                           SourcePolled)
 from poller.logs import correlation, get_logger
 from poller.policy.plans import STAGING_TAG, desired_plans, sha_tag
 from poller.registry.client import RegistryClient
@@ -122,6 +124,7 @@ class Backoff:
 class Pipeline:
     def __init__(self, cfg: Config, *, store: Store, registry: RegistryClient, builder: Builder,
                  sources: dict[str, Source], on_build_log: Callable[[BuildPlan, str], None] | None = None,
+                 bus: EventBus | None = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
         self.cfg = cfg
         self.store = store
@@ -146,16 +149,9 @@ class Pipeline:
         self._host = socket.gethostname()
         self._holder = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._heartbeat: threading.Thread | None = None
-        #: Called as ``listener(event, fields)`` for build.started, build.succeeded,
-        #: build.failed, image.retagged, source.error. Metrics and notifications subscribe here.
-        self.listeners: list[Callable[[str, dict], None]] = []
-
-    def emit(self, event: str, **fields) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener(event, fields)
-            except Exception as exc:  # a listener must never break a build
-                log.warning("listener.failed", for_event=event, error=repr(exc))
+        #: Where this pipeline publishes SourcePolled, SourceError, BuildStarted, BuildFinished
+        #: and ImageRetagged (poller/events.py). Metrics and notifications subscribe there.
+        self.bus = bus if bus is not None else EventBus()
 
     # -- one source -------------------------------------------------------------------
     def reconcile_source(self, name: str, *, force: bool = False) -> SourceReport:
@@ -192,20 +188,20 @@ class Pipeline:
                     self._converged.pop(name, None)
             self.store.record_poll(name, head=snap.head, tags=snap.tags)
             self.backoff.succeeded(f"source:{name}")
-            self.emit("source.polled", source=name, unchanged=snap.unchanged,
-                      skipped_registry=report.skipped_registry)
+            self.bus.publish(SourcePolled(source=name, unchanged=snap.unchanged,
+                                          skipped_registry=report.skipped_registry))
         except UpstreamError as exc:
             delay = self.backoff.failed(f"source:{name}", exc.retry_after)
             report.error, report.retry_after = str(exc), delay
             self.store.record_poll(name, error=str(exc))
             log.warning("source.upstream_error", source=name, error=str(exc), retry_in=round(delay, 1))
-            self.emit("source.error", source=name, error=str(exc), temporary=True)
+            self.bus.publish(SourceError(source=name, error=str(exc), temporary=True))
         except SlipwayError as exc:
             delay = self.backoff.failed(f"source:{name}")
             report.error, report.retry_after = str(exc), delay
             self.store.record_poll(name, error=str(exc))
             log.error("source.error", source=name, error=str(exc), retry_in=round(delay, 1))
-            self.emit("source.error", source=name, error=str(exc), temporary=False)
+            self.bus.publish(SourceError(source=name, error=str(exc), temporary=False))
         except Exception as exc:  # a malformed answer or a bug: this source's failure, not the pass's
             delay = self.backoff.failed(f"source:{name}")
             message = _clip(f"internal error: {type(exc).__name__}: {exc}")
@@ -213,7 +209,7 @@ class Pipeline:
             self.store.record_poll(name, error=message)
             log.error("source.crashed", source=name, error=message, retry_in=round(delay, 1),
                       exc_info=True)
-            self.emit("source.error", source=name, error=message, temporary=False)
+            self.bus.publish(SourceError(source=name, error=message, temporary=False))
         return report
 
     def _decide(self, cfg: SourceConfig, snap: RefSnapshot) -> list[Action]:
@@ -271,7 +267,8 @@ class Pipeline:
         digest = self.registry.put_manifest(repo, dst, manifest)
         self.store.record_event("retag", plan.image, src=src, dst=dst, digest=digest, sha=plan.sha)
         log.info("image.retagged", image=plan.image, src=src, dst=dst, digest=digest)
-        self.emit("image.retagged", source=plan.source, image=plan.image, tag=dst, digest=digest, sha=plan.sha)
+        self.bus.publish(ImageRetagged(source=plan.source, image=plan.image, tag=dst, digest=digest,
+                                       sha=plan.sha))
         return digest
 
     def _in_flight(self, key: tuple[str, str]) -> bool:
@@ -356,8 +353,8 @@ class Pipeline:
         act.build_id = build_id
         blog = log.bind(source=plan.source, image=plan.image, ref=plan.ref, build_id=build_id)
         blog.info("build.started", sha=plan.sha[:12], tags=",".join(plan.tags))
-        self.emit("build.started", build_id=build_id, source=plan.source, image=plan.image,
-                  ref=plan.ref, kind=plan.kind, sha=plan.sha, tags=list(plan.tags))
+        self.bus.publish(BuildStarted(build_id=build_id, source=plan.source, image=plan.image,
+                                      ref=plan.ref, kind=plan.kind, sha=plan.sha, tags=tuple(plan.tags)))
         lines: list[str] = []
 
         def on_log(text: str) -> None:
@@ -375,26 +372,28 @@ class Pipeline:
             self.store.finish_build(build_id, status=status, error=str(exc), log="".join(lines))
             act.status, act.error = "failed", str(exc)
             blog.error("build.failed", error=str(exc))
-            self._emit_done("build.failed", plan, build_id, error=str(exc))
+            self._publish_done(plan, build_id, ok=False, error=str(exc))
             return act
         except Exception as exc:  # a bug, not an upstream: record it, keep the loop alive
             self.store.finish_build(build_id, status="failed", error=f"internal error: {exc!r}",
                                     log="".join(lines))
             act.status, act.error = "failed", f"internal error: {exc!r}"
             blog.error("build.crashed", error=repr(exc), exc_info=True)
-            self._emit_done("build.failed", plan, build_id, error=act.error)
+            self._publish_done(plan, build_id, ok=False, error=act.error)
             return act
         self.store.finish_build(build_id, status="succeeded", digest=result.digest, log=result.log)
         act.status, act.digest = "succeeded", result.digest
         blog.info("build.succeeded", digest=result.digest, duration=round(result.duration, 2))
-        self._emit_done("build.succeeded", plan, build_id, digest=result.digest)
+        self._publish_done(plan, build_id, ok=True, digest=result.digest)
         return act
 
-    def _emit_done(self, event: str, plan: BuildPlan, build_id: int, **fields) -> None:
+    def _publish_done(self, plan: BuildPlan, build_id: int, *, ok: bool, digest: str | None = None,
+                      error: str | None = None) -> None:
         rec = self.store.get_build(build_id)
-        self.emit(event, build_id=build_id, source=plan.source, image=plan.image, ref=plan.ref,
-                  kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
-                  duration=rec.duration if rec else None, **fields)
+        self.bus.publish(BuildFinished(build_id=build_id, source=plan.source, image=plan.image,
+                                       ref=plan.ref, kind=plan.kind, sha=plan.sha, ok=ok,
+                                       tags=tuple(plan.tags), duration=rec.duration if rec else None,
+                                       digest=digest, error=error))
 
     def wait_for_builds(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else self.monotonic() + timeout

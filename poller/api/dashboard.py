@@ -22,6 +22,7 @@ from flask import Blueprint, Response, current_app, redirect, render_template
 
 from poller.api import can_read, error, read_access, services
 from poller.approvals import ApprovalQueue
+from poller.events import BuildStarted, EventBus
 from poller.httpapi import configured_secret
 from poller.logs import get_logger
 
@@ -36,9 +37,9 @@ LIVE_LOG_LIMIT = 256 * 1024
 class LiveLogs:
     """The logs of running builds, in memory, by build id (the store gets them at the end).
 
-    Subscribe :meth:`listener` to ``Pipeline.listeners`` and pass :meth:`on_log` as (part of)
-    the pipeline's ``on_build_log``: ``build.started`` names the build id of a (source, ref),
-    and the log lines of that (source, ref) then go to that id.
+    :meth:`subscribe` it to the event bus and pass :meth:`on_log` as (part of) the pipeline's
+    ``on_build_log``: ``BuildStarted`` names the build id of a (source, ref), and the log lines
+    of that (source, ref) then go to that id.
     """
 
     def __init__(self, keep: int = 32, limit: int = LIVE_LOG_LIMIT):
@@ -48,12 +49,13 @@ class LiveLogs:
         self._sizes: dict[int, int] = {}
         self._lock = threading.Lock()
 
-    def listener(self, event: str, fields: dict[str, Any]) -> None:
-        if event != "build.started" or fields.get("build_id") is None:
-            return
+    def subscribe(self, bus: EventBus) -> None:
+        bus.subscribe(BuildStarted, self.on_started)
+
+    def on_started(self, e: BuildStarted) -> None:
         with self._lock:
-            bid = int(fields["build_id"])
-            self._by_key[(str(fields.get("source")), str(fields.get("ref")))] = bid
+            bid = int(e.build_id)
+            self._by_key[(e.source, e.ref)] = bid
             self._logs[bid], self._sizes[bid] = [], 0
             while len(self._logs) > self.keep:
                 old, _ = self._logs.popitem(last=False)

@@ -34,6 +34,7 @@ from poller.approvals import APPROVED, PENDING, ApprovalQueue
 from poller.charts.index import RELEASE, STAGING, ChartVersion, IndexPoller
 from poller.config import ChartRepoConfig, ChartsConfig
 from poller.errors import ConfigError, SlipwayError, UpstreamError
+from poller.events import ChartApplied, EventBus
 from poller.http import make_session, request
 from poller.logs import get_logger
 from poller.store import Store
@@ -115,7 +116,7 @@ class ChartWatcher:
     def __init__(self, repo_cfg: ChartRepoConfig, charts_cfg: ChartsConfig, store: Store, *,
                  session: requests.Session | None = None, approvals: ApprovalQueue | None = None,
                  index_session: requests.Session | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, bus: EventBus | None = None):
         if charts_cfg.helm_api is None:
             raise ConfigError("charts.helm_api.url is needed to watch charts", key="charts.helm_api")
         for channel in (STAGING, RELEASE):
@@ -130,6 +131,7 @@ class ChartWatcher:
         self.session = session or make_session("helm-api")
         self.index = IndexPoller(repo_cfg, session=index_session)
         self._settled = False  # the last reconcile left nothing that could still apply
+        self.bus = bus if bus is not None else EventBus()   # ChartApplied, applied or refused
         store.ensure_schema(_SCHEMA)
 
     # -- history --------------------------------------------------------------------
@@ -234,6 +236,10 @@ class ChartWatcher:
                                         charts=reason, error=str(exc))
                 result.failed.append((env, str(exc)))
                 first_error = first_error or exc
+                for d in decisions:
+                    self.bus.publish(ChartApplied(repo=self.repo.name, chart=d.version.chart,
+                                                  version=d.version.version, channel=d.version.channel,
+                                                  environment=env, ok=False, error=str(exc)))
                 continue
             now = self.clock()
             for d in decisions:
@@ -249,6 +255,9 @@ class ChartWatcher:
                                         environment=env, job=job)
                 result.applied.append(Applied(d.version.chart, d.version.version,
                                               d.version.channel, env, job, d.approval_id))
+                self.bus.publish(ChartApplied(repo=self.repo.name, chart=d.version.chart,
+                                              version=d.version.version, channel=d.version.channel,
+                                              environment=env, ok=True, job=job))
             log.info("charts.applied", repo=self.repo.name, environment=env, job=job,
                      charts=reason)
         # a rejected version never applies; pending ones and failed applies are still due

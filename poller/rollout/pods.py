@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from poller.errors import UpstreamError
+from poller.events import EventBus, RolloutFinished, RolloutProgress, RolloutStarted, RolloutStopped
 from poller.logs import get_logger
 from poller.rollout.control import RolloutControl
 from poller.rollout.plan import Server, next_batch, resolve, step_targets
@@ -49,13 +50,15 @@ def image_matches(status: dict, want: str) -> bool:
 class PodRollout:
     def __init__(self, api, cfg: RolloutConfig, *, namespace: str, container: str, selector: dict[str, str],
                  control: RolloutControl, reloader: Reloader | None = None,
-                 wait: Callable[[float], None] | None = None):
+                 wait: Callable[[float], None] | None = None, bus: EventBus | None = None):
         from kubernetes import client
 
         self.core = client.CoreV1Api(api)
         self.cfg, self.namespace, self.container, self.selector = cfg, namespace, container, selector
         self.control, self.reloader = control, reloader
         self._wait = wait or (lambda s: time.sleep(s))
+        #: RolloutStarted, RolloutProgress (after each batch), RolloutFinished, RolloutStopped
+        self.bus = bus if bus is not None else EventBus()
 
     # -- reading pods -----------------------------------------------------------------------
     def _pods(self) -> list[dict]:
@@ -160,6 +163,25 @@ class PodRollout:
         if rec.state in ("aborted", "paused", "succeeded"):
             return RolloutOutcome(rec.state, message=rec.message or "")
         rid = rec.id
+        self.bus.publish(RolloutStarted(deployment=deployment, to_ref=to_ref, rollout_id=rid))
+        try:
+            out = self._run(rid, deployment, to_ref, image)
+        except Exception as exc:
+            now = self.control.by_id(rid)
+            if now.state in ("failed", "aborted", "paused"):   # not an interruption resumed next cycle
+                self.bus.publish(RolloutStopped(deployment=deployment, to_ref=to_ref, state=now.state,
+                                                message=now.message or str(exc), step=now.step,
+                                                rollout_id=rid))
+            raise
+        if out.state == "succeeded":
+            self.bus.publish(RolloutFinished(deployment=deployment, to_ref=to_ref, rollout_id=rid))
+        elif out.state in ("paused", "aborted"):
+            now = self.control.by_id(rid)
+            self.bus.publish(RolloutStopped(deployment=deployment, to_ref=to_ref, state=out.state,
+                                            message=out.message, step=now.step, rollout_id=rid))
+        return out
+
+    def _run(self, rid: int, deployment: str, to_ref: str, image: str) -> RolloutOutcome:
         busy_deadline = time.monotonic() + self.cfg.busy_wait
         pods = self._pods()
         total = len(pods)
@@ -195,6 +217,8 @@ class PodRollout:
                     self._patch(by_name[name], image)
                     self.control.server_updated(rid, name, step_no)
                 log.info("rollout.batch", deployment=deployment, step=step_no, servers=",".join(names))
+                self.bus.publish(RolloutProgress(deployment=deployment, to_ref=to_ref, rollout_id=rid,
+                                                 done=min(total, updated + len(names)), total=total))
                 try:
                     self._gate(names, image)
                 except TargetError as exc:

@@ -86,10 +86,10 @@ class TargetFactory:
                                       d.reload.exec)
         return None
 
-    def pod_rollout(self, d: DeploymentConfig, target, control):
+    def pod_rollout(self, d: DeploymentConfig, target, control, bus=None):
         from poller.rollout.pods import PodRollout
 
         k = d.target.kubernetes
         return PodRollout(self.kube_api(k.kubeconfig, k.context), d.rollout, namespace=k.namespace,
                           container=k.container, selector=self.selector(d, target), control=control,
-                          reloader=self.reloader(d))
+                          reloader=self.reloader(d), bus=bus)

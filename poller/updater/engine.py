@@ -14,6 +14,7 @@ from typing import Callable
 
 from poller.approvals import APPLIED, APPROVED, PENDING, ApprovalQueue
 from poller.errors import SlipwayError, UpstreamError
+from poller.events import ApprovalRequested, EventBus, UpdateFinished
 from poller.logs import get_logger
 from poller.policy.base import Move, Offer, Policy, Running
 from poller.policy.factory import make_policy
@@ -47,16 +48,17 @@ class _Tracked:
 
 
 class UpdateEngine:
-    def __init__(self, updates: UpdatesConfig, store, *, watchers: dict, targets, notifier=None,
+    def __init__(self, updates: UpdatesConfig, store, *, watchers: dict, targets, bus: EventBus | None = None,
                  clock: Callable[[], float] = time.time):
-        """``watchers``: image -> :class:`ImageWatcher`; ``targets``: a :class:`TargetFactory`."""
+        """``watchers``: image -> :class:`ImageWatcher`; ``targets``: a :class:`TargetFactory`;
+        ``bus`` gets ApprovalRequested, UpdateFinished and the rollouts' events."""
         self.updates = updates
         self.store = store
         self.history = UpdateHistory(store, clock=clock)
         self.approvals = ApprovalQueue(store, clock=clock)
         self.control = RolloutControl(store, clock=clock)
         self.targets = targets
-        self.notifier = notifier
+        self.bus = bus if bus is not None else EventBus()
         self.watchers = watchers
         self.tracked = [_Tracked(d, make_policy(d.policy, tag=d.tag, pattern=d.pattern,
                                                 prereleases=d.prereleases)) for d in updates.deployments]
@@ -166,10 +168,9 @@ class UpdateEngine:
                 if appr.created_at >= t0:
                     self.store.record_event("update.approval", d.name, approval=appr.id, to_ref=move.ref,
                                             from_ref=from_ref, reason=move.reason)
-                    self._notify("approval.requested", f"{d.name}: {from_ref} -> {move.ref} waits for approval "
-                                 f"(#{appr.id})", deployment=d.name, approval=appr.id, reason=move.reason)
-                    # ``poller run``'s approval announcer skips what was already told
-                    self.store.record_event("notify", f"approval:{appr.id}")
+                    self.bus.publish(ApprovalRequested(approval_id=appr.id, kind=KIND, subject=d.name,
+                                                       to_version=move.ref, from_version=from_ref,
+                                                       reason=move.reason))
                 return Outcome(d.name, "waiting-approval", from_ref, move.ref, f"approval {appr.id}")
             if appr.status in (APPROVED, APPLIED):
                 out = self.apply(t, running, move, approved_by=appr.decided_by or "?")
@@ -238,7 +239,7 @@ class UpdateEngine:
         if rec is None:
             return Outcome(deployment, "up-to-date")
         uid = self._open_update(deployment, rec.to_ref)
-        rollout = self.targets.pod_rollout(t.cfg, self._target(t), self.control)
+        rollout = self.targets.pod_rollout(t.cfg, self._target(t), self.control, bus=self.bus)
         try:
             result = rollout.run(deployment, rec.to_ref, rec.image)
         except UpstreamError as exc:   # the API server hiccuped: continue from here next cycle
@@ -288,13 +289,7 @@ class UpdateEngine:
         rec = self.history.finish(uid, ok=ok, error=error, **detail)
         (log.info if ok else log.warning)("update.finished", deployment=d.name, to_ref=rec.to_ref,
                                           result=rec.status, error=error)
-        self._notify("update.succeeded" if ok else "update.failed",
-                     f"{d.name}: {rec.from_ref or '?'} -> {rec.to_ref} {rec.status}"
-                     + (f": {error}" if error else ""),
-                     deployment=d.name, image=d.image, policy=rec.policy, reason=rec.reason,
-                     approved_by=rec.approved_by)
+        self.bus.publish(UpdateFinished(deployment=d.name, image=d.image, ok=ok, to_ref=rec.to_ref,
+                                        from_ref=rec.from_ref, update_id=uid, policy=rec.policy,
+                                        reason=rec.reason, approved_by=rec.approved_by, error=error))
         return Outcome(d.name, "updated" if ok else "failed", rec.from_ref, rec.to_ref, error or "", uid)
-
-    def _notify(self, event: str, text: str, **fields) -> None:
-        if self.notifier is not None:
-            self.notifier.send(event, text, **fields)
