@@ -6,13 +6,13 @@ Entry points call :func:`build_pipeline`; nothing below reads the environment.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from poller.builds.builder import BuildPlan
 from poller.builds.factory import make_builder
 from poller.config import Config
-from poller.events import EventBus
 from poller.docker_engine import client_factory, engine_url
+from poller.events import EventBus
 from poller.http import RequestCounter
 from poller.pipeline import Pipeline
 from poller.registry.client import RegistryClient

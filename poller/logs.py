@@ -15,7 +15,8 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
@@ -102,7 +103,7 @@ def _with_cid(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def get_logger(name: str) -> "EventLogger":
+def get_logger(name: str) -> EventLogger:
     return EventLogger(logging.getLogger(name))
 
 
@@ -129,7 +130,7 @@ class EventLogger:
     def error(self, event: str, **fields: Any) -> None:
         self._log(logging.ERROR, event, fields)
 
-    def bind(self, **fields: Any) -> "BoundLogger":
+    def bind(self, **fields: Any) -> BoundLogger:
         return BoundLogger(self, fields)
 
 

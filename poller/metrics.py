@@ -31,8 +31,17 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from poller.events import (BuildFinished, BuildStarted, ChartApplied, EventBus, ImageRetagged, RolloutProgress,
-                           SourceError, SourcePolled, UpdateFinished)
+from poller.events import (
+    BuildFinished,
+    BuildStarted,
+    ChartApplied,
+    EventBus,
+    ImageRetagged,
+    RolloutProgress,
+    SourceError,
+    SourcePolled,
+    UpdateFinished,
+)
 from poller.logs import get_logger
 
 log = get_logger(__name__)
@@ -66,7 +75,7 @@ class StoreCollector:
                     if s.get("last_poll"):
                         last_poll.add_metric([s["name"]], s["last_poll"])
                     healthy.add_metric([s["name"]], 0.0 if s.get("last_error") else 1.0)
-            except Exception as exc:  # a scrape must never crash on a busy or missing store
+            except Exception as exc:  # noqa: BLE001 - a scrape must never crash on a busy or missing store
                 log.warning("metrics.store_unreadable", error=repr(exc))
         yield pending
         yield last_poll
@@ -93,7 +102,7 @@ class StoreCollector:
                         step.add_metric([r.deployment, r.state], r.step)
                         servers.add_metric([r.deployment], sum(
                             1 for s in control.servers(r.id) if s.get("updated_at")))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a boundary: logged, never raised further
                     log.warning("metrics.rollouts_unreadable", error=repr(exc))
         yield step
         yield servers

@@ -10,7 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from poller.events import ApprovalRequested, BuildFinished, EventBus, RolloutStopped, UpdateFinished
+from poller.events import (
+    ApprovalRequested,
+    BuildFinished,
+    EventBus,
+    RolloutStopped,
+    UpdateFinished,
+)
 from poller.http import make_session, request
 from poller.logs import get_logger
 from poller.notify_settings import NotifyConfig
@@ -46,7 +52,7 @@ class Notifier:
                 request(self.session, "POST", hook.url.get_secret_value(), upstream="notify",
                         json=body, timeout=hook.timeout)
                 ok += 1
-            except Exception as exc:  # never into the caller
+            except Exception as exc:  # noqa: BLE001 - never into the caller
                 log.warning("notify.failed", notification=event, error=str(exc))
         return ok
 

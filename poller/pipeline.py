@@ -23,15 +23,21 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
-from poller.builds.builder import LABEL_REVISION, BuildPlan, Builder
+from poller.builds.builder import LABEL_REVISION, Builder, BuildPlan
 from poller.config import Config, SourceConfig
 from poller.errors import BuildError, NotFound, SlipwayError, UpstreamError
-from poller.events import (BuildFinished, BuildStarted, EventBus, ImageRetagged, SourceError,
-                           SourcePolled)
+from poller.events import (
+    BuildFinished,
+    BuildStarted,
+    EventBus,
+    ImageRetagged,
+    SourceError,
+    SourcePolled,
+)
 from poller.logs import correlation, get_logger
 from poller.policy.plans import STAGING_TAG, desired_plans, sha_tag
 from poller.registry.client import RegistryClient
@@ -304,7 +310,7 @@ class Pipeline:
             other = self.store.claim_build(image=plan.image, ref=plan.ref, sha=plan.sha,
                                            holder=self._holder, host=self._host, pid=os.getpid(),
                                            ttl=CLAIM_TTL, holder_alive=_holder_alive)
-        except Exception as exc:  # the store is busy or broken: this build waits for a later cycle
+        except Exception as exc:  # noqa: BLE001 - the store is busy or broken: this build waits for a later cycle
             act.status, act.error = "failed", _clip(f"could not claim the build in the store: {exc}")
             log.error("build.claim_failed", image=plan.image, ref=plan.ref, error=act.error)
             return act
@@ -330,7 +336,7 @@ class Pipeline:
         repo = self.cfg.source(plan.source).image_repository
         try:
             digest = self.registry.head_manifest(repo, plan.tags[-1])
-            return bool(digest) and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha
+            return bool(digest) and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha  # type: ignore[arg-type]
         except SlipwayError:
             return False  # the build finds out what is wrong, and records it
 
@@ -346,7 +352,7 @@ class Pipeline:
         while not self._shutting_down.wait(CLAIM_TTL / 3):
             try:
                 self.store.renew_claims(self._holder, CLAIM_TTL)
-            except Exception as exc:  # the next beat tries again; the lease outlives a few misses
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again; the lease outlives a few misses
                 log.warning("claims.renew_failed", error=repr(exc))
 
     def _run_build_inner(self, plan: BuildPlan, act: Action, build_id: int) -> Action:
@@ -374,7 +380,7 @@ class Pipeline:
             blog.error("build.failed", error=str(exc))
             self._publish_done(plan, build_id, ok=False, error=str(exc))
             return act
-        except Exception as exc:  # a bug, not an upstream: record it, keep the loop alive
+        except Exception as exc:  # noqa: BLE001 - a bug, not an upstream: record it, keep the loop alive
             self.store.finish_build(build_id, status="failed", error=f"internal error: {exc!r}",
                                     log="".join(lines))
             act.status, act.error = "failed", f"internal error: {exc!r}"

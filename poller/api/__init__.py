@@ -17,9 +17,10 @@ Domains add their routes with ``register_blueprint`` hooks listed in :data:`BLUE
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 from flask import Flask, current_app, g
 

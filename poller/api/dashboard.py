@@ -121,7 +121,8 @@ def _sources(svc) -> list[dict]:
 
 
 def _builds(svc, limit: int = 30) -> tuple[list[dict], list[dict]]:
-    running, recent = [], []
+    running: list[dict] = []
+    recent: list[dict] = []
     for b in svc.store.builds(limit=limit):
         d = b.as_dict()
         d["sha12"] = b.sha[:12]
@@ -151,7 +152,7 @@ def _updates(svc) -> dict | None:
         from poller.updater.status import updates_status
 
         return updates_status(svc.config, svc.store, limit=10)
-    except Exception as exc:  # another domain's trouble must not take the page down
+    except Exception as exc:  # noqa: BLE001 - another domain's trouble must not take the page down
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -180,7 +181,7 @@ def _helm_runs(svc) -> dict | None:
                             headers=headers)
         body = resp.json()
         result = {"jobs": body.get("jobs") or [], "queued": body.get("queued")}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a boundary: logged, never raised further
         result = {"error": f"helm API unreachable: {exc}", "jobs": []}
     with _HELM_LOCK:
         _HELM_CACHE[helm.url] = (now, result)

@@ -193,6 +193,7 @@ class ChartWatcher:
                          and (last is None or v.parsed > last)]
                 if not newer:
                     continue
+                decision: _Decision | None
                 if channel == STAGING:
                     decision = _Decision(newer[0], self.charts.environments[STAGING])
                 else:
@@ -204,6 +205,7 @@ class ChartWatcher:
     # -- acting ---------------------------------------------------------------------
     def _post_apply(self, environment: str, reason: str) -> str | None:
         api = self.charts.helm_api
+        assert api is not None   # checked in __init__
         headers = {}
         if api.token is not None:
             headers["Authorization"] = f"Bearer {api.token.get_secret_value()}"

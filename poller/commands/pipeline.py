@@ -124,7 +124,7 @@ def _charts_once(cfg, store) -> list[dict]:
         try:
             result = ChartWatcher(repo, cfg.charts, store).reconcile()
             out.append({"repo": repo.name, "result": result if isinstance(result, (list, dict)) else str(result)})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a boundary: logged, never raised further
             out.append({"repo": repo.name, "error": str(exc)})
     return out
 
@@ -149,16 +149,15 @@ def _periodic_jobs(cfg, store, bus) -> list:
 
 
 def cmd_run(args) -> int:
-    from poller.app import build_pipeline
-    from poller.scheduler import Scheduler
-
     from poller.api import Services, create_app, serve_in_thread
     from poller.api.dashboard import LiveLogs, tee
+    from poller.app import build_pipeline
     from poller.commands.progress import ProgressDisplay
     from poller.events import EventBus, subscribe_log_correlation
     from poller.logs import get_logger
     from poller.metrics import install as install_metrics
     from poller.notify import subscribe_notifications
+    from poller.scheduler import Scheduler
 
     cfg = load_config(args.config)
     printer = _log_printer("auto")

@@ -72,9 +72,7 @@ class BuildProgress:
 
     def line(self) -> str:
         text = f"[{self.source} {self.ref}] {self.short()}"
-        if self.phase == "building" and self.detail:
-            text += f": {self.detail}"
-        elif self.phase == "failed" and self.detail:
+        if self.phase == "building" and self.detail or self.phase == "failed" and self.detail:
             text += f": {self.detail}"
         return text
 

@@ -29,7 +29,8 @@ def check_for_releases(state, registry, store=None, bus: EventBus | None = None)
         ro = rollouts.get(name)
         known = ro.version if ro is not None else state.majority_version(name)
         known_v = parse_version(known) if known else None
-        if known_v is not None and parse_version(newest) <= known_v:
+        newest_v = parse_version(newest)
+        if known_v is not None and newest_v is not None and newest_v <= known_v:
             continue
         started[name] = newest
     if started:

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from poller.errors import UpstreamError
-from poller.events import EventBus, RolloutFinished, RolloutProgress, RolloutStarted, RolloutStopped
+from poller.events import (
+    EventBus,
+    RolloutFinished,
+    RolloutProgress,
+    RolloutStarted,
+    RolloutStopped,
+)
 from poller.logs import get_logger
 from poller.rollout.control import RolloutControl
 from poller.rollout.plan import Server, next_batch, resolve, step_targets
@@ -87,7 +93,7 @@ class PodRollout:
         if image is None:
             return True
         cs = next((c for c in status.get("containerStatuses") or [] if c.get("name") == self.container), None)
-        return bool(cs) and cs.get("ready", False) and image_matches(cs, image)
+        return cs is not None and bool(cs.get("ready", False)) and image_matches(cs, image)
 
     def _busy(self, pod: dict) -> bool:
         labels = pod["metadata"].get("labels") or {}

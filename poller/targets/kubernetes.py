@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from poller.errors import UpstreamError
 from poller.targets.base import Applied, ImageRef, TargetError

@@ -4,11 +4,11 @@ that registry's watchers, so its request limit holds), one watcher per image, ta
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from poller.config import Config, RegistryConfig
-from poller.http import RequestCounter
 from poller.events import EventBus
+from poller.http import RequestCounter
 from poller.notify import subscribe_notifications
 from poller.registry.client import RegistryClient
 from poller.targets.factory import TargetFactory

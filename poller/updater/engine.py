@@ -9,8 +9,9 @@ remembered: the store only holds history, pins and approvals.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from poller.approvals import APPLIED, APPROVED, PENDING, ApprovalQueue
 from poller.errors import SlipwayError, UpstreamError
@@ -128,23 +129,24 @@ class UpdateEngine:
         if d.approval == "none" or next_major is None:
             out = (self._resolve(t, running, from_ref, skip, lambda s: t.policy.decide(current, offer, skip=s))
                    or Outcome(d.name, "up-to-date", from_ref))
-            return out, {out.to_ref} if out.action == "waiting-approval" else set()
+            return out, {out.to_ref} if out.action == "waiting-approval" else set()  # type: ignore[arg-type]
         # Semver with approvals (the README's policy x approval table): a higher major is put to
         # a person; while it waits, moves within the running major go on by the approval rule.
         major = self._resolve(t, running, from_ref, skip, lambda s: next_major(current, offer, skip=s))
         if major is not None and major.action not in ("waiting-approval", "held"):
             return major, set()
         waiting = {major.to_ref} if major is not None and major.action == "waiting-approval" else set()
+        within_major: Any = t.policy.decide   # SemverPolicy.decide takes same_major=
         within = self._resolve(t, running, from_ref, skip,
-                               lambda s: t.policy.decide(current, offer, skip=s, same_major=True))
+                               lambda s: within_major(current, offer, skip=s, same_major=True))
         if within is None:
-            return major or Outcome(d.name, "up-to-date", from_ref), waiting
+            return major or Outcome(d.name, "up-to-date", from_ref), waiting  # type: ignore[return-value]
         if within.action == "waiting-approval":
             waiting.add(within.to_ref)
         if major is not None:
             waits = f"{major.to_ref}: {major.action} ({major.detail})"
             within.detail = "; ".join(x for x in (within.detail, waits) if x)
-        return within, waiting
+        return within, waiting  # type: ignore[return-value]
 
     def _resolve(self, t: _Tracked, running: ImageRef | None, from_ref: str | None, skip: set[str],
                  propose: Callable[[set[str]], Move | None]) -> Outcome | None:

@@ -10,8 +10,8 @@ offer at all, so a failure is never mistaken for "nothing new" nor for "somethin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from poller.errors import SlipwayError, UpstreamError
 from poller.logs import get_logger
