@@ -22,12 +22,14 @@ import pytest
 import yaml
 
 from poller.config import parse_config
+from poller.events import RolloutFinished, RolloutProgress, RolloutStarted, UpdateFinished
 from poller.rollout.control import RolloutControl
 from poller.store import Store
 from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
 from tests.fixtures.services import wait_until
+from tests.integration.event_support import Observed
 from tests.integration.updater_support import reload_server, seed_tag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
@@ -188,16 +190,26 @@ def test_gradual_hot_update_order_max_unavailable_busy_pause(tmp_path, registry,
                "gss-4": {PRIORITY: 2, OPS: "None"}}
     make_gss(kube, namespace, old, "engine:7", servers)
     reload = reload_server()
+    sink = reload_server()   # the notification webhook
     data = config(tmp_path, registry, kube, namespace, reload.server_address[1])
+    data["notify"] = {"webhooks": [{"url": f"http://127.0.0.1:{sink.server_address[1]}/n", "format": "json"}]}
     cfg_path = tmp_path / "slipway.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = parse_config(data, file="t", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates))
+    seen = Observed(cfg, Store(tmp_path / "s.db"))
+    updates_key = 'slipway_updates_total{deployment="gss",result="succeeded"}'
+    updates_before = seen.metric(updates_key)
+    eng = build_engine(cfg, seen.store, targets=TargetFactory(cfg.updates), bus=seen.bus)
     try:
         with Kubelet(kube.api_client(), namespace) as kubelet:
             [o] = eng.cycle()
             # everyone but the busy server is done; the busy one waits (players on it)
             assert o.action == "rolling" and "busy" in o.detail, o
+            # the rollout published its start and each batch; /metrics follows it
+            assert [e.deployment for e in seen.of(RolloutStarted)] == ["gss"]
+            progress = seen.of(RolloutProgress)
+            assert progress and (progress[-1].done, progress[-1].total) == (4, 5)
+            assert seen.metric('slipway_rollout_progress_ratio{deployment="gss"}') == 0.8
             gss = json.loads(kube.kubectl("get", "gss", "gss", "-n", namespace, "-o", "json").stdout)
             assert {c["name"]: c["image"] for c in gss["spec"]["gameServerTemplate"]["spec"]["containers"]} == \
                 {"engine": "engine:7", "sidecar": new}
@@ -231,6 +243,16 @@ def test_gradual_hot_update_order_max_unavailable_busy_pause(tmp_path, registry,
             assert freed < patched                                # never restarted with players on it
     finally:
         reload.shutdown()
+        sink.shutdown()
+
+    # The finished rollout and the update were published, counted and announced.
+    assert [e.to_ref for e in seen.of(RolloutFinished)] == ["1.1.0"]
+    [update] = seen.of(UpdateFinished)
+    assert (update.deployment, update.ok, update.from_ref, update.to_ref) == ("gss", True, "1.0.0", "1.1.0")
+    assert seen.metric('slipway_rollout_progress_ratio{deployment="gss"}') == 1.0
+    assert seen.metric(updates_key) == updates_before + 1
+    assert [b["event"] for b in sink.bodies] == ["update.succeeded"]
+    assert sink.bodies[0]["deployment"] == "gss"
 
     # Each server reloaded exactly once, at its own address; per-server results are recorded.
     assert sorted(p for _, p in reload.calls) == [f"/reload?server=gss-{i}" for i in range(5)]
