@@ -149,6 +149,16 @@ def make_session(upstream: str, *, counter: RequestCounter | None = None,
     return session
 
 
+def backoff_delay(failures: int, *, initial: float, maximum: float, retry_after: float | None = None) -> float:
+    """The one back-off formula: doubling from ``initial`` per consecutive failure, at least an
+    upstream's ``Retry-After``, never more than ``maximum`` (a hostile or absurd ``Retry-After``
+    cannot park a source or an image for longer than the configured maximum)."""
+    delay = initial * 2 ** max(0, min(failures - 1, 64))
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(maximum, delay)
+
+
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
     """``Retry-After`` as seconds from now: either delta-seconds or an HTTP date."""
     if not value:

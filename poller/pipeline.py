@@ -38,6 +38,7 @@ from poller.events import (
     SourceError,
     SourcePolled,
 )
+from poller.http import backoff_delay
 from poller.logs import correlation, get_logger
 from poller.policy.plans import STAGING_TAG, desired_plans, sha_tag
 from poller.registry.client import RegistryClient
@@ -110,9 +111,7 @@ class Backoff:
     def failed(self, key: str, retry_after: float | None = None) -> float:
         with self._lock:
             n = self._state.get(key, (0, 0.0))[0] + 1
-            delay = min(self.maximum, self.initial * 2 ** (n - 1))
-            if retry_after is not None:
-                delay = max(retry_after, min(delay, self.maximum))
+            delay = backoff_delay(n, initial=self.initial, maximum=self.maximum, retry_after=retry_after)
             self._state[key] = (n, self.clock() + delay)
             return delay
 
@@ -286,7 +285,7 @@ class Pipeline:
     def _schedule(self, plan: BuildPlan, act: Action) -> Action:
         failures, last = self.store.failures_since_success(image=plan.image, ref=plan.ref, sha=plan.sha)
         if failures and last is not None:
-            delay = min(self.cfg.build.retry_max, self.cfg.build.retry_initial * 2 ** (failures - 1))
+            delay = backoff_delay(failures, initial=self.cfg.build.retry_initial, maximum=self.cfg.build.retry_max)
             if self.clock() < last + delay:
                 act.action, act.status = "backoff", "pending"
                 act.error = (f"{failures} failed build(s) of this commit; next try in "
