@@ -11,12 +11,11 @@ already on the new image are counted, reloads already recorded as ok are not rep
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from poller.errors import UpstreamError
+from poller import kube
 from poller.events import (
     EventBus,
     RolloutFinished,
@@ -68,14 +67,9 @@ class PodRollout:
 
     # -- reading pods -----------------------------------------------------------------------
     def _pods(self) -> list[dict]:
-        from kubernetes.client.exceptions import ApiException
-
         sel = ",".join(f"{k}={v}" for k, v in sorted(self.selector.items()))
-        try:
-            resp = self.core.list_namespaced_pod(self.namespace, label_selector=sel, _preload_content=False)
-        except ApiException as exc:
-            raise UpstreamError(f"kubernetes: list pods {sel}: {exc.status}", upstream="kubernetes") from exc
-        pods = [p for p in json.loads(resp.data)["items"] if not p["metadata"].get("deletionTimestamp")]
+        listed = kube.call(f"list pods {sel}", self.core.list_namespaced_pod, self.namespace, label_selector=sel)
+        pods = [p for p in listed["items"] if not p["metadata"].get("deletionTimestamp")]
         return sorted(pods, key=lambda p: p["metadata"]["name"])
 
     def _container(self, pod: dict) -> tuple[int, dict]:
@@ -121,17 +115,12 @@ class PodRollout:
 
     # -- acting -----------------------------------------------------------------------------
     def _patch(self, pod: dict, image: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         index, _ = self._container(pod)
         path = f"/spec/containers/{index}"
         body = [{"op": "test", "path": f"{path}/name", "value": self.container},
                 {"op": "replace", "path": f"{path}/image", "value": image}]
-        try:
-            self.core.patch_namespaced_pod(pod["metadata"]["name"], self.namespace, body,
-                                           _content_type=_JSON_PATCH, _preload_content=False)
-        except ApiException as exc:
-            raise TargetError(f"patch pod {pod['metadata']['name']}: {exc.status} {exc.reason}") from exc
+        kube.call(f"patch pod {pod['metadata']['name']}", self.core.patch_namespaced_pod,
+                  pod["metadata"]["name"], self.namespace, body, _content_type=_JSON_PATCH)
 
     def _gate(self, names: list[str], image: str) -> None:
         """Wait until every pod in ``names`` is ready on ``image``; TargetError after the timeout."""
