@@ -24,6 +24,7 @@ from poller.api import can_read, error, read_access, services
 from poller.approvals import ApprovalQueue
 from poller.events import BuildStarted, EventBus
 from poller.httpapi import configured_secret
+from poller.humanize import ago, took
 from poller.logs import get_logger
 
 blueprint = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
@@ -89,24 +90,6 @@ def tee(*callbacks):
 
 
 # -- data --------------------------------------------------------------------------------------
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "never"
-    s = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit} ago"
-    return f"{s}s ago"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
 def _sources(svc) -> list[dict]:
     seen = {s["name"]: s for s in svc.store.sources()}
     out = []
@@ -116,7 +99,7 @@ def _sources(svc) -> list[dict]:
         out.append({"name": s.name, "kind": s.kind, "branch": s.branch, "image": s.image,
                     "head": (st.get("head") or "")[:12] or "-",
                     "tags": sorted(tags)[-5:], "tag_count": len(tags),
-                    "last_poll": _ago(st.get("last_poll")), "error": st.get("last_error")})
+                    "last_poll": ago(st.get("last_poll")), "error": st.get("last_error")})
     return out
 
 
@@ -126,8 +109,8 @@ def _builds(svc, limit: int = 30) -> tuple[list[dict], list[dict]]:
     for b in svc.store.builds(limit=limit):
         d = b.as_dict()
         d["sha12"] = b.sha[:12]
-        d["when"] = _ago(b.started_at)
-        d["took"] = _duration(b.duration if b.duration is not None else
+        d["when"] = ago(b.started_at)
+        d["took"] = took(b.duration if b.duration is not None else
                               (time.time() - b.started_at if b.status == "running" else None))
         (running if b.status == "running" else recent).append(d)
     return running, recent
@@ -141,7 +124,7 @@ def _images(svc, limit: int = 200) -> list[dict]:
         tags = images.setdefault(b.image, {})
         for tag in b.tags:
             tags.setdefault(tag, {"tag": tag, "digest": b.digest or "", "sha12": b.sha[:12],
-                                  "when": _ago(b.finished_at), "build_id": b.id})
+                                  "when": ago(b.finished_at), "build_id": b.id})
     return [{"image": image, "tags": list(tags.values())} for image, tags in sorted(images.items())]
 
 
@@ -202,7 +185,7 @@ def _context() -> dict:
         "fleet_enabled": "fleet" in current_app.blueprints and bool(
             getattr(getattr(svc.config, "fleet", None), "services", None)),
         "can_act": configured_secret(svc.config.api.token) is not None,
-        "ago": _ago,
+        "ago": ago,
     }
 
 

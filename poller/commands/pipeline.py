@@ -193,7 +193,8 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from poller.app import open_store
     from poller.approvals import ApprovalQueue
-    from poller.commands.tables import ago, table
+    from poller.commands.tables import table
+    from poller.humanize import ago, took
 
     cfg = load_config(args.config)
     store = open_store(cfg)
@@ -233,7 +234,7 @@ def cmd_status(args) -> int:
                 [[b.id, b.source, b.ref, b.sha[:12],
                   b.status + (f": {_clip(b.error, 40)}" if b.error and b.status != "succeeded" else ""),
                   ",".join(b.tags),
-                  _took(b.duration if b.duration is not None else
+                  took(b.duration if b.duration is not None else
                         (now - b.started_at if b.status == "running" else None)), ago(b.started_at)]
                  for b in builds])
           if builds else "no builds yet")
@@ -254,14 +255,6 @@ def cmd_status(args) -> int:
 def _clip(text: str | None, n: int) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= n else text[:n - 1] + "…"
-
-
-def _took(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def _updates_status(cfg, store, limit: int) -> dict:
