@@ -37,8 +37,15 @@ from dataclasses import dataclass, field
 import requests
 
 from poller.approvals import APPROVED, PENDING, ApprovalQueue
-from poller.charts.index import (RELEASE, STAGING, ChartVersion, IndexPoller, IndexSnapshot,
-                                 charts_from_json, charts_to_json)
+from poller.charts.index import (
+    RELEASE,
+    STAGING,
+    ChartVersion,
+    IndexPoller,
+    IndexSnapshot,
+    charts_from_json,
+    charts_to_json,
+)
 from poller.config import ChartRepoConfig, ChartsConfig
 from poller.errors import ConfigError, SlipwayError, UpstreamError
 from poller.http import make_session, request

@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.services import wait_until
-from tests.integration.chart_servers import ChartMuseumProcess, IndexServer, RecordingHelmApi
+from tests.integration.chart_servers import (
+    ChartMuseumProcess,
+    IndexServer,
+    RecordingHelmApi,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GAME = ROOT / "charts" / "game-server"
@@ -107,18 +111,17 @@ def test_watch_once_still_applies_an_approval_granted_between_runs(repo, api, tm
 def test_chart_watch_stops_cleanly_on_sigterm(repo, api, tmp_path):
     repo.add("game-server", "1.0.0")
     cfg = charts_only_config(tmp_path, repo.url, api.url)
-    log = open(tmp_path / "watch.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "poller", "--log-format", "json", "chart",
-                             "watch", "--config", str(cfg)], cwd=ROOT, env=dict(os.environ),
-                            stdout=log, stderr=log)
-    try:
-        wait_until(lambda: len(repo.statuses) >= 2, timeout=30, what="two polls of the index")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(30)
-    log.seek(0)
-    text = log.read()
-    log.close()
+    with open(tmp_path / "watch.log", "w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "poller", "--log-format", "json", "chart",
+                                 "watch", "--config", str(cfg)], cwd=ROOT, env=dict(os.environ),
+                                stdout=log, stderr=log)
+        try:
+            wait_until(lambda: len(repo.statuses) >= 2, timeout=30, what="two polls of the index")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+        log.seek(0)
+        text = log.read()
     assert code == 0, text[-3000:]
     assert "Traceback" not in text
     assert "charts.watch.stopped" in text
