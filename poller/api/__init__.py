@@ -41,6 +41,7 @@ BLUEPRINTS = (
     "poller.api.artifacts",
     "poller.api.webhooks",
     "poller.api.dashboard",
+    "poller.api.rollbacks",
 )
 
 #: The realm named in ``WWW-Authenticate`` challenges.

@@ -17,6 +17,7 @@ from tests.doubles.github import DEFAULT_TOKEN as GITHUB_TOKEN
 from tests.doubles.gitlab import DEFAULT_TOKEN as GITLAB_TOKEN
 from tests.doubles.gitrepo import GitRepo, git
 from tests.integration.test_pipeline import REPO, make_config, poller, write_config
+from tests.integration.test_webhooks_e2e import notified, start_json_sink
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +121,11 @@ def test_production_rollback_tags_the_old_commit_with_the_next_patch_and_the_pip
     git_repo.tag("v1.3.0")
     git_repo.commit("feature", {"app.txt": "v2\n"})
     git_repo.tag("v1.4.0")
-    cfg = write_config(tmp_path, make_config(tmp_path, registry, git_repo))
+    sink = start_json_sink()
+    data = make_config(tmp_path, registry, git_repo)
+    data["notify"] = {"webhooks": [{"url": f"http://127.0.0.1:{sink.server_address[1]}/hook",
+                                    "format": "json"}]}
+    cfg = write_config(tmp_path, data)
     once(cfg, docker_host)
     assert {"1.3.0", "1.4.0"} <= set(registry.tags(REPO))
 
@@ -136,6 +141,9 @@ def test_production_rollback_tags_the_old_commit_with_the_next_patch_and_the_pip
     assert registry.labels(REPO, "1.4.1")["org.opencontainers.image.revision"] == old
     [event] = Store(tmp_path / "slipway.db").events(kind="rollback")
     assert event["detail"]["tag"] == "v1.4.1" and event["detail"]["reason"] == "bad 1.4"
+    [note] = notified(sink, "rollback.production")
+    assert "v1.4.1" in note["text"] and note["reason"] == "bad 1.4"
+    sink.shutdown()
 
     code, out, err = rollback(cfg, "--env", "production", "--to", "9.9.9")
     assert code != 0 and "no release tag 9.9.9" in err
@@ -175,3 +183,45 @@ def test_production_rollback_creates_the_tag_through_the_hosted_api(
     # the upstream refuses a tag that exists, and says which
     with pytest.raises(SlipwayError, match="v2.1.1"):
         src.create_tag("v2.1.1", old)
+
+
+def test_staging_rollback_over_the_http_api_needs_the_token_and_is_audited(
+        tmp_path, registry, git_repo, docker_host):
+    from poller.api import Services, create_app
+    from poller.config import parse_config
+
+    first = git_repo.seed_scratch_app("v1\n")
+    data = make_config(tmp_path, registry, git_repo)
+    cfg_path = write_config(tmp_path, data)
+    once(cfg_path, docker_host)
+    git_repo.commit("merge", {"app.txt": "v2\n"})
+    once(cfg_path, docker_host)
+    second_digest = registry.digest(REPO, "staging")
+
+    data["api"] = {"token": "rb-token"}
+    cfg = parse_config(data, file="test.yaml")
+    client = create_app(Services(config=cfg, store=Store(tmp_path / "slipway.db"))).test_client()
+    auth = {"Authorization": "Bearer rb-token"}
+    body = {"env": "staging", "reason": "lag spikes"}
+    assert client.post("/api/v1/rollbacks/game-server", json=body).status_code == 401
+    assert client.post("/api/v1/rollbacks/game-server", json=body,
+                       headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert client.post("/api/v1/rollbacks/nope", json=body, headers=auth).status_code == 404
+    bad = client.post("/api/v1/rollbacks/game-server", json={"env": "production"}, headers=auth)
+    assert bad.status_code == 400 and "to" in bad.json["message"]
+
+    dry = client.post("/api/v1/rollbacks/game-server", json={**body, "dry_run": True}, headers=auth)
+    assert dry.status_code == 200 and dry.json["dry_run"] and not dry.json["done"]
+    assert registry.digest(REPO, "staging") == second_digest
+
+    done = client.post("/api/v1/rollbacks/game-server", json=body, headers=auth)
+    assert done.status_code == 200, done.json
+    assert done.json["done"] and done.json["by"] == "token" and done.json["to_sha"] == first
+    assert registry.labels(REPO, "staging")["org.opencontainers.image.revision"] == first
+
+    listed = client.get("/api/v1/rollbacks").json
+    assert [h["source"] for h in listed["holds"]] == ["game-server"]
+    assert listed["recent"][0]["detail"]["reason"] == "lag spikes"
+
+    assert client.post("/api/v1/rollbacks/game-server/unpin", headers=auth).json["released"]
+    assert client.get("/api/v1/rollbacks").json["holds"] == []
