@@ -42,6 +42,7 @@ BLUEPRINTS = (
     "poller.api.webhooks",
     "poller.api.dashboard",
     "poller.api.rollbacks",
+    "poller.api.releases",
 )
 
 #: The realm named in ``WWW-Authenticate`` challenges.

@@ -165,6 +165,11 @@ def openapi_document() -> dict[str, Any]:
             "Pause, resume or abort a fleet rollout", "200", _json(obj),
             params=[_path("service"), _path("action", {"enum": ["pause", "resume", "abort"]})],
             **{"404": _err("no fleet configured")}, **conflict, **upstream),
+        "/api/v1/releases": _get(
+            "The release board: per service newest builds, what runs where, approvals, pins",
+            _json({"type": "array", "items": obj}), **upstream),
+        "/dashboard/releases": {"get": {"summary": "The release board page",
+                                        "responses": {"200": html}}},
         "/api/v1/rollbacks": _get("Staging holds and recent rollbacks", _json(_ref("Rollbacks"))),
         "/api/v1/rollbacks/{service}": _post(
             "Roll a source back: staging to an earlier build, production to an earlier release "
