@@ -15,6 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_releases)
 
 
+def _image(ref: str) -> str:
+    """``host/repo:tag@sha256:abc…`` as ``repo:tag@abc…`` (12 hex digits)."""
+    name, _, digest = ref.rpartition("/")[2].partition("@")
+    return name + (f"@{_short(digest)}" if digest else "")
+
+
 def _short(digest: str | None) -> str:
     return (digest or "-").replace("sha256:", "")[:12]
 
@@ -42,7 +48,7 @@ def cmd_releases(args) -> int:
             print("no builds yet")
         if b.running:
             print(table(["deployment", "policy", "target", "runs now", "digest", "pinned"],
-                        [[r.deployment, r.policy, r.target, r.image or f"({r.error})",
+                        [[r.deployment, r.policy, r.target, _image(r.image) if r.image else f"({r.error})",
                           _short(r.digest), f"{r.pinned} by {r.pinned_by}" if r.pinned else ""]
                          for r in b.running]))
         if b.hold:
