@@ -128,3 +128,26 @@ def test_release_board_in_chromium_approves_and_rolls_back_staging(
         assert event["detail"]["by"] == "release board"
     finally:
         served.close()
+
+
+def test_board_page_draws_a_rollout_in_progress_as_a_bar(tmp_path):
+    from poller.rollout.control import RolloutControl
+
+    cfg = parse_config({
+        "registry": {"url": "r:5000"}, "api": {"token": TOKEN},
+        "sources": [{"name": "gs", "git": {"url": "file:///x"}, "branch": "master",
+                     "image": "r:5000/gs"}],
+        "updates": {"deployments": [{"name": "gs-prod", "image": "r:5000/gs", "policy": "minor",
+                                     "target": {"docker": {"container": "nope",
+                                                           "base_url": "unix:///nonexistent.sock"}}}]},
+    }, env={})
+    store = Store(tmp_path / "s.db")
+    control = RolloutControl(store)
+    rec = control.start("gs-prod", "1.2.0", "r:5000/gs:1.2.0")
+    for i, server in enumerate(("gs-0", "gs-1", "gs-2")):
+        control.server_updated(rec.id, server, i)
+    html = create_app(Services(config=cfg, store=store)).test_client().get(
+        "/dashboard/releases").get_data(as_text=True)
+    assert f'data-rollout="{rec.id}"' in html and 'role="progressbar"' in html
+    assert 'aria-valuenow="3"' in html
+    assert "gs-prod" in html and "Error" in html   # an unreadable target says why

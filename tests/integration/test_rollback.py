@@ -225,3 +225,14 @@ def test_staging_rollback_over_the_http_api_needs_the_token_and_is_audited(
 
     assert client.post("/api/v1/rollbacks/game-server/unpin", headers=auth).json["released"]
     assert client.get("/api/v1/rollbacks").json["holds"] == []
+
+    # production over HTTP: the dry run says which tag it would make, and makes none
+    git_repo.tag("v1.0.0", sha=first)
+    prod = client.post("/api/v1/rollbacks/game-server", headers=auth,
+                       json={"env": "production", "to": "1.0.0", "dry_run": True})
+    assert prod.status_code == 200, prod.json
+    assert prod.json["tag"] == "v1.0.1" and not prod.json["done"]
+    assert "v1.0.1" not in git("tag", cwd=git_repo.bare).split()
+    missing = client.post("/api/v1/rollbacks/game-server", headers=auth,
+                          json={"env": "production", "to": "0.9.0"})
+    assert missing.status_code == 404 and "no release tag 0.9.0" in missing.json["message"]
