@@ -28,7 +28,7 @@ def demo(env: dict) -> tuple[str, float]:
 def rows(block: str, name: str) -> list[tuple[str, str, str]]:
     """(id, image, digest) of container ``name`` in each container table of ``block``."""
     return re.findall(rf"^\s+{re.escape(name)}-(?:staging|release)\s+(\w{{12}})\s+(\S+)\s+(sha256:\w{{12}})",
-                      block, re.M)
+                      block, re.MULTILINE)
 
 
 def test_demo_twice_ends_at_running_containers_that_follow_merges_tags_and_approvals(
