@@ -123,7 +123,6 @@ class Rollbacks:
     def _staging_target(self, src: SourceConfig, to: str | None, current: str | None
                         ) -> tuple[str, str | None, int | None]:
         """(digest, sha, build id) of the image ``to`` names, or of the previous staging build."""
-        assert self.registry is not None
         repo = src.image_repository
         if to is None:
             for b in self.store.builds(source=src.name, limit=500):
@@ -132,15 +131,15 @@ class Rollbacks:
                     return b.digest, b.sha, b.id
             raise RollbackRefused(f"{src.name}: no earlier staging build to roll back to "
                                   f"(staging is {_short(current)}); name one with --to")
-        if to.isdigit():
-            b = self.store.get_build(int(to))
-            if b is None or b.source != src.name:
+        if to.isascii() and to.isdigit():
+            rec = self.store.get_build(int(to)) if len(to) <= 18 else None
+            if rec is None or rec.source != src.name:
                 raise NotFound(f"{src.name}: no build {to} of this source")
-            if b.status != "succeeded" or not b.digest:
+            if rec.status != "succeeded" or not rec.digest:
                 raise RollbackRefused(f"{src.name}: build {to} did not push an image "
-                                      f"(status {b.status})")
-            return b.digest, b.sha, b.id
-        if to.startswith("sha-") and 5 <= len(to) <= 68:
+                                      f"(status {rec.status})")
+            return rec.digest, rec.sha, rec.id
+        if to.startswith("sha-") and 5 <= len(to) <= 68 and self.registry is not None:
             digest = self.registry.head_manifest(repo, to)
             if digest is None:
                 raise NotFound(f"{src.name}: no image {src.image}:{to} in the registry")

@@ -236,3 +236,19 @@ def test_staging_rollback_over_the_http_api_needs_the_token_and_is_audited(
     missing = client.post("/api/v1/rollbacks/game-server", headers=auth,
                           json={"env": "production", "to": "0.9.0"})
     assert missing.status_code == 404 and "no release tag 0.9.0" in missing.json["message"]
+
+
+@pytest.mark.parametrize("to, says", [
+    ("99999999999999999999999999", "no build 99999999999999999999999999"),
+    ("²", "give a build id"),
+    ("sha-" + "f" * 200, "give a build id"),
+])
+def test_staging_rollback_to_a_strange_target_is_a_clear_refusal(tmp_path, to, says):
+    from poller.config import parse_config
+
+    cfg = parse_config({"registry": {"url": "127.0.0.1:1"}, "sources": [
+        {"name": "gs", "git": {"url": "file:///unused"}, "branch": "master",
+         "image": "127.0.0.1:1/gs"}]})
+    rb = Rollbacks(cfg, Store(tmp_path / "s.db"), registry=None, sources={})
+    with pytest.raises(SlipwayError, match=says):
+        rb._staging_target(cfg.sources[0], to, None)
