@@ -151,3 +151,26 @@ def test_board_page_draws_a_rollout_in_progress_as_a_bar(tmp_path):
     assert f'data-rollout="{rec.id}"' in html and 'role="progressbar"' in html
     assert 'aria-valuenow="3"' in html
     assert "gs-prod" in html and "Error" in html   # an unreadable target says why
+
+
+def test_private_board_loads_in_chromium_once_the_token_is_given(tmp_path, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    cfg = parse_config({
+        "registry": {"url": "r:5000"}, "api": {"token": TOKEN, "public_read": False},
+        "sources": [{"name": "gs", "git": {"url": "file:///x"}, "branch": "master",
+                     "image": "r:5000/gs"}]}, env={})
+    app = create_app(Services(config=cfg, store=Store(tmp_path / "s.db")))
+    port = free_port()
+    served = serve_in_thread(app, f"127.0.0.1:{port}")
+    try:
+        browser.get(f"http://127.0.0.1:{port}/dashboard/releases")
+        assert browser.find_element(By.ID, "needs-token")
+        assert not browser.find_elements(By.CSS_SELECTOR, 'section[data-service="gs"]')
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, 'section[data-service="gs"]'),
+                   timeout=10, what="the board loaded with the token")
+        assert "no builds yet" in browser.find_element(By.ID, "releases").text
+    finally:
+        served.close()

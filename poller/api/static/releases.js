@@ -56,12 +56,29 @@
       setTimeout(function () { window.location.reload(); }, 800);
     });
   });
+  // api.public_read off: the page came as a shell; load the board with the token.
+  function loadWithToken() {
+    if (!document.getElementById("needs-token") || !token()) { return; }
+    fetch(window.location.pathname, {headers: {"Authorization": "Bearer " + token()}, cache: "no-store"})
+      .then(function (r) { return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var board = doc.getElementById("releases");
+        if (board && !doc.getElementById("needs-token")) {
+          document.getElementById("releases").innerHTML = board.innerHTML;
+        } else {
+          flash("The API token was not accepted.", true);
+        }
+      });
+  }
   document.getElementById("token-form").addEventListener("submit", function (ev) {
     ev.preventDefault();
     var input = document.getElementById("token");
     if (input.value) { sessionStorage.setItem(KEY, input.value); }
     input.value = "";
     document.getElementById("token-state").textContent = token() ? "token set for this tab" : "";
+    loadWithToken();
   });
   document.getElementById("token-state").textContent = token() ? "token set for this tab" : "";
+  loadWithToken();
 }());
