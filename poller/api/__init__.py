@@ -112,9 +112,9 @@ def create_app(svc: Services) -> Flask:
     def _slipway(exc):
         return error(409, type(exc).__name__, str(exc))
 
-    from poller.api import artifacts, core, dashboard, fleet, openapi, updates, webhooks
+    from poller.api import artifacts, core, dashboard, fleet, openapi, releases, rollbacks, updates, webhooks
 
-    for module in (core, updates, fleet, artifacts, webhooks, dashboard, openapi):
+    for module in (core, updates, fleet, artifacts, webhooks, dashboard, rollbacks, releases, openapi):
         app.register_blueprint(module.blueprint)
     return app
 
