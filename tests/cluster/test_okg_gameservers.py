@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from poller.config import parse_config
+from poller.events import RolloutFinished, RolloutProgress, RolloutStarted, UpdateFinished
 from poller.rollout.control import RolloutControl
 from poller.store import Store
 from poller.targets.factory import TargetFactory
@@ -31,6 +32,8 @@ from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
 from tests.fixtures.cluster import st
 from tests.fixtures.services import wait_until
+from tests.integration.event_support import Observed
+from tests.integration.updater_support import reload_server
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,14 +279,24 @@ def test_gradual_hot_update_order_max_unavailable_busy_pause_with_http_reload(tm
              strategy=HELD)
     before = pods(kube, namespace)
     data = config(tmp_path, registry, kube, namespace, HTTP_RELOAD, rollout={})
+    sink = reload_server()   # the notification webhook
+    data["notify"] = {"webhooks": [{"url": f"http://127.0.0.1:{sink.server_address[1]}/n", "format": "json"}]}
     cfg_path = tmp_path / "slipway.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = parse_config(data, file="t", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates))
+    seen = Observed(cfg, Store(tmp_path / "s.db"))   # poller run's subscribers on the engine's bus
+    updates_key = 'slipway_updates_total{deployment="gss",result="succeeded"}'
+    updates_before = seen.metric(updates_key)
+    eng = build_engine(cfg, seen.store, targets=TargetFactory(cfg.updates), bus=seen.bus)
     with Watcher(kube.api_client(), namespace) as watcher:
         [o] = eng.cycle()
         # everyone but the busy server is done; the busy one waits (players on it)
         assert o.action == "rolling" and "busy" in o.detail, o
+        # the rollout published its start and each batch; /metrics follows it
+        assert [e.deployment for e in seen.of(RolloutStarted)] == ["gss"]
+        progress = seen.of(RolloutProgress)
+        assert progress and (progress[-1].done, progress[-1].total) == (4, 5)
+        assert seen.metric('slipway_rollout_progress_ratio{deployment="gss"}') == 0.8
         wait_until(lambda: len(first_patched(watcher.timeline(), new)) == 4, 30, what="the watch caught up")
         timeline = watcher.timeline()
         # high update priority first (OpenKruiseGame's meaning), the busy gss-2 skipped
@@ -309,6 +322,15 @@ def test_gradual_hot_update_order_max_unavailable_busy_pause_with_http_reload(tm
         freed = next(e["rv"] for e in timeline if e["name"] == "gss-2" and e["ops"] == "None")
         patched = next(e["rv"] for e in timeline if e["name"] == "gss-2" and e["spec"]["sidecar"] == new)
         assert freed < patched                             # never restarted with players on it
+
+    # The finished rollout and the update were published, counted and announced.
+    sink.shutdown()
+    assert [e.to_ref for e in seen.of(RolloutFinished)] == ["1.1.0"]
+    [update] = seen.of(UpdateFinished)
+    assert (update.deployment, update.ok, update.from_ref, update.to_ref) == ("gss", True, "1.0.0", "1.1.0")
+    assert seen.metric('slipway_rollout_progress_ratio{deployment="gss"}') == 1.0
+    assert seen.metric(updates_key) == updates_before + 1
+    assert [(b["event"], b["deployment"]) for b in sink.bodies] == [("update.succeeded", "gss")]
 
     after = pods(kube, namespace)
     for name, pod in after.items():                        # in place: same pods, engine untouched
