@@ -318,7 +318,7 @@ class JobRunner:
             try:
                 self.tick()
             except Exception as exc:  # never let the watcher die silently
-                log.error("helm_api.follow_up.error", error=str(exc), exc_info=True)  # noqa: G201 (EventLogger has no .exception)
+                log.error("helm_api.follow_up.error", error=str(exc), exc_info=True)
             with self._lock:
                 if not self._pending:
                     self._thread = None

@@ -57,6 +57,10 @@ class NotFound(PermanentError):
     """The thing asked for does not exist upstream (a 404, a missing ref)."""
 
 
+class Conflict(PermanentError):
+    """The upstream refused because of the current state (a 409: exists, or changed since read)."""
+
+
 class AuthError(PermanentError):
     """Credentials were refused (401/403)."""
 
@@ -75,6 +79,10 @@ class BuildError(PermanentError):
 
 class PushError(UpstreamError):
     """Pushing an image to the registry failed."""
+
+
+class RollbackRefused(PermanentError):
+    """A rollback that would be wrong as asked (no earlier build, the newer tag exists)."""
 
 
 class ApprovalRequired(SlipwayError):

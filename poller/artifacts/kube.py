@@ -163,6 +163,7 @@ class KubePluginRollout:
     def cycle(self, env: str) -> CycleReport:
         report = CycleReport(env)
         namespace = self.cfg.environments[env].kubernetes_namespace
+        assert namespace is not None   # only Kubernetes environments get here
         wanted = {t: plugin_stamp({p: a.digest for p, a in plugins.items()})
                   for t, plugins in sync_channels(self.store, self.cfg, env, report.incomplete).items()}
         found = self._read_record(namespace)

@@ -153,7 +153,7 @@ class ServiceContainer:
             if health is None:  # the image has no HEALTHCHECK: running is all we can know
                 return True if state.get("Running") else None
             return {"healthy": True, "unhealthy": False}.get(health.get("Status"))
-        address = http_address(container.attrs, self.health.port)
+        address = http_address(container.attrs, self.health.port)  # type: ignore[arg-type]
         if address is None:
             return None
         try:

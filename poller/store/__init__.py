@@ -11,12 +11,12 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from poller.errors import StoreError
-
 from poller.logs import mask, mask_known, mask_value
 
 _SCHEMA = """
@@ -206,7 +206,7 @@ class Store:
             "INSERT INTO builds (source, image, ref, kind, sha, tags, status, started_at, pid)"
             " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
             (source, image, ref, kind, sha, json.dumps(tags), time.time(), pid))
-        return int(cur.lastrowid)
+        return int(cur.lastrowid)  # type: ignore[arg-type]
 
     def finish_build(self, build_id: int, *, status: str, digest: str | None = None,
                      error: str | None = None, log: str = "") -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from poller.errors import UpstreamError
+from poller import kube
+from poller.errors import Conflict
 from poller.targets.base import Applied, ImageRef, TargetError
 
 GSS = ("game.kruise.io", "v1alpha1", "gameserversets")
@@ -52,18 +54,6 @@ def image_patch(path: str, index: int, container: str, image: str) -> list[dict]
             {"op": "replace", "path": f"{path}/{index}/image", "value": image}]
 
 
-def _api_error(what: str, exc) -> Exception:
-    if exc.status in (429,) or (exc.status or 0) >= 500:
-        return UpstreamError(f"kubernetes: {what}: {exc.status} {exc.reason}", upstream="kubernetes",
-                             status=exc.status)
-    return TargetError(f"kubernetes: {what}: {exc.status} {exc.reason}: {(exc.body or '')[:300]}")
-
-
-class Conflict(TargetError):
-    """The workload changed between the read a write was decided on and the write (its
-    resourceVersion precondition failed): decide again from fresh state."""
-
-
 class KubernetesWorkload:
     def __init__(self, api, *, kind: str, name: str, namespace: str, container: str,
                  timeout: float = 300.0, poll: float = 1.0, wait_rollout: bool = True,
@@ -83,16 +73,8 @@ class KubernetesWorkload:
 
     # -- raw reads and writes (JSON dicts, camelCase as the API server speaks) -----------
     def _call(self, what: str, fn, *args, **kwargs) -> dict:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            resp = fn(*args, _preload_content=False, **kwargs)
-        except ApiException as exc:
-            raise _api_error(what, exc) from exc
-        except Exception as exc:  # connection refused, TLS...
-            raise UpstreamError(f"kubernetes: {what}: {type(exc).__name__}: {exc}",
-                                upstream="kubernetes") from exc
-        return json.loads(resp.data)
+        """One API call; failures mapped onto the error tree by :mod:`poller.kube`."""
+        return kube.call(what, fn, *args, **kwargs)
 
     def read(self) -> dict:
         """The workload as last seen (the informer's cache when there is one)."""
@@ -139,10 +121,9 @@ class KubernetesWorkload:
             if exc.status in (409, 422):
                 raise Conflict(f"kubernetes: patch {self.description}: {exc.status} {exc.reason}: "
                                f"changed since it was read") from exc
-            raise _api_error(f"patch {self.description}", exc) from exc
+            raise kube.api_error(exc, f"patch {self.description}") from exc
         except Exception as exc:  # connection refused, TLS...
-            raise UpstreamError(f"kubernetes: patch {self.description}: {type(exc).__name__}: {exc}",
-                                upstream="kubernetes") from exc
+            raise kube.api_error(exc, f"patch {self.description}") from exc
         obj = json.loads(resp.data)
         if self.informer is not None:
             self.informer.observe(obj)
