@@ -41,12 +41,24 @@ class RolloutOutcome:
     message: str = ""
 
 
-def image_matches(status: dict, want: str) -> bool:
-    got = status.get("image") or ""
-    if got == want:
-        return True
+def running_digest(status: dict) -> str | None:
+    """The digest a container really runs: the ``@sha256:..`` part of its ``imageID``."""
+    _, at, digest = (status.get("imageID") or "").rpartition("@")
+    return digest if at and digest else None
+
+
+def image_matches(status: dict, want: str, want_digest: str | None = None) -> bool:
+    """Whether a container status shows it running ``want``.
+
+    Digests decide when one is known (``want``'s own or ``want_digest``, what its tag points at):
+    the kubelet reports ``image``/``imageID`` under the first name containerd pulled that digest
+    as, so an image pushed under two tags shows the other tag's name. Names decide otherwise."""
     w = ImageRef.parse(want)
-    if w.digest and (w.digest in got or w.digest in (status.get("imageID") or "")):
+    digest = w.digest or want_digest
+    if digest and running_digest(status) is not None:
+        return running_digest(status) == digest
+    got = status.get("image") or ""
+    if got == want or (w.digest and w.digest in got):
         return True
     g = ImageRef.parse(got)
     return not w.digest and (g.repository, g.tag) == (w.repository, w.tag)
@@ -55,12 +67,15 @@ def image_matches(status: dict, want: str) -> bool:
 class PodRollout:
     def __init__(self, api, cfg: RolloutConfig, *, namespace: str, container: str, selector: dict[str, str],
                  control: RolloutControl, reloader: Reloader | None = None,
-                 wait: Callable[[float], None] | None = None, bus: EventBus | None = None):
+                 wait: Callable[[float], None] | None = None, bus: EventBus | None = None,
+                 digest_of: Callable[[str], str | None] | None = None):
         from kubernetes import client
 
         self.core = client.CoreV1Api(api)
         self.cfg, self.namespace, self.container, self.selector = cfg, namespace, container, selector
         self.control, self.reloader = control, reloader
+        self._digest_of = digest_of      # image -> the digest its tag points at (the registry), if known
+        self._digests: dict[str, str | None] = {}
         self._wait = wait or (lambda s: time.sleep(s))
         #: RolloutStarted, RolloutProgress (after each batch), RolloutFinished, RolloutStopped
         self.bus = bus if bus is not None else EventBus()
@@ -87,7 +102,15 @@ class PodRollout:
         if image is None:
             return True
         cs = next((c for c in status.get("containerStatuses") or [] if c.get("name") == self.container), None)
-        return cs is not None and bool(cs.get("ready", False)) and image_matches(cs, image)
+        return cs is not None and bool(cs.get("ready", False)) \
+            and image_matches(cs, image, self._target_digest(image))
+
+    def _target_digest(self, image: str) -> str | None:
+        if self._digest_of is None or ImageRef.parse(image).digest:
+            return None
+        if image not in self._digests:
+            self._digests[image] = self._digest_of(image)
+        return self._digests[image]
 
     def _busy(self, pod: dict) -> bool:
         labels = pod["metadata"].get("labels") or {}

@@ -93,11 +93,11 @@ class TargetFactory:
                                       d.reload.exec)
         return None
 
-    def pod_rollout(self, d: DeploymentConfig, target, control, bus=None):
+    def pod_rollout(self, d: DeploymentConfig, target, control, bus=None, digest_of=None):
         from poller.rollout.pods import PodRollout
 
         k = d.target.kubernetes
         assert k is not None and d.rollout is not None   # a pod rollout is of a Kubernetes target
         return PodRollout(self.kube_api(k.kubeconfig, k.context), d.rollout, namespace=k.namespace,
                           container=k.container, selector=self.selector(d, target), control=control,
-                          reloader=self.reloader(d), bus=bus)
+                          reloader=self.reloader(d), bus=bus, digest_of=digest_of)

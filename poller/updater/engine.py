@@ -234,6 +234,19 @@ class UpdateEngine:
             out.append({"server": name, "ok": r.ok, "attempts": r.attempts, "detail": r.detail})
         return out
 
+    def _digest_of(self, image: str) -> Callable[[str], str | None] | None:
+        """image:tag -> the digest the tag points at in the registry (the rollout's health gate compares it)."""
+        watcher = self.watchers.get(image)
+        if watcher is None:
+            return None
+
+        def digest_of(ref: str) -> str | None:
+            r = ImageRef.parse(ref)
+            if r.repository != image:
+                return None
+            return watcher.client.head_manifest(watcher.repository, r.tag or "latest")
+        return digest_of
+
     def resume(self, deployment: str, applied: dict | None = None) -> Outcome:
         """Run (or continue) the active rollout of ``deployment``; finishes its audit record."""
         t = next(x for x in self.tracked if x.cfg.name == deployment)
@@ -241,7 +254,8 @@ class UpdateEngine:
         if rec is None:
             return Outcome(deployment, "up-to-date")
         uid = self._open_update(deployment, rec.to_ref)
-        rollout = self.targets.pod_rollout(t.cfg, self._target(t), self.control, bus=self.bus)
+        rollout = self.targets.pod_rollout(t.cfg, self._target(t), self.control, bus=self.bus,
+                                           digest_of=self._digest_of(t.cfg.image))
         try:
             result = rollout.run(deployment, rec.to_ref, rec.image)
         except UpstreamError as exc:   # the API server hiccuped: continue from here next cycle

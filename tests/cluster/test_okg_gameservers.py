@@ -1,6 +1,6 @@
 """Game servers hot-updated in place: a GameServerSet managed by the real OpenKruiseGame v1.0.0
-and Kruise v1.8.0 (toolchain/okg.py), its pods really running on the real node (containerd +
-kubelet, toolchain/node.py). Everything is observed on the API server.
+and Kruise v1.8.0 (toolchain/slipway_toolchain/okg.py), its pods really running on the real node (containerd +
+kubelet, toolchain/slipway_toolchain/node.py). Everything is observed on the API server.
 
 * Without ``rollout:`` OKG + Kruise move the pods (the GameServerSet's RollingUpdate with
   ``InPlaceIfPossible``): only the sidecar container restarts, on its new image.
@@ -50,24 +50,33 @@ def push_images(node, registry, tmp_path: Path, *sidecar_tags: str) -> dict[str,
     Each test's images differ (SLIPWAY_TEST): containerd keeps one image per digest, and the
     kubelet reports a container's image under the name the digest was first pulled as, so
     identical images from an earlier test's registry would show up under that registry's name."""
-    salt = f"SLIPWAY_TEST={tmp_path.name}"
+    salt = image_salt(tmp_path, registry)
     node.allow_registry(registry.addr)
-    cgi = tmp_path / "reload"
-    cgi.write_text(RELOAD_CGI)
-    keep = tmp_path / "keep"
-    keep.write_text("")
+    (tmp_path / "reload").write_text(RELOAD_CGI)
+    (tmp_path / "keep").write_text("")
     digests = {}
     ref = node.push_image(registry.addr, "engine", "7", {"bin/busybox": Path(BUSYBOX)},
                           ["/bin/busybox", "sh", "-c", "echo engine up; exec /bin/busybox sleep 2147483647"],
                           env=[salt])
     digests["engine:7"] = ref.split("@")[1]
     for tag in sidecar_tags:
-        ref = node.push_image(registry.addr, "sidecar", tag,
-                              {"bin/busybox": Path(BUSYBOX), "www/cgi-bin/reload": cgi, "tmp/.keep": keep},
-                              ["/bin/busybox", "httpd", "-f", "-p", str(RELOAD_PORT), "-h", "/www"],
-                              env=[f"VERSION={tag}", salt])
-        digests[tag] = ref.split("@")[1]
+        digests[tag] = push_sidecar(node, registry, tmp_path, tag, version=tag)
     return digests
+
+
+def image_salt(tmp_path: Path, registry) -> str:
+    """Differs per test and per run (the registry's port): the node's containerd outlives a session."""
+    return f"SLIPWAY_TEST={tmp_path.name}@{registry.addr}"
+
+
+def push_sidecar(node, registry, tmp_path: Path, tag: str, *, version: str) -> str:
+    """The sidecar image (its content set by ``version``) pushed as ``tag``; returns its digest."""
+    ref = node.push_image(registry.addr, "sidecar", tag,
+                          {"bin/busybox": Path(BUSYBOX), "www/cgi-bin/reload": tmp_path / "reload",
+                           "tmp/.keep": tmp_path / "keep"},
+                          ["/bin/busybox", "httpd", "-f", "-p", str(RELOAD_PORT), "-h", "/www"],
+                          env=[f"VERSION={version}", image_salt(tmp_path, registry)])
+    return ref.split("@")[1]
 
 
 class Watcher:
@@ -381,3 +390,25 @@ def test_hot_update_without_restart_reloads_through_exec_and_abort_spares_the_bu
     busy = pods(kube, namespace)["gss-0"]
     assert busy["spec"]["containers"][1]["image"].endswith(":1.1.0")      # the busy one was left alone
     assert containers(busy)["sidecar"]["image"].endswith(":1.1.0")
+
+
+def test_rollout_to_a_tag_whose_image_was_first_pulled_under_another_tag_completes(tmp_path, registry, kube,
+                                                                                  namespace, node, okg):
+    """One image pushed as 1.0.0 and as 1.1.0: containerd keeps one image per digest and the kubelet
+    reports the restarted container under the name it first pulled (1.0.0); the health gate
+    compares the digest the target tag points at with the container's imageID, not names."""
+    digest = push_images(node, registry, tmp_path, "1.0.0")["1.0.0"]
+    assert push_sidecar(node, registry, tmp_path, "1.1.0", version="1.0.0") == digest
+    old, new = f"{registry.addr}/sidecar:1.0.0", f"{registry.addr}/sidecar:1.1.0"
+    make_gss(kube, node, namespace, old, f"{registry.addr}/engine:7", {"gss-0": {}, "gss-1": {}}, strategy=HELD)
+    data = config(tmp_path, registry, kube, namespace, HTTP_RELOAD,
+                  rollout={"steps": [1, "100%"], "health_timeout": 30})
+    cfg = parse_config(data, file="t", env={})
+    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates))
+    [o] = eng.cycle()
+    assert (o.action, o.to_ref) == ("updated", "1.1.0"), o
+    for pod in pods(kube, namespace).values():
+        assert pod["spec"]["containers"][1]["image"] == new
+        side = containers(pod)["sidecar"]
+        assert side["ready"] and side["imageID"] == f"{registry.addr}/sidecar@{digest}"
+        assert side["image"] == old  # the name the kubelet reports: the first one pulled
