@@ -7,11 +7,15 @@
     any other 4xx            PermanentError (the request was wrong)
 
 :func:`call` runs one client method with ``_preload_content=False`` and returns the JSON.
+:func:`api_client` is the one way to build a ``kubernetes.client.ApiClient`` (kubeconfig file
+and context, or the pod's service account), with one timeout policy (:data:`TIMEOUT`) and the
+client's own urllib3 retries off (callers decide what to retry, from the mapped error).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +23,38 @@ from poller.errors import AuthError, Conflict, NotFound, PermanentError, Slipway
 from poller.http import parse_retry_after
 
 UPSTREAM = "kubernetes"
+
+#: (connect, read) seconds for one API call; watches pass their own.
+TIMEOUT = (5.0, 30.0)
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def api_client(kubeconfig: str | None = None, *, context: str | None = None,
+               in_cluster: bool | None = None) -> Any:
+    """An ``ApiClient`` for ``kubeconfig`` (and ``context``), or the pod's service account.
+
+    ``in_cluster`` None: the service account when no kubeconfig is named and the process runs
+    in a pod, else the default kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``). A missing or
+    unreadable configuration is an :class:`UpstreamError` naming it, never a raw exception.
+    Calls made through :func:`call` time out after :data:`TIMEOUT` unless given their own."""
+    from kubernetes import client as k8s
+    from kubernetes import config as kconfig
+
+    configuration = k8s.Configuration()
+    try:
+        if in_cluster is None:
+            in_cluster = not kubeconfig and os.path.exists(SERVICE_ACCOUNT_TOKEN)
+        if in_cluster:
+            kconfig.load_incluster_config(client_configuration=configuration)
+        else:
+            kconfig.load_kube_config(config_file=kubeconfig, context=context,
+                                     client_configuration=configuration)
+    except Exception as exc:  # ConfigException, a missing/unreadable file, bad YAML
+        where = "the in-cluster service account" if in_cluster else (kubeconfig or "the default kubeconfig")
+        raise UpstreamError(f"{UPSTREAM}: cannot load cluster credentials from {where}: {exc}"[:500],
+                            upstream=UPSTREAM) from exc
+    configuration.retries = False
+    return k8s.ApiClient(configuration)
 
 
 def _message(exc: Any) -> str:
@@ -55,6 +91,7 @@ def call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` with the raw response parsed as JSON; failures mapped by
     :func:`api_error`."""
     try:
+        kwargs.setdefault("_request_timeout", TIMEOUT)
         resp = fn(*args, _preload_content=False, **kwargs)
         return json.loads(resp.data) if resp.data else {}
     except Exception as exc:
