@@ -38,16 +38,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from poller.config import parse_config  # noqa: E402
-from poller.http import RequestCounter  # noqa: E402
-from poller.store import Store  # noqa: E402
-from poller.targets.factory import TargetFactory  # noqa: E402
-from poller.targets.informer import Informer  # noqa: E402
-from poller.targets.kubernetes import api_client  # noqa: E402
-from poller.updater.build import build_engine  # noqa: E402
-from tests.fixtures.apiserver_metrics import request_totals, workload_requests  # noqa: E402
-from tests.fixtures.services import start_registry, stop_registry  # noqa: E402
-from tests.integration.updater_support import seed_tag  # noqa: E402
+from poller.config import parse_config
+from poller.http import RequestCounter
+from poller.store import Store
+from poller.targets.factory import TargetFactory
+from poller.targets.informer import Informer
+from poller.targets.kubernetes import api_client
+from poller.updater.build import build_engine
+from tests.fixtures.apiserver_metrics import request_totals, workload_requests
+from tests.fixtures.services import start_registry, stop_registry
+from tests.integration.updater_support import seed_tag
 
 
 def cpu() -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import requests
 import yaml
