@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from poller.targets.base import Target
 from poller.updater.settings import DeploymentConfig, UpdatesConfig
@@ -28,8 +29,8 @@ class TargetFactory:
         self.docker_base_url = docker_base_url
         self.rollout_timeout = rollout_timeout
         self.use_informers = informers
-        self._apis: dict[tuple, object] = {}
-        self._informers: dict[tuple, object] = {}
+        self._apis: dict[tuple, Any] = {}
+        self._informers: dict[tuple, Any] = {}
 
     def _key(self, kubeconfig: str | None, context: str | None) -> tuple:
         path = kubeconfig or self.updates.kubeconfig
@@ -51,9 +52,11 @@ class TargetFactory:
         the per-cluster concurrency limit."""
         t = d.target
         if t.kubernetes is not None:
-            return "kubernetes:%s:%s" % self._key(t.kubernetes.kubeconfig, t.kubernetes.context)
+            path, context = self._key(t.kubernetes.kubeconfig, t.kubernetes.context)
+            return f"kubernetes:{path}:{context}"
         if t.helm is not None:
-            return "helm:%s" % (self._key(t.helm.kubeconfig, None)[0],)
+            return f"helm:{self._key(t.helm.kubeconfig, None)[0]}"
+        assert t.docker is not None   # the settings require exactly one target kind
         return f"docker:{t.docker.base_url or self.docker_base_url or ''}"
 
     def close(self) -> None:
@@ -82,7 +85,7 @@ class TargetFactory:
                                    namespace=k.namespace, container=k.container, timeout=timeout,
                                    wait_rollout=d.rollout is None,
                                    informer=informers.get(k.kind, k.namespace) if informers else None)
-            w.informers = informers
+            w.informers = informers  # type: ignore[attr-defined]  # read by the pod rollouts
             return w
         if t.helm is not None:
             from poller.targets.helm import HelmRelease

@@ -185,7 +185,7 @@ class Informer:
                 log.warning("informer.failed", kind=self.kind, namespace=self.namespace, error=self._error)
                 self._stop.wait(delay)
                 delay = min(30.0, delay * 2)
-            except Exception as exc:  # connection reset, timeout: resume the watch, list if that fails
+            except Exception as exc:  # noqa: BLE001 - connection reset, timeout: resume the watch, list if that fails
                 if self._stop.is_set():
                     return
                 self._error = f"{type(exc).__name__}: {exc}"

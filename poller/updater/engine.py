@@ -158,7 +158,7 @@ class UpdateEngine:
                     del self._rollouts[name]
                 try:
                     out.append(fut.result())
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a rollout thread's failure is that deployment's outcome
                     out.append(Outcome(name, "failed", detail=f"{type(exc).__name__}: {exc}"))
         for r in self.control.active():
             if r.deployment in self._rollouts or any(o.deployment == r.deployment for o in out):
