@@ -20,7 +20,7 @@ from poller.store import Store
 
 
 def open_store(cfg: Config) -> Store:
-    return Store(cfg.store_path, log_limit=cfg.build.log_limit_kb * 1024)
+    return Store(cfg.store_target, log_limit=cfg.build.log_limit_kb * 1024)
 
 
 def _pid_alive(pid: int | None) -> bool:

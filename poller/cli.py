@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "poller.commands.updates",
     "poller.commands.fleet",
     "poller.commands.plugins",
+    "poller.commands.store",
 )
 
 

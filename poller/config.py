@@ -159,6 +159,16 @@ class PollConfig(_Model):
 
 class StoreConfig(_Model):
     path: str = Field("~/.local/state/slipway/slipway.db", description="SQLite file")
+    url: str | None = Field(None, description="the store: a SQLite file path, or "
+                            "postgresql://user[:password]@host[:port]/db for several replicas and "
+                            "build workers; default: path")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a SQLite file path or a postgresql:// URL")
+        return v or None
 
 
 class DockerConfig(_Model):
@@ -312,6 +322,13 @@ class Config(_Model):
     @property
     def store_path(self) -> Path:
         return Path(os.path.expanduser(self.store.path))
+
+    @property
+    def store_target(self) -> str:
+        """What :class:`poller.store.Store` opens: the PostgreSQL URL, else the SQLite path."""
+        if self.store.url and "://" in self.store.url:
+            return self.store.url
+        return str(Path(os.path.expanduser(self.store.url or self.store.path)))
 
     @property
     def state_path(self) -> Path:

@@ -18,11 +18,14 @@ depends_on = None
 
 #: 64-bit ids on PostgreSQL; on SQLite ``INTEGER PRIMARY KEY`` (the rowid) as before.
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-TEXT, REAL, INT = sa.Text, sa.Float, sa.Integer
+#: Timestamps: REAL on SQLite as before, DOUBLE PRECISION (not 4-byte REAL) on PostgreSQL.
+REAL = sa.Double().with_variant(sa.REAL(), "sqlite")
+TEXT, INT = sa.Text, sa.Integer
 
 
 def _id() -> sa.Column:
-    return sa.Column("id", ID, primary_key=True, autoincrement=True)
+    # nullable: rendered as before (`INTEGER PRIMARY KEY AUTOINCREMENT`); a key is never NULL.
+    return sa.Column("id", ID, primary_key=True, autoincrement=True, nullable=True)
 
 
 def _tables() -> list[tuple[str, list, dict, list[tuple[str, list[str]]]]]:
@@ -47,7 +50,7 @@ def _tables() -> list[tuple[str, list, dict, list[tuple[str, list[str]]]]]:
             sa.Column("pid", INT),
         ], auto, [("builds_by_key", ["image", "ref", "sha", "id"])]),
         ("sources", [
-            sa.Column("name", TEXT, primary_key=True),
+            sa.Column("name", TEXT, primary_key=True, nullable=True),
             sa.Column("head", TEXT),
             sa.Column("tags", TEXT, nullable=False, server_default=sa.text("'{}'")),
             sa.Column("last_poll", REAL),
@@ -101,13 +104,13 @@ def _tables() -> list[tuple[str, list, dict, list[tuple[str, list[str]]]]]:
             sa.Column("finished_at", REAL),
         ], auto, [("updates_by_deployment", ["deployment", "to_ref", "id"])]),
         ("update_pins", [
-            sa.Column("deployment", TEXT, primary_key=True),
+            sa.Column("deployment", TEXT, primary_key=True, nullable=True),
             sa.Column("version", TEXT, nullable=False),
             sa.Column("pinned_by", TEXT, nullable=False),
             sa.Column("pinned_at", REAL, nullable=False),
         ], {}, []),
         ("watched_images", [
-            sa.Column("image", TEXT, primary_key=True),
+            sa.Column("image", TEXT, primary_key=True, nullable=True),
             sa.Column("last_check", REAL),
             sa.Column("last_ok", REAL),
             sa.Column("last_error", TEXT),
