@@ -19,17 +19,18 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event, exc as sa_exc
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import StaticPool
 
 from poller.errors import StoreError
-
 from poller.logs import mask, mask_known, mask_value
 
 #: Columns this version reads and writes; a store without them was made by an older Slipway.
@@ -143,11 +144,11 @@ def _portable(sql: str, pg: bool) -> str:
         else:
             out.append(ch)
     text = "".join(out)
-    if re.match(r"\s*INSERT\s+OR\s+IGNORE\s+INTO", text, re.I):
-        text = re.sub(r"INSERT\s+OR\s+IGNORE\s+INTO", "INSERT INTO", text, count=1, flags=re.I)
+    if re.match(r"\s*INSERT\s+OR\s+IGNORE\s+INTO", text, re.IGNORECASE):
+        text = re.sub(r"INSERT\s+OR\s+IGNORE\s+INTO", "INSERT INTO", text, count=1, flags=re.IGNORECASE)
         text = text.rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
-    m = re.match(r"\s*INSERT\s+INTO\s+(\w+)", text, re.I)
-    if m and m.group(1).lower() in _ID_TABLES and not re.search(r"\bRETURNING\b", text, re.I):
+    m = re.match(r"\s*INSERT\s+INTO\s+(\w+)", text, re.IGNORECASE)
+    if m and m.group(1).lower() in _ID_TABLES and not re.search(r"\bRETURNING\b", text, re.IGNORECASE):
         text = text.rstrip().rstrip(";") + " RETURNING id"
     return text
 
