@@ -37,12 +37,18 @@ def _pid_alive(pid: int | None) -> bool:
 
 def build_pipeline(cfg: Config, *, store: Store | None = None,
                    counter: RequestCounter | None = None,
-                   on_build_log: Callable[[BuildPlan, str], None] | None = None) -> Pipeline:
+                   on_build_log: Callable[[BuildPlan, str], None] | None = None,
+                   queue: bool = True) -> Pipeline:
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
     registry = RegistryClient(cfg.registry, counter=counter)
     builder = make_builder(cfg, client_factory(cfg.docker.base_url),
                            docker_engine=engine_url(cfg.docker.base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
-    return Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
-                    on_build_log=on_build_log)
+    pipeline = Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
+                        on_build_log=on_build_log)
+    if queue and store.pg:  # builds are jobs for `poller worker` processes (poller.queue)
+        from poller.queue import BuildQueue
+
+        pipeline.enqueue = BuildQueue(cfg.store_target, queue=cfg.store.queue.name).enqueue
+    return pipeline

@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "poller.commands.fleet",
     "poller.commands.plugins",
     "poller.commands.store",
+    "poller.commands.worker",
 )
 
 

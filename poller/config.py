@@ -157,7 +157,15 @@ class PollConfig(_Model):
     backoff_max: float = Field(900.0, gt=0, description="longest wait after upstream failures, s")
 
 
+class QueueConfig(_Model):
+    name: str = Field("builds", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+                      description="the build queue poller run enqueues to (PostgreSQL store only)")
+    lease: float = Field(30.0, ge=2, le=3600, description="seconds without a worker heartbeat "
+                         "after which its build job is retried (once) by another worker")
+
+
 class StoreConfig(_Model):
+    queue: QueueConfig = QueueConfig()
     path: str = Field("~/.local/state/slipway/slipway.db", description="SQLite file")
     url: str | None = Field(None, description="the store: a SQLite file path, or "
                             "postgresql://user[:password]@host[:port]/db for several replicas and "

@@ -149,6 +149,9 @@ class Pipeline:
         #: Called as ``listener(event, fields)`` for build.started, build.succeeded,
         #: build.failed, image.retagged, source.error. Metrics and notifications subscribe here.
         self.listeners: list[Callable[[str, dict], None]] = []
+        #: With a PostgreSQL store, builds go to the queue (``poller.queue``) instead of the
+        #: executor here: ``enqueue(plan, action)`` returns the action as decided.
+        self.enqueue: Callable[[BuildPlan, Action], Action] | None = None
 
     def emit(self, event: str, **fields) -> None:
         for listener in list(self.listeners):
@@ -289,6 +292,8 @@ class Pipeline:
                 act.error = (f"{failures} failed build(s) of this commit; next try in "
                              f"{last + delay - self.clock():.0f}s")
                 return act
+        if self.enqueue is not None:
+            return self.enqueue(plan, act)
         with self._inflight_lock:
             running = self._inflight.get(plan.key)
             if running is not None and not running.done():
@@ -301,6 +306,10 @@ class Pipeline:
             act.action, act.status = "build", "pending"
             self._inflight[plan.key] = self._executor.submit(self._run_build, plan, act)
         return act
+
+    def build_claimed(self, plan: BuildPlan, act: Action) -> Action:
+        """Build ``plan`` here and now (a queue worker's job): claim, record, build, release."""
+        return self._run_build(plan, act)
 
     def _run_build(self, plan: BuildPlan, act: Action) -> Action:
         try:
