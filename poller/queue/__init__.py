@@ -135,13 +135,15 @@ def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
 def run_worker(pipeline: Pipeline, url: str, *, queues: list[str], concurrency: int,
                lease: float, stop: threading.Event | None = None) -> None:
     """Process build jobs until stopped (SIGINT/SIGTERM); sweep stalled jobs meanwhile."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     stop = stop or threading.Event()
 
     def sweeper() -> None:
         while not stop.wait(lease / 3):
             try:
                 sweep_stalled(pipeline.store, lease=lease)
-            except Exception as exc:  # the database is away: the next sweep tries again
+            except SQLAlchemyError as exc:  # the database is away: the next sweep tries again
                 log.warning("sweep.failed", error=repr(exc))
 
     threading.Thread(target=sweeper, name="queue-sweeper", daemon=True).start()

@@ -107,3 +107,26 @@ def test_worker_refuses_a_sqlite_store_in_one_line(tmp_path, registry, git_repo)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     [line] = res.stderr.strip().splitlines()
     assert "PostgreSQL store" in line
+
+
+def test_a_workers_engine_going_away_fails_only_its_job(
+        tmp_path, registry, git_repo, docker_host, pg_url):
+    git_repo.seed_scratch_app("v1\n")
+    cfg = _config(tmp_path, registry, git_repo, pg_url)
+    broken = _worker(cfg, f"unix://{tmp_path}/no-engine.sock", "--concurrency", "1")
+    healthy = None
+    try:
+        assert poller("once", "--config", str(cfg)).returncode == 0
+        store = Store(pg_url)
+        wait_until(lambda: _statuses(store) == [("branch:master", "upstream-error")], timeout=120,
+                   what="the build failed on the worker without an engine")
+        assert broken.poll() is None  # the worker itself carries on
+        [job] = store.execute("SELECT status FROM procrastinate_jobs").fetchall()
+        assert job["status"] == "failed"
+        _stop(broken)  # else the next job may land on it again
+        healthy = _worker(cfg, docker_host)
+        assert poller("once", "--config", str(cfg)).returncode == 0
+        wait_until(lambda: ("branch:master", "succeeded") in _statuses(store), timeout=180,
+                   what="the next cycle's job built on a worker with an engine")
+    finally:
+        _stop(broken, *([healthy] if healthy else []))
