@@ -166,6 +166,8 @@ class QueueConfig(_Model):
 
 class StoreConfig(_Model):
     queue: QueueConfig = QueueConfig()
+    leader_interval: float = Field(2.0, ge=0.2, le=60, description="seconds between a replica's "
+                                   "tries for leadership (PostgreSQL store); takeover within ~2x")
     path: str = Field("~/.local/state/slipway/slipway.db", description="SQLite file")
     url: str | None = Field(None, description="the store: a SQLite file path, or "
                             "postgresql://user[:password]@host[:port]/db for several replicas and "

@@ -104,7 +104,9 @@ from poller.store import Store
 from poller.approvals import ApprovalQueue
 from poller.updater.history import UpdateHistory
 from poller.charts import watcher
+from poller.rollout.control import RolloutControl
 store = Store(sys.argv[1])
+RolloutControl(store).start("game", "1.2.3", "reg/gs")
 bid = store.start_build(source="gs", image="reg/gs", ref="tag:v1", kind="release", sha="a" * 40,
                         tags=["v1"])
 store.finish_build(bid, status="upstream-error", error="registry 503", log="built\\n")
@@ -146,6 +148,7 @@ def test_a_store_written_by_the_previous_main_is_upgraded_keeping_its_history(tm
     old = tmp_path / "old.db"
     subprocess.run([sys.executable, "-c", _WRITE_OLD_STORE, str(old)], check=True, timeout=120,
                    env={**os.environ, "PYTHONPATH": str(_previous_main(tmp_path))}, cwd=tmp_path)
+    before = _schema(old)
     cfg = tmp_path / "slipway.yaml"
     cfg.write_text(yaml.safe_dump({
         "registry": {"url": "127.0.0.1:5000", "insecure": True}, "store": {"path": str(old)},
@@ -162,6 +165,7 @@ def test_a_store_written_by_the_previous_main_is_upgraded_keeping_its_history(tm
     [appr] = ApprovalQueue(store).list(status=None)
     assert (appr.status, appr.decided_by, appr.to_version) == ("approved", "ana", "2.0.0")
     assert UpdateHistory(store).pinned("game") == ("1.2.3", "ana")
+    assert RolloutControl(store).get("game", "1.2.3").state == "running"
     [applied] = store.execute("SELECT * FROM chart_applies").fetchall()
     assert (applied["version"], applied["approval_id"]) == ("2.0.0", appr.id)
     assert store.live_claim(image="reg/gs", ref="tag:v2", holder_alive=lambda h, p: True)["sha"] == "b" * 40
@@ -173,4 +177,6 @@ def test_a_store_written_by_the_previous_main_is_upgraded_keeping_its_history(tm
     # tables, columns (types, NOT NULL, defaults, keys) and indexes.
     fresh = tmp_path / "fresh.db"
     Store(fresh).close()
-    assert _schema(fresh) == _schema(old)
+    now = _schema(fresh)
+    assert {t: now[t] for t in before} == before
+    assert set(now) - set(before) == {"leader_triggers"}  # added by revision 0003
