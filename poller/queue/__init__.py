@@ -135,6 +135,8 @@ def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
 def run_worker(pipeline: Pipeline, url: str, *, queues: list[str], concurrency: int,
                lease: float, stop: threading.Event | None = None) -> None:
     """Process build jobs until stopped (SIGINT/SIGTERM); sweep stalled jobs meanwhile."""
+    import psycopg
+    from procrastinate.exceptions import ConnectorException
     from sqlalchemy.exc import SQLAlchemyError
 
     stop = stop or threading.Event()
@@ -158,6 +160,15 @@ def run_worker(pipeline: Pipeline, url: str, *, queues: list[str], concurrency: 
                 delete_jobs="never")
 
     try:
-        asyncio.run(main())
+        while True:
+            try:
+                asyncio.run(main())
+                return  # stopped by a signal
+            except (ConnectorException, psycopg.OperationalError) as exc:
+                # The database went away (restarted, network cut): the job it ran is left to
+                # the stalled-job sweep; this worker reconnects and carries on.
+                log.warning("worker.database_lost", error=" ".join(str(exc).split())[:200])
+                if stop.wait(min(5.0, lease / 3)):
+                    return
     finally:
         stop.set()
