@@ -88,3 +88,39 @@ def test_replicas_elect_one_leader_take_over_after_kill9_and_build_a_burst_once(
         assert released == sorted(f"tag:v{t}" for t in tags)
     finally:
         _stop(*replicas, *workers)
+
+
+def test_database_restarted_under_load_processes_recover_without_a_restart(
+        tmp_path, registry, git_repo, docker_host, pg_url):
+    from tests.fixtures.postgres import restart_postgres
+
+    git_repo.seed_scratch_app("v0\n")
+    data = make_config(tmp_path, registry, git_repo, interval=0.5)
+    data["poll"] = {"interval": 0.5, "jitter": 0.1, "resync": 30}
+    data["store"] = {"url": pg_url, "leader_interval": LEADER_INTERVAL, "queue": {"lease": 5}}
+    cfg = write_config(tmp_path, data)
+    logs = [tmp_path / f"replica-{i}.log" for i in range(2)]
+    workers = [_worker(cfg, docker_host, "--concurrency", "2") for _ in range(2)]
+    replicas = [_replica(cfg, docker_host, log) for log in logs]
+    try:
+        wait_until(lambda: sum(map(_leading, logs)) == 1, timeout=60, what="one leader")
+        tags = []
+        for i in range(6):
+            git_repo.commit(f"release {i}", {"app.txt": f"v{i}\n"})
+            git_repo.tag(f"v2.0.{i}")
+            tags.append(f"2.0.{i}")
+        wait_until(lambda: set(tags) & set(registry.tags(REPO)), timeout=240,
+                   what="the first tag built")
+        restart_postgres()  # under load: builds queued and running
+        git_repo.commit("after the restart", {"app.txt": "after\n"})
+        git_repo.tag("v2.1.0")
+        tags.append("2.1.0")
+        wait_until(lambda: set(tags) <= set(registry.tags(REPO)), timeout=600,
+                   what="every tag built across the restart")
+        assert all(p.poll() is None for p in replicas + workers)  # nobody had to be restarted
+        wait_until(lambda: sum(map(_leading, logs)) == 1, timeout=30, what="one leader again")
+        wait_until(lambda: all(registry.manifest_pushes(REPO, t) for t in tags),
+                   what="push events for every tag")
+        assert {t: len(registry.manifest_pushes(REPO, t)) for t in tags} == {t: 1 for t in tags}
+    finally:
+        _stop(*replicas, *workers)
