@@ -207,7 +207,11 @@ def main() -> int:
             times.append(time.monotonic() - t)
             leading = [i == other for i in range(2)]
             print(f"  takeover {times[-1]:.2f}s", file=sys.stderr, flush=True)
-            procs[leader] = replica(logs[leader])  # back as a follower
+            started = logs[leader].read_text().count('"scheduler.started"')
+            procs[leader] = replica(logs[leader])  # back as a follower, before the next kill
+            wait(lambda i=leader, n=started: logs[i].read_text().count('"scheduler.started"') > n,
+                 60, "the replica back")
+            threading.Event().wait(2 * args.leader_interval)  # its first try for the lock done
         stop(procs)
         result["takeover"] = {"interval_s": args.leader_interval, "median_s": round(statistics.median(times), 2),
                               "max_s": round(max(times), 2), "runs": len(times)}

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import sqlite3
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -339,9 +340,9 @@ class Store:
     def start_build(self, *, source: str, image: str, ref: str, kind: str, sha: str,
                     tags: list[str], pid: int | None = None) -> int:
         cur = self.execute(
-            "INSERT INTO builds (source, image, ref, kind, sha, tags, status, started_at, pid)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
-            (source, image, ref, kind, sha, json.dumps(tags), time.time(), pid))
+            "INSERT INTO builds (source, image, ref, kind, sha, tags, status, started_at, pid, host)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+            (source, image, ref, kind, sha, json.dumps(tags), time.time(), pid, socket.gethostname()))
         return int(cur.lastrowid)
 
     def finish_build(self, build_id: int, *, status: str, digest: str | None = None,
@@ -358,11 +359,22 @@ class Store:
             (status, digest, error, log, now, now, build_id))
 
     def mark_interrupted(self, *, older_than_pid_alive=None) -> int:
-        """Close builds left ``running`` by a process that is gone. Returns how many."""
-        rows = self.execute("SELECT id, pid FROM builds WHERE status='running'").fetchall()
+        """Close builds left ``running`` by a process that is gone. Returns how many.
+
+        A build of this host is judged by its pid; one of another host (a shared PostgreSQL
+        store) by its build claim, which its process renews while it runs.
+        """
+        here, now = socket.gethostname(), time.time()
+        rows = self.execute("SELECT id, pid, host, image, ref FROM builds WHERE status='running'"
+                            ).fetchall()
         n = 0
         for row in rows:
-            alive = older_than_pid_alive(row["pid"]) if older_than_pid_alive else False
+            if row["host"] and row["host"] != here:
+                claim = self.execute("SELECT expires_at FROM build_claims WHERE image=? AND ref=?",
+                                     (row["image"], row["ref"])).fetchone()
+                alive = claim is not None and claim["expires_at"] > now
+            else:
+                alive = older_than_pid_alive(row["pid"]) if older_than_pid_alive else False
             if not alive:
                 self.finish_build(row["id"], status="interrupted",
                                   error="the process running this build stopped")
@@ -372,6 +384,7 @@ class Store:
     def _build(self, row: Row) -> BuildRecord:
         d = dict(row)
         d.pop("pid", None)
+        d.pop("host", None)
         d["tags"] = json.loads(d["tags"])
         if d.get("error"):
             d["error"] = mask(d["error"])

@@ -178,5 +178,23 @@ def test_a_store_written_by_the_previous_main_is_upgraded_keeping_its_history(tm
     fresh = tmp_path / "fresh.db"
     Store(fresh).close()
     now = _schema(fresh)
-    assert {t: now[t] for t in before} == before
+    added = now["builds"][len(before["builds"]):]
+    assert [c[1:4] for c in added] == [("host", "TEXT", 0)]  # revision 0004
+    assert {t: now[t] for t in before} == {**before, "builds": before["builds"] + added}
     assert set(now) - set(before) == {"leader_triggers"}  # added by revision 0003
+
+
+def test_a_build_running_on_another_host_is_interrupted_only_when_its_claim_lapses(store_target):
+    store = Store(store_target)
+    bid = store.start_build(source="gs", image="reg/gs", ref="tag:v1", kind="release",
+                            sha="a" * 40, tags=["v1"], pid=os.getpid())
+    store.execute("UPDATE builds SET host='builder-7', pid=1 WHERE id=?", (bid,))
+    store.claim_build(image="reg/gs", ref="tag:v1", sha="a" * 40, holder="builder-7:1:x",
+                      host="builder-7", pid=1, ttl=60, holder_alive=lambda h, p: True)
+    # pid 1 is no process of this machine's poller, but the build is another host's: kept.
+    assert store.mark_interrupted(older_than_pid_alive=lambda pid: False) == 0
+    assert store.get_build(bid).status == "running"
+    store.execute("UPDATE build_claims SET expires_at=0")
+    assert store.mark_interrupted(older_than_pid_alive=lambda pid: False) == 1
+    assert store.get_build(bid).status == "interrupted"
+    store.close()
