@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
