@@ -41,7 +41,8 @@ def build_pipeline(cfg: Config, *, store: Store | None = None,
                    queue: bool = True) -> Pipeline:
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
-    registry = RegistryClient(cfg.registry, counter=counter)
+    # a charts-only configuration has no registry (and no sources that would need one)
+    registry = RegistryClient(cfg.registry, counter=counter) if cfg.registry is not None else None
     builder = make_builder(cfg, client_factory(cfg.docker.base_url),
                            docker_engine=engine_url(cfg.docker.base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}

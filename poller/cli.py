@@ -18,6 +18,8 @@ _COMMAND_MODULES = (
     "poller.commands.updates",
     "poller.commands.fleet",
     "poller.commands.plugins",
+    "poller.commands.rollback",
+    "poller.commands.releases",
     "poller.commands.store",
     "poller.commands.worker",
 )

@@ -292,7 +292,9 @@ from poller.updater.settings import UpdatesConfig  # noqa: E402
 
 
 class Config(_Model):
-    registry: RegistryConfig
+    registry: RegistryConfig | None = Field(
+        None, description="where images are pushed and watched; needed by sources, fleet and "
+                          "plugins, not by a charts-only configuration")
     sources: list[SourceConfig] = Field(default_factory=list)
     build: BuildConfig = BuildConfig()
     poll: PollConfig = PollConfig()
@@ -309,6 +311,14 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":
+        if self.registry is None:
+            needs = [what for what, used in (
+                ("sources", bool(self.sources)),
+                ("fleet.services", bool(self.fleet.services)),
+                ("plugins.server_types", bool(self.plugins.server_types))) if used]
+            if needs:
+                raise ValueError(f"registry: field required when {needs[0]} is set (images are "
+                                 "pushed and read there)")
         seen: dict[str, int] = {}
         for i, s in enumerate(self.sources):
             if s.name in seen:

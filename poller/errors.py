@@ -77,5 +77,9 @@ class PushError(UpstreamError):
     """Pushing an image to the registry failed."""
 
 
+class RollbackRefused(PermanentError):
+    """A rollback that would be wrong as asked (no earlier build, the newer tag exists)."""
+
+
 class ApprovalRequired(SlipwayError):
     """An update is waiting for a person to approve it."""

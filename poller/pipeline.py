@@ -33,6 +33,7 @@ from poller.errors import BuildError, NotFound, SlipwayError, UpstreamError
 from poller.logs import correlation, get_logger
 from poller.policy.plans import STAGING_TAG, desired_plans, sha_tag
 from poller.registry.client import RegistryClient
+from poller.rollback import release_hold, staging_hold
 from poller.sources.base import RefSnapshot, Source
 from poller.store import Store
 
@@ -48,7 +49,7 @@ class Action:
     sha: str
     kind: str
     tags: list[str]
-    action: str              # up-to-date | build | retag | backoff | in-flight | deferred
+    action: str              # up-to-date | build | retag | backoff | in-flight | deferred | held
     status: str = "done"     # done | pending | succeeded | failed
     build_id: int | None = None
     digest: str | None = None
@@ -189,7 +190,7 @@ class Pipeline:
                 report.skipped_registry = True
             else:
                 report.actions = self._decide(cfg, snap)
-                if all(a.action == "up-to-date" for a in report.actions):
+                if all(a.action in ("up-to-date", "held") for a in report.actions):
                     self._converged[name] = (fingerprint, self.monotonic())
                 else:
                     self._converged.pop(name, None)
@@ -236,6 +237,15 @@ class Pipeline:
                 actions.append(act)
                 continue
             if plan.kind == "staging":
+                hold = staging_hold(self.store, cfg.name)
+                if hold is not None and hold["head"] in (None, plan.sha):
+                    # rolled back (poller rollback --env staging): held until the next merge
+                    act.action, act.digest = "held", hold["digest"]
+                    actions.append(act)
+                    continue
+                if hold is not None:
+                    release_hold(self.store, cfg.name, by="pipeline",
+                                 why=f"new commit {plan.sha[:12]} on {cfg.branch}")
                 digest = self.registry.head_manifest(repo, STAGING_TAG)
                 if digest and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha:
                     act.digest = digest

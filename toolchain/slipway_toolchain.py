@@ -46,9 +46,11 @@ RECIPE = "1"
 
 DEFAULT_CACHE_ROOT = "/var/cache/slipway/toolchain"
 DEFAULT_STATE_DIR = "/tmp/slipway-cluster"
+DEFAULT_REGISTRY = "127.0.0.1:5000"  # scripts/services' docker-registry
 
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-ALL_BINARIES = KUBE_BINARIES + ("etcd", "kwok", "helm", "chartmuseum", "helmsman")
+ALL_BINARIES = KUBE_BINARIES + ("etcd", "kwok", "helm", "chartmuseum", "helmsman",
+                                "kubelet", "pause")  # the last two: toolchain/node.py
 
 KWOK_STAGES = (
     "kustomize/stage/node/fast/node-initialize.yaml",
@@ -230,7 +232,7 @@ def _install_atomically(built: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _build_kube(tc: Toolchain) -> None:
+def _build_kube(tc: Toolchain, binaries: tuple[str, ...] = KUBE_BINARIES) -> None:
     log = tc.logdir / "build-kube.log"
     info = _go_mod_download(f"k8s.io/kubernetes@v{KUBE_VERSION}", log)
     work = tc.srcdir / "kube"
@@ -243,10 +245,10 @@ def _build_kube(tc: Toolchain) -> None:
     env["GOFLAGS"] = (env.get("GOFLAGS", "") + " -mod=mod").strip()
     _run_logged(
         [go_binary(), "build", "-trimpath", f"-ldflags={ld}", "-o", str(out) + "/"]
-        + [f"k8s.io/kubernetes/cmd/{b}" for b in KUBE_BINARIES],
+        + [f"k8s.io/kubernetes/cmd/{b}" for b in binaries],
         log, cwd=work, env=env,
     )
-    for b in KUBE_BINARIES:
+    for b in binaries:
         _install_atomically(out / b, tc.bindir / b)
 
 
@@ -396,6 +398,23 @@ BUILDERS = [
 ]
 
 
+def _node():
+    """toolchain/node.py (the real node), imported on first use: it builds on this module."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import node
+
+    return node
+
+
+def _okg():
+    """toolchain/okg.py (OpenKruiseGame + Kruise), imported on first use."""
+    _node()
+    import okg
+
+    return okg
+
+
 @contextlib.contextmanager
 def _lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,7 +435,7 @@ def build(tc: Toolchain | None = None) -> Toolchain:
     with _lock(tc.root.parent / f"{tc.root.name}.lock"):
         for d in (tc.bindir, tc.logdir, tc.srcdir):
             d.mkdir(parents=True, exist_ok=True)
-        for names, fn in BUILDERS:
+        for names, fn in BUILDERS + _node().BUILDERS:
             have = [n for n in names if (tc.bindir / n).exists() or (tc.root / n).exists()]
             if len(have) == len(names):
                 continue
@@ -484,7 +503,7 @@ class _Proc:
                 "starttime": self.starttime}
 
 
-STATE_ENTRIES = ("pki", "logs", "etcd", "apiserver-certs", "chartmuseum", "kubeconfig", "env",
+STATE_ENTRIES = ("pki", "logs", "etcd", "apiserver-certs", "chartmuseum", "kubeconfig", "env", "node",
                  "controller-manager.kubeconfig", "scheduler.kubeconfig", "kwok.kubeconfig", "state.json")
 
 
@@ -522,14 +541,15 @@ class Cluster:
         return code == 200
 
     # -- helpers --------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> _Proc:
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> _Proc:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         fh = open(log, "ab")
         fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         fh.flush()
         popen = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 cwd=self.state_dir, start_new_session=True)
+                                 cwd=self.state_dir, start_new_session=True,
+                                 env={**os.environ, **env} if env else None)
         fh.close()
         proc = _Proc(name, popen, log, argv[0])
         self.procs.append(proc)
@@ -575,16 +595,28 @@ class Cluster:
           "-subj", "/CN=kube-apiserver")
         o("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
           "-out", "apiserver.crt", "-days", "3650", "-extfile", "apiserver.ext")
+        # the API server's client certificate towards the kubelet (logs, exec)
+        o("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver-kubelet-client.key",
+          "-out", "apiserver-kubelet-client.csr", "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client")
+        (self.pki / "client.ext").write_text("extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
+        o("x509", "-req", "-in", "apiserver-kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+          "-CAcreateserial", "-out", "apiserver-kubelet-client.crt", "-days", "3650", "-extfile", "client.ext")
         o("genrsa", "-out", "sa.key", "2048")
         o("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
-        tokens = {u: secrets.token_hex(16) for u in ("admin", "controller-manager", "scheduler", "kwok")}
+        tokens = {u: secrets.token_hex(16) for u in ("admin", "controller-manager", "scheduler", "kwok", "kubelet")}
         (self.pki / "tokens.csv").write_text(
             f'{tokens["admin"]},admin,uid-admin,"system:masters"\n'
             f'{tokens["controller-manager"]},system:kube-controller-manager,uid-kcm\n'
             f'{tokens["scheduler"]},system:kube-scheduler,uid-sched\n'
-            f'{tokens["kwok"]},kwok-controller,uid-kwok,"system:masters"\n')
+            f'{tokens["kwok"]},kwok-controller,uid-kwok,"system:masters"\n'
+            f'{tokens["kubelet"]},system:node:slipway-node,uid-kubelet,"system:nodes"\n')
         os.chmod(self.pki / "tokens.csv", 0o600)
+        (self.pki / "tokens.json").write_text(json.dumps(tokens))
+        os.chmod(self.pki / "tokens.json", 0o600)
         return tokens
+
+    def tokens(self) -> dict:
+        return json.loads((self.pki / "tokens.json").read_text())
 
     def _kubeconfig(self, path: Path, server: str, user: str, token: str) -> None:
         path.write_text(
@@ -606,6 +638,16 @@ class Cluster:
             raise ClusterStartError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
 
+    def wait_crds(self, names: list[str], timeout: float = 60.0) -> None:
+        """Wait until the CRDs are Established (`kubectl wait` fails while a just-created
+        CRD has no status.conditions yet)."""
+        def established(name: str) -> bool:
+            crd = self._api_json(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
+            return any(c["type"] == "Established" and c["status"] == "True"
+                       for c in (crd.get("status") or {}).get("conditions") or [])
+        for name in names:
+            self._wait(f"CRD {name} Established", lambda n=name: established(n), None, timeout)
+
     def _api_json(self, path: str):
         code, body = _http_get(self.info["server"] + path, self.info["admin_token"], self.info["ca_file"])
         if code != 200:
@@ -614,19 +656,25 @@ class Cluster:
 
     def _write_state(self, partial: bool = False) -> None:
         state = dict(self.info)
-        state["processes"] = [p.as_dict() for p in self.procs]
+        # processes of a loaded state (a running cluster this object did not start) + ours
+        ours = [p.as_dict() for p in self.procs]
+        known = {p["pid"] for p in ours}
+        state["processes"] = [p for p in self.info.get("processes", []) if p["pid"] not in known] + ours
         state["partial"] = partial
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_file)
 
     # -- lifecycle ------------------------------------------------------
-    def up(self, nodes: int = 3, timeout: float = 180.0) -> dict:
+    def up(self, nodes: int = 3, timeout: float = 180.0, node: bool = False) -> dict:
         state = self.load()
         if state and not state.get("partial") and self.is_running(state):
             _log(f"cluster already running under {self.state_dir}")
             self.info = state
-            return state
+            self.procs = []
+            if node and not state.get("node"):
+                self.start_node(timeout=timeout)
+            return self.info
         if state:
             _log(f"cleaning up a stale cluster under {self.state_dir}")
             self.down(quiet=True)
@@ -643,6 +691,8 @@ class Cluster:
                 p.unlink()
         try:
             self._start(nodes, timeout)
+            if node:
+                self._start_node(timeout)
         except BaseException:
             self.down(quiet=True, keep_logs=True)
             raise
@@ -686,7 +736,10 @@ class Cluster:
             f"--cert-dir={self.state_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
-            "--authorization-mode=RBAC", "--anonymous-auth=true",
+            "--authorization-mode=Node,RBAC", "--anonymous-auth=true",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -744,12 +797,78 @@ class Cluster:
         # CRDs every test expects
         if CRD_FILE.exists():
             self.kubectl("apply", "-f", str(CRD_FILE))
-            self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                         "crd/gameserversets.game.kruise.io")
+            self.wait_crds(["gameserversets.game.kruise.io"], timeout)
 
         # ChartMuseum (shared one; tests get their own via the fixture)
         cm = start_chartmuseum(tc, self.state_dir / "chartmuseum", ports["chartmuseum"], self._spawn)
         self.info["chartmuseum_url"] = cm["url"]
+
+    def _start_node(self, timeout: float) -> None:
+        registry = os.environ.get("SLIPWAY_REGISTRY_ADDR") or DEFAULT_REGISTRY
+        _node().start(self, registry, timeout)
+
+    def start_node(self, timeout: float = 180.0) -> dict:
+        """Add the real node (containerd + kubelet, toolchain/node.py) to a running cluster."""
+        self.info = self.info or self.load() or {}
+        if self.info.get("node"):
+            return self.info["node"]
+        missing = self.tc.missing()
+        if missing:
+            build(self.tc)
+        try:
+            self._start_node(timeout)
+        except BaseException:
+            _node().teardown(self, self._state_dict())
+            self.info.pop("node", None)
+            self._write_state(partial=False)
+            raise
+        self._write_state(partial=False)
+        return self.info["node"]
+
+    def stop_node(self) -> None:
+        """Remove the real node again (what `start_node` made), leaving the control plane up."""
+        state = self._state_dict()
+        if not state.get("node"):
+            return
+        _node().teardown(self, state)
+        node_procs = ("containerd", "kubelet")
+        self.info = dict(state)
+        self.info.pop("node", None)
+        self.info["processes"] = [p for p in state.get("processes", []) if p["name"] not in node_procs]
+        self.procs = [p for p in self.procs if p.name not in node_procs]
+        self._write_state(partial=False)
+
+    def start_okg(self, timeout: float = 180.0) -> dict:
+        """Add OpenKruiseGame + Kruise (toolchain/okg.py) to a running cluster."""
+        self.info = self.info or self.load() or {}
+        if self.info.get("okg"):
+            return self.info["okg"]
+        try:
+            return _okg().start(self, timeout)
+        except BaseException:
+            self.stop_okg()
+            raise
+
+    def stop_okg(self) -> None:
+        state = self._state_dict()
+        if not state.get("okg"):
+            return
+        _okg().stop(self, state)
+        names = ("kruise-manager", "kruise-game-manager")
+        self.info = dict(state)
+        self.info.pop("okg", None)
+        self.info["processes"] = [p for p in state.get("processes", []) if p["name"] not in names]
+        self.procs = [p for p in self.procs if p.name not in names]
+        self._write_state(partial=False)
+
+    def _state_dict(self) -> dict:
+        state = self.load() or dict(self.info)
+        known = {p["pid"] for p in state.get("processes", [])}
+        state["processes"] = state.get("processes", []) + [
+            p.as_dict() for p in self.procs if p.popen.pid not in known]
+        state.setdefault("node", self.info.get("node"))
+        state.setdefault("okg", self.info.get("okg"))
+        return state
 
     def write_env_file(self) -> None:
         (self.state_dir / "env").write_text(self.env_lines() + "\n")
@@ -766,7 +885,13 @@ class Cluster:
         return "\n".join(lines)
 
     def down(self, quiet: bool = False, keep_logs: bool = True, timeout: float = 20.0) -> None:
-        state = self.load() or {}
+        state = self._state_dict()
+        if state.get("okg"):
+            _okg().stop(self, state)
+        if state.get("node"):
+            _node().teardown(self, state)
+            if not quiet:
+                _log("removed the node's containers, sandboxes, mounts, cgroups and bridge")
         entries = [p for p in state.get("processes", [])]
         known = {e["pid"] for e in entries}
         entries += [p.as_dict() for p in self.procs if p.popen.pid not in known]
@@ -1088,10 +1213,14 @@ USAGE = """usage: scripts/toolchain COMMAND [--state-dir DIR]
   buildkitd up|down|env
           start (ready when `buildctl debug workers` lists a worker) / stop / show one buildkitd
           (root, OCI worker with runc) on unix://<state-dir>/buildkitd.sock
-  up      start etcd, the control plane, kwok + fake nodes and ChartMuseum (re-runnable)
-  down    stop what `up` started
+  up      start etcd, the control plane, kwok + fake nodes and ChartMuseum (re-runnable);
+          --node also starts the real node (containerd + kubelet, toolchain/node.py)
+          and waits for it to be Ready; --okg (implies --node) also installs and runs
+          OpenKruiseGame + Kruise (toolchain/okg.py)
+  down    stop what `up` started; removes the node's pods, containers, netns, mounts
   env     print the shell export lines for a running cluster
   where   print the cache bin directory
+  build-okg  build kruise-game-manager and kruise-manager into their own cache entry
 
 Cache: $SLIPWAY_TOOLCHAIN_DIR (default /var/cache/slipway/toolchain)/<versions-key>/bin
        BuildKit: $SLIPWAY_TOOLCHAIN_DIR/buildkit-<version>_r<recipe>/bin
@@ -1126,6 +1255,10 @@ def main(argv: list[str] | None = None) -> int:
             if what in ("all", "buildkit"):
                 bk = build_buildkit()
                 print(f"buildkit ready in {bk.bindir} ({time.monotonic() - started:.0f}s)")
+        elif cmd == "build-okg":
+            started = time.monotonic()
+            otc = _okg().build()
+            print(f"OpenKruiseGame + Kruise ready in {otc.bindir} ({time.monotonic() - started:.0f}s)")
         elif cmd == "buildkitd":
             sub = argv[1] if len(argv) > 1 else ""
             bkd = BuildKitd(state_dir)
@@ -1147,10 +1280,15 @@ def main(argv: list[str] | None = None) -> int:
             print(Toolchain().bindir)
         elif cmd == "up":
             c = Cluster(state_dir)
-            info = c.up()
+            with_okg = "--okg" in argv[1:]
+            info = c.up(node=with_okg or "--node" in argv[1:])
+            if with_okg:
+                c.start_okg()
             print(c.env_lines(info))
             print(f"# ChartMuseum: {info.get('chartmuseum_url')}")
             print(f"# API server: {info['server']}  logs: {c.logs}")
+            if info.get("node"):
+                print(f"# node {info['node']['name']} Ready; pods on {info['node']['subnet']}")
         elif cmd == "down":
             Cluster(state_dir).down()
         elif cmd == "env":

@@ -41,6 +41,8 @@ BLUEPRINTS = (
     "poller.api.artifacts",
     "poller.api.webhooks",
     "poller.api.dashboard",
+    "poller.api.rollbacks",
+    "poller.api.releases",
 )
 
 #: The realm named in ``WWW-Authenticate`` challenges.

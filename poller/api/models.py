@@ -6,7 +6,7 @@ Request bodies are validated with these (unknown fields are a 400), and the Open
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -67,6 +67,28 @@ class FleetRollout(_Request):
             return dict(self.services)
         assert self.service is not None and self.version is not None
         return {self.service: self.version}
+
+
+class RollbackRequest(_Request):
+    """Body of ``POST /api/v1/rollbacks/<service>``: staging goes back to an earlier build
+    (``to``: a build id or ``sha-<commit>``; default the previous one), production to the
+    release ``to`` (X.Y.Z, required) by tagging its commit with the next patch version."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"env": {"const": "production"}}},
+        "then": {"required": ["to"]}})
+
+    env: Literal["staging", "production"]
+    to: str = Field(None, min_length=1, max_length=128)  # type: ignore[assignment]
+    reason: str = Field("", max_length=1000, description="why (audit log, notification)")
+    dry_run: bool = Field(False, description="only say what would be done")
+    by: str | None = _WHO
+
+    @model_validator(mode="after")
+    def _production_needs_to(self) -> RollbackRequest:
+        if self.env == "production" and self.to is None:
+            raise ValueError("env 'production' needs 'to': the release X.Y.Z to go back to")
+        return self
 
 
 # -- responses --------------------------------------------------------------------------------
@@ -145,3 +167,27 @@ class Deployment(_Response):
 
 class WebhookAnswer(_Response):
     """What a webhook receiver answers (``matched`` lists what it acted on)."""
+
+
+class Rollback(_Response):
+    """What a rollback will do (``dry_run``) or did (``done``)."""
+
+    service: str
+    env: str
+    image: str
+    steps: list[str]
+    from_digest: str | None
+    to_digest: str | None
+    to_sha: str | None
+    to_build: int | None
+    from_version: str | None
+    tag: str | None
+    dry_run: bool
+    done: bool
+    by: str
+    reason: str
+
+
+class Rollbacks(_Response):
+    holds: list[dict]
+    recent: list[dict]

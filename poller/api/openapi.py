@@ -19,9 +19,9 @@ from poller.names import PLUGIN_NAME_SCHEMA, TAG_SCHEMA
 blueprint = Blueprint("openapi", __name__)
 
 _REF = "#/components/schemas/{model}"
-_REQUESTS = (m.Decision, m.Actor, m.Pin, m.FleetRollout)
+_REQUESTS = (m.Decision, m.Actor, m.Pin, m.FleetRollout, m.RollbackRequest)
 _RESPONSES = (m.Error, m.Health, m.Build, m.BuildWithLog, m.Approval, m.Status, m.Queued,
-              m.Published, m.Deployment, m.WebhookAnswer)
+              m.Published, m.Deployment, m.WebhookAnswer, m.Rollback, m.Rollbacks)
 _ID = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _LIMIT = {"type": "integer", "minimum": 1, "maximum": 500}
 
@@ -165,6 +165,21 @@ def openapi_document() -> dict[str, Any]:
             "Pause, resume or abort a fleet rollout", "200", _json(obj),
             params=[_path("service"), _path("action", {"enum": ["pause", "resume", "abort"]})],
             **{"404": _err("no fleet configured")}, **conflict, **upstream),
+        "/api/v1/releases": _get(
+            "The release board: per service newest builds, what runs where, approvals, pins",
+            _json({"type": "array", "items": obj}), **upstream),
+        "/dashboard/releases": {"get": {"summary": "The release board page",
+                                        "responses": {"200": html}}},
+        "/api/v1/rollbacks": _get("Staging holds and recent rollbacks", _json(_ref("Rollbacks"))),
+        "/api/v1/rollbacks/{service}": _post(
+            "Roll a source back: staging to an earlier build, production to an earlier release "
+            "(dry_run: only say what would be done)", "200", _json(_ref("Rollback")),
+            body="RollbackRequest", body_required=True, params=[_path("service")],
+            **{"404": _err("no such source, build or release")},
+            **{"409": _err("refused: nothing to go back to, or the tag exists")}, **upstream),
+        "/api/v1/rollbacks/{service}/unpin": _post(
+            "Release a staging rollback's hold now", "200", _json(obj), body="Actor",
+            params=[_path("service")], **not_found),
         "/api/v1/artifacts/{plugin}": {"post": {
             "summary": "Publish a plugin .jar (?version=V, or ?env=E for the fast track)",
             "security": [{"bearer": []}],

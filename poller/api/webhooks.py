@@ -300,7 +300,8 @@ def _watched_images() -> dict[str, list[str]]:
 
 
 def _image_for(repository: str, host: str | None) -> str | None:
-    registry_host = services().config.registry.host
+    registry = services().config.registry
+    registry_host = registry.host if registry is not None else None
     for image in _watched_images():
         img_host, _, img_repo = image.partition("/")
         if img_repo == repository and (img_host == host or img_host == registry_host):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import threading
 
 from poller.errors import ConfigError
@@ -59,9 +60,19 @@ def _watch(args: argparse.Namespace) -> int:
     store = Store(cfg.store_target)
     watchers = [ChartWatcher(r, cfg.charts, store) for r in repos]
     stop = threading.Event()
+    if not args.once:
+        def _stop(signum, frame):
+            log.info("signal.received", signal=signal.Signals(signum).name)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stop)
     status = 0
+    log.info("charts.watch.started", repos=[w.repo.name for w in watchers], once=args.once)
     while True:
         for w in watchers:
+            if stop.is_set():
+                break
             try:
                 res = w.reconcile()
             except Exception as exc:
@@ -75,4 +86,5 @@ def _watch(args: argparse.Namespace) -> int:
             return status
         interval = min((r.interval or cfg.poll.interval) for r in repos)
         if stop.wait(interval):
+            log.info("charts.watch.stopped")
             return status

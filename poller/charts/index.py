@@ -1,9 +1,10 @@
 """Poll a Helm repository's ``index.yaml`` cheaply and classify what it lists.
 
 :class:`IndexPoller` sends ``If-None-Match`` / ``If-Modified-Since`` from the previous
-answer, so an unchanged index costs one request answered 304 and no parsing. Validators
-are kept in memory only: the first poll after a restart fetches the whole index, which the
-watcher needs anyway to reconcile.
+answer, so an unchanged index costs one request answered 304 and no parsing. The validators,
+the body's digest and what the index listed can be handed over between processes
+(:meth:`IndexPoller.snapshot` / :meth:`IndexPoller.restore`; the watcher keeps them in the
+store), so ``poller chart watch --once`` run again costs a 304 too.
 """
 
 from __future__ import annotations
@@ -81,6 +82,36 @@ def parse_index(text: str | bytes, *, staging_pattern: str,
     return out
 
 
+def charts_to_json(charts: dict[str, list[ChartVersion]]) -> dict[str, list[dict]]:
+    return {chart: [{"version": v.version, "channel": v.channel, "digest": v.digest,
+                     "created": v.created} for v in versions]
+            for chart, versions in charts.items()}
+
+
+def charts_from_json(data: dict) -> dict[str, list[ChartVersion]]:
+    """Inverse of :func:`charts_to_json`; entries that no longer parse are dropped."""
+    out: dict[str, list[ChartVersion]] = {}
+    for chart, versions in data.items():
+        found = []
+        for v in versions:
+            parsed = parse_version(str(v.get("version", "")))
+            if parsed is not None and v.get("channel") in (STAGING, RELEASE):
+                found.append(ChartVersion(chart, v["version"], parsed, v["channel"],
+                                          v.get("digest"), v.get("created")))
+        out[chart] = found
+    return out
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """What one poll learnt that the next one can reuse: validators, body digest, charts."""
+
+    etag: str | None
+    last_modified: str | None
+    digest: str | None
+    charts: dict[str, list[ChartVersion]]
+
+
 @dataclass
 class IndexResult:
     changed: bool
@@ -99,6 +130,16 @@ class IndexPoller:
         self._last_modified: str | None = None
         self._digest: str | None = None
         self._charts: dict[str, list[ChartVersion]] | None = None
+
+    def snapshot(self) -> IndexSnapshot | None:
+        if self._charts is None:
+            return None
+        return IndexSnapshot(self._etag, self._last_modified, self._digest, self._charts)
+
+    def restore(self, snap: IndexSnapshot) -> None:
+        """Start from what an earlier poll (maybe another process) learnt."""
+        self._etag, self._last_modified = snap.etag, snap.last_modified
+        self._digest, self._charts = snap.digest, snap.charts
 
     def poll(self) -> IndexResult:
         headers = {"Accept": "application/x-yaml, text/yaml, */*"}

@@ -19,11 +19,17 @@ All changes for one environment in one reconcile collapse into one ``POST /apply
 
 An unchanged index (304, or the same body digest) after a reconcile that left nothing
 outstanding (no failed apply, no approval that could still be granted) costs nothing more:
-no parsing, no store reads, no plan.
+no parsing, no store reads, no plan. The index's validators, body digest, the versions it
+listed and whether the last reconcile settled are kept in the store (``chart_index_state``),
+so this holds across processes too: ``poller chart watch --once`` run again sends
+``If-None-Match`` / ``If-Modified-Since`` and costs a 304 (or, for ChartMuseum, one 200
+whose digest matches) when nothing changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +37,15 @@ from dataclasses import dataclass, field
 import requests
 
 from poller.approvals import APPROVED, PENDING, ApprovalQueue
-from poller.charts.index import RELEASE, STAGING, ChartVersion, IndexPoller
+from poller.charts.index import (
+    RELEASE,
+    STAGING,
+    ChartVersion,
+    IndexPoller,
+    IndexSnapshot,
+    charts_from_json,
+    charts_to_json,
+)
 from poller.config import ChartRepoConfig, ChartsConfig
 from poller.errors import ConfigError, SlipwayError, UpstreamError
 from poller.http import make_session, request
@@ -54,6 +68,16 @@ CREATE TABLE IF NOT EXISTS chart_applies (
     at          REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chart_applies_by_chart ON chart_applies (repo, chart, channel);
+CREATE TABLE IF NOT EXISTS chart_index_state (
+    repo          TEXT PRIMARY KEY,
+    fingerprint   TEXT NOT NULL,      -- url, staging pattern, chart filter it was read with
+    etag          TEXT,
+    last_modified TEXT,
+    digest        TEXT,
+    charts        TEXT NOT NULL,      -- JSON: versions per chart as last listed
+    settled       INTEGER NOT NULL,   -- the last reconcile left nothing outstanding
+    at            REAL NOT NULL
+);
 """
 
 
@@ -131,6 +155,37 @@ class ChartWatcher:
         self.index = IndexPoller(repo_cfg, session=index_session)
         self._settled = False  # the last reconcile left nothing that could still apply
         store.ensure_schema(_SCHEMA)
+        self._load_index_state()
+
+    # -- index state kept between processes -----------------------------------------
+    def _fingerprint(self) -> str:
+        key = json.dumps([self.repo.url, self.repo.staging_pattern, sorted(self.repo.charts or [])])
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def _load_index_state(self) -> None:
+        row = self.store.execute("SELECT * FROM chart_index_state WHERE repo=?",
+                                 (self.repo.name,)).fetchone()
+        if row is None or row["fingerprint"] != self._fingerprint():
+            return
+        try:
+            charts = charts_from_json(json.loads(row["charts"]))
+        except (ValueError, TypeError, AttributeError, KeyError):
+            return  # unreadable: fetch the whole index once more
+        self.index.restore(IndexSnapshot(row["etag"], row["last_modified"], row["digest"], charts))
+        self._settled = bool(row["settled"])
+
+    def _save_index_state(self) -> None:
+        snap = self.index.snapshot()
+        if snap is None:
+            return
+        self.store.execute(
+            "INSERT INTO chart_index_state (repo, fingerprint, etag, last_modified, digest, charts,"
+            " settled, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(repo) DO UPDATE SET"
+            " fingerprint=excluded.fingerprint, etag=excluded.etag,"
+            " last_modified=excluded.last_modified, digest=excluded.digest,"
+            " charts=excluded.charts, settled=excluded.settled, at=excluded.at",
+            (self.repo.name, self._fingerprint(), snap.etag, snap.last_modified, snap.digest,
+             json.dumps(charts_to_json(snap.charts)), int(self._settled), self.clock()))
 
     # -- history --------------------------------------------------------------------
     def last_applied(self, chart: str, channel: str) -> Version | None:
@@ -221,6 +276,7 @@ class ChartWatcher:
         if not polled.changed and self._settled:
             return result
         self._settled = False
+        self._save_index_state()  # validators are worth keeping even if applying fails below
         first_error: SlipwayError | None = None
         for env, decisions in self.plan(polled.charts, result).items():
             reason = "; ".join(f"{d.version.chart} {d.version.version} ({d.version.channel})"
@@ -253,6 +309,7 @@ class ChartWatcher:
                      charts=reason)
         # a rejected version never applies; pending ones and failed applies are still due
         self._settled = not result.failed and all(a.status == "rejected" for a in result.awaiting)
+        self._save_index_state()
         if first_error is not None:
             raise ApplyFailed(f"helm API apply failed: {first_error}", result=result,
                               cause=first_error) from first_error

@@ -71,7 +71,8 @@ def _log_printer(mode: str):
 
 def cmd_check_config(args) -> int:
     cfg = load_config(args.config)
-    print(f"{args.config}: ok ({len(cfg.sources)} source(s), registry {cfg.registry.host}, "
+    print(f"{args.config}: ok ({len(cfg.sources)} source(s), registry "
+          f"{cfg.registry.host if cfg.registry else '(none)'}, "
           f"{len(cfg.charts.repos)} chart repo(s))")
     return 0
 

@@ -51,6 +51,13 @@ class Source(Protocol):
         the exact commit, never whatever a branch points to by now.
         """
 
+    def create_tag(self, name: str, sha: str) -> None:
+        """Create the tag ``name`` on commit ``sha`` upstream (production rollbacks).
+
+        Refused by the upstream when the tag exists; that refusal is a
+        :class:`poller.errors.SlipwayError` naming the tag.
+        """
+
     def web_url(self) -> str:
         """A URL for humans and for the ``org.opencontainers.image.source`` label.
 

@@ -23,7 +23,7 @@ import requests
 
 from poller.errors import NotFound, ResponseTooLarge, SourceError, UpstreamError
 from poller.http import MAX_BODY, RequestCounter, make_session, redact_url
-from poller.names import check_commit
+from poller.names import check_commit, check_git_ref
 from poller.sources.smart_http import advertised_refs
 from poller.sources.base import MAX_REFS, RefSnapshot
 
@@ -198,6 +198,13 @@ class GitSource:
                                    cwd=self.mirror, capture_output=True)
             if check.returncode != 0:
                 raise NotFound(f"commit {sha} is not in {self.web_url()}")
+
+    def create_tag(self, name: str, sha: str) -> None:
+        """Push the lightweight tag ``name`` on ``sha`` to the remote (refused if it exists)."""
+        check_git_ref(name, "tag")
+        self._ensure_commit(sha)
+        self._git("push", "-q", "--end-of-options", self.url, f"{sha}:refs/tags/{name}",
+                  cwd=self.mirror)
 
     def write_archive(self, sha: str, out: BinaryIO) -> None:
         self._ensure_commit(sha)

@@ -34,6 +34,7 @@ import requests
 from poller.config import SourceConfig
 from poller.errors import ResponseTooLarge, SourceError, UpstreamError
 from poller.http import DEFAULT_TIMEOUT, check_response, make_session, parse_retry_after
+from poller.names import check_commit, check_git_ref
 from poller.sources.archive import chunk_stream, strip_leading_dir
 from poller.sources.base import MAX_REFS, RefSnapshot
 
@@ -113,6 +114,29 @@ class GitHubSource:
             except requests.RequestException as exc:
                 raise UpstreamError(f"{self.upstream}: reading tarball {sha} failed: "
                                     f"{type(exc).__name__}", upstream=self.upstream) from exc
+
+    def create_tag(self, name: str, sha: str) -> None:
+        """Create the lightweight tag ``name`` on commit ``sha``: ``POST .../git/refs``."""
+        check_git_ref(name, "tag")
+        check_commit(sha)
+        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": API_VERSION}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        url = self._repo_url("git/refs")
+        try:
+            resp = self._session.post(url, headers=headers, timeout=DEFAULT_TIMEOUT,
+                                      json={"ref": f"refs/tags/{name}", "sha": sha})
+        except requests.RequestException as exc:
+            raise UpstreamError(f"{self.upstream}: POST {_path(url)} failed: {type(exc).__name__}",
+                                upstream=self.upstream) from exc
+        if resp.status_code == 422:
+            try:
+                message = str(resp.json().get("message", ""))[:200]
+            except (ValueError, AttributeError):
+                message = resp.text[:200]
+            raise SourceError(f"{self.upstream}: cannot create tag {name}: {message}")
+        self._raise_for_rate_limit(resp)
+        check_response(resp, self.upstream)
 
     def web_url(self) -> str:
         """``https://github.com/owner/name`` (or the GitHub Enterprise host's equivalent)."""

@@ -25,6 +25,7 @@ import requests
 from poller.config import SourceConfig
 from poller.errors import NotFound, ResponseTooLarge, SlipwayError, SourceError, UpstreamError
 from poller.http import DEFAULT_TIMEOUT, check_response, make_session
+from poller.names import check_commit, check_git_ref
 from poller.sources.archive import chunk_stream, strip_leading_dir
 from poller.sources.base import MAX_REFS, RefSnapshot
 
@@ -95,6 +96,13 @@ class GitLabSource:
                 sha=sha, format="tar", streamed=True, iterator=True, chunk_size=_ARCHIVE_CHUNK,
                 **_NO_RETRY)
             strip_leading_dir(chunk_stream(chunks), out, "")
+
+    def create_tag(self, name: str, sha: str) -> None:
+        """Create the lightweight tag ``name`` on commit ``sha`` (``POST .../repository/tags``)."""
+        check_git_ref(name, "tag")
+        check_commit(sha)
+        with self._translate(f"create tag {name}"):
+            self._project.tags.create({"tag_name": name, "ref": sha}, **_NO_RETRY)
 
     def web_url(self) -> str:
         """The project page; ``/projects/<id>`` redirects there when only an id is configured."""

@@ -17,7 +17,7 @@ from poller.updater.watcher import ImageWatcher
 
 
 def registry_config(cfg: Config, host: str) -> RegistryConfig:
-    if cfg.registry.host == host:
+    if cfg.registry is not None and cfg.registry.host == host:
         return cfg.registry
     for r in cfg.updates.registries:
         reg = RegistryConfig(url=r.url, insecure=r.insecure, username=r.username, password=r.password)

@@ -111,8 +111,10 @@ class RolloutConfig(SettingsModel):
 
     Slipway patches the workload's template (so new pods get the image), then each pod's
     container image, step by step. Where a controller would also roll the pods itself (a real
-    OpenKruiseGame with ``RollingUpdate``), give the workload ``updateStrategy.type: OnDelete``
-    so that Slipway is the only one moving pods; without ``rollout:`` the controller does it.
+    OpenKruiseGame), hold it: a GameServerSet gets ``updateStrategy.rollingUpdate.paused: true``
+    (OpenKruiseGame v1.0.0 turns ``type: OnDelete`` into RollingUpdate on its Advanced
+    StatefulSet; ``paused`` it passes on), so that Slipway is the only one moving pods; without
+    ``rollout:`` the controller does it.
     """
 
     steps: list[int | str] = Field(default_factory=lambda: [1, "50%", "100%"],

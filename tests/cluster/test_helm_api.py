@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -225,3 +226,83 @@ def test_schemathesis_against_the_live_api(kube, namespace, serve, who):
         assert 202 in calls, calls
     else:
         assert 202 not in calls, calls
+
+
+def test_apply_runs_the_real_helmsman_job_pod_on_the_real_node(kube, node, helm, chartmuseum, namespace, serve,
+                                                               registry, tmp_path):
+    """POST /apply -> a Job whose pod really runs the helmsman job image (scripts/helmsman-image:
+    the local Python base, the toolchain's helm and kubectl, and the helmsman STAND-IN
+    toolchain/helmsman_compat.py — the module proxy refuses helmsman) on the real node; the
+    releases of the DSS file are installed in priority order and /jobs/<name> shows the pod's log.
+
+    The pod uses the host network: the API server and ChartMuseum listen on 127.0.0.1 only
+    (there is no kube-proxy, so the service IP does not route)."""
+    import subprocess
+
+    from tests.cluster.test_toolchain import make_chart, push_chart
+
+    base = subprocess.run(["docker", "image", "inspect", "slipway/bookworm-python:local"], capture_output=True,
+                          check=False)
+    if base.returncode != 0:
+        pytest.skip("the helmsman job image needs the local base image: run scripts/base-image")
+    image = f"{registry.addr}/slipway-helmsman:test"
+    root = Path(__file__).resolve().parents[2]
+    built = subprocess.run([str(root / "scripts" / "helmsman-image"), image], capture_output=True, text=True,
+                           check=False, timeout=600, cwd=root)
+    assert built.returncode == 0, built.stderr
+    pushed = subprocess.run(["docker", "push", "-q", image], capture_output=True, text=True, check=False, timeout=600)
+    assert pushed.returncode == 0, pushed.stderr
+    node.allow_registry(registry.addr)
+
+    push_chart(helm, chartmuseum, make_chart(tmp_path / "src", "backend"), tmp_path)
+    push_chart(helm, chartmuseum, make_chart(tmp_path / "src", "frontend"), tmp_path)
+    dss = {"context": "slipway-test",
+           "settings": {"kubeContext": "slipway", "bearerToken": True, "clusterURI": kube.server},
+           "certificates": {"caCrt": "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"},
+           "namespaces": {namespace: {}},
+           "helmRepos": {"slipway-test": chartmuseum.url},
+           "apps": {"frontend": {"namespace": namespace, "enabled": True, "chart": "slipway-test/frontend",
+                                 "version": "0.1.0", "priority": -1},
+                    "backend": {"namespace": namespace, "enabled": True, "chart": "slipway-test/backend",
+                                "version": "0.1.0", "priority": -10}}}
+    binding = f"helmsman-{namespace}"
+    kube.kubectl("create", "serviceaccount", "helmsman", "-n", namespace)
+    kube.kubectl("create", "clusterrolebinding", binding, "--clusterrole=cluster-admin",
+                 f"--serviceaccount={namespace}:helmsman")
+    try:
+        kube.kubectl("create", "configmap", "dss", "-n", namespace,
+                     f"--from-literal=production.yaml={yaml.safe_dump(dss, sort_keys=False)}")
+        pod_spec = {**node.placement(), "restartPolicy": "Never", "hostNetwork": True,
+                    "serviceAccountName": "helmsman",
+                    "containers": [{"name": "helmsman", "image": image,
+                                    "env": [{"name": "DSS_FILE", "value": "default.yaml"}],
+                                    "volumeMounts": [{"name": "dss", "mountPath": "/dss"}]}],
+                    "volumes": [{"name": "dss", "configMap": {"name": "dss"}}]}
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+            "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "helmsman-cronjob",
+                                                                      "namespace": namespace},
+            "spec": {"suspend": True, "schedule": "0 4 * * *", "jobTemplate": {
+                "spec": {"backoffLimit": 0, "template": {"spec": pod_spec}}}}}))
+        api = serve(namespace)
+        resp = requests.post(f"{api.url}/apply", headers=AUTH, json={"environment": "production"})
+        assert resp.status_code == 202, resp.text
+        name = resp.json()["job"]
+
+        def finished():
+            detail = requests.get(f"{api.url}/jobs/{name}").json()
+            return detail if detail["phase"] in ("succeeded", "failed") else None
+
+        detail = wait_for(finished, 400, what="the helmsman job pod to finish")
+        assert detail["phase"] == "succeeded", detail
+        log = detail["log"]
+        assert "backend" in log and log.find("backend") < log.find("frontend"), log   # the pod's real output
+        pod = json.loads(kube.kubectl("get", "pod", detail["pod"], "-n", namespace, "-o", "json").stdout)
+        assert pod["spec"]["nodeName"] == node.name
+        [cs] = pod["status"]["containerStatuses"]
+        assert cs["state"]["terminated"]["exitCode"] == 0 and cs["imageID"].startswith(f"{registry.addr}/")
+        releases = {r["name"]: r for r in json.loads(helm.run("list", "-n", namespace, "-o", "json").stdout)}
+        assert set(releases) == {"backend", "frontend"}
+        assert all(r["status"] == "deployed" for r in releases.values())
+    finally:
+        kube.kubectl("delete", "clusterrolebinding", binding, "--ignore-not-found", check=False)
+        subprocess.run(["docker", "rmi", image], capture_output=True, check=False, timeout=60)  # only the tag

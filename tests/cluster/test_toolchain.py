@@ -203,22 +203,14 @@ def test_gameserverset_crd_validates(kube, namespace):
         assert err.value.status == 422, err.value.body
         assert "spec.replicas" in err.value.body
 
-    bad_policy = _gss("bad-policy", 1)
-    bad_policy["spec"]["updateStrategy"]["rollingUpdate"]["podUpdatePolicy"] = "Sometimes"
-    with pytest.raises(ApiException) as err:
-        api.create_namespaced_custom_object(*args, bad_policy)
-    assert err.value.status == 422
-
-    bad_image = _gss("bad-image", 1)
-    bad_image["spec"]["gameServerTemplate"]["spec"]["containers"][0]["image"] = 42
-    with pytest.raises(ApiException) as err:
-        api.create_namespaced_custom_object(*args, bad_image)
-    assert err.value.status == 422
+    # podUpdatePolicy is a free string and the pod template is not schema-checked in
+    # OpenKruiseGame's own CRD (which the chart ships): the real OKG/Kruise webhooks and
+    # controllers judge those (tests/cluster/test_okg_gameservers.py).
 
     # status subresource: writable through /status, short name resolves
     api.patch_namespaced_custom_object_status(*args, "arena", {"status": {
-        "replicas": 2, "readyReplicas": 1, "updatedReplicas": 2, "observedGeneration": 1,
-        "labelSelector": "game=arena", "currentRevision": "r1", "updateRevision": "r2"}})
+        "replicas": 2, "currentReplicas": 2, "availableReplicas": 1, "readyReplicas": 1,
+        "updatedReplicas": 2, "observedGeneration": 1, "labelSelector": "game=arena"}})
     got = json.loads(kube.kubectl("get", "gss", "arena", "-n", namespace, "-o", "json").stdout)
     assert got["status"]["readyReplicas"] == 1
-    assert got["status"]["updateRevision"] == "r2"
+    assert got["status"]["updatedReplicas"] == 2

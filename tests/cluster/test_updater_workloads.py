@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from poller.config import parse_config
 from poller.store import Store
 from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
-from poller.config import parse_config
 from tests.integration.updater_support import seed_tag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
@@ -150,50 +150,5 @@ def test_helm_release_upgraded_keeping_its_values(tmp_path, registry, kube, name
     assert [o.action for o in eng.cycle()] == ["up-to-date"]
 
 
-def test_gameserverset_patched_in_place_and_waited_on(tmp_path, registry, kube, namespace):
-    """No ``rollout:``: OpenKruiseGame rolls the GameServerSet out itself. There is no
-    OpenKruiseGame controller here, so the test plays it, and only where Slipway looks: once
-    the new generation appears it reports the servers updated and ready in the status."""
-    import threading
-
-    from tests.fixtures.services import wait_until
-
-    repo = f"{registry.addr}/assets"
-    seed_tag(registry, "assets", "1.0.0")
-    seed_tag(registry, "assets", "1.0.1")
-    gss = {"apiVersion": "game.kruise.io/v1alpha1", "kind": "GameServerSet",
-           "metadata": {"name": "arena", "namespace": namespace},
-           "spec": {"replicas": 3, "updateStrategy": {"rollingUpdate": {"podUpdatePolicy": "InPlaceIfPossible"}},
-                    "gameServerTemplate": {"spec": {"containers": [
-                        {"name": "engine", "image": "engine:9"}, {"name": "assets", "image": f"{repo}:1.0.0"}]}}}}
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(gss))
-
-    def status(generation: int, updated: int) -> None:
-        body = {"status": {"replicas": 3, "readyReplicas": 3, "availableReplicas": 3, "currentReplicas": 3,
-                           "updatedReplicas": updated, "updatedReadyReplicas": updated,
-                           "observedGeneration": generation}}
-        kube.kubectl("patch", "gss", "arena", "-n", namespace, "--subresource=status", "--type=merge",
-                     "-p", json.dumps(body))
-
-    status(1, 3)
-
-    def controller():
-        gen = wait_until(lambda: get(kube, "GameServerSet", "arena", namespace)["metadata"]["generation"] > 1
-                         and get(kube, "GameServerSet", "arena", namespace)["metadata"]["generation"],
-                         timeout=60, what="a new GameServerSet generation")
-        status(gen, 0)       # observed, nothing updated yet: Slipway must keep waiting
-        status(gen, 3)
-
-    player = threading.Thread(target=controller, daemon=True)
-    player.start()
-    eng = engine(tmp_path, registry, kube, [
-        {"name": "arena", "image": repo, "policy": "patch",
-         "target": {"kubernetes": {"kind": "GameServerSet", "name": "arena", "namespace": namespace,
-                                   "container": "assets"}}}])
-    [o] = eng.cycle()
-    player.join(30)
-    assert (o.action, o.to_ref) == ("updated", "1.0.1"), o
-    obj = get(kube, "GameServerSet", "arena", namespace)
-    assert images(obj) == {"engine": "engine:9", "assets": f"{repo}:1.0.1"}
-    assert obj["spec"]["updateStrategy"]["rollingUpdate"]["podUpdatePolicy"] == "InPlaceIfPossible"
-    assert UpdateHistory(eng.store).list()[0].detail["target"]["status"] == "3/3 updated and available"
+# GameServerSet without ``rollout:`` (OpenKruiseGame rolls it out, Slipway waits on its status):
+# tests/cluster/test_okg_gameservers.py, against the real OpenKruiseGame and Kruise.

@@ -149,12 +149,17 @@ class GitHubDouble(WireDouble):
             raise Abort(_error(403, "API rate limit exceeded for user. (But here's the good news: "
                                      "Authenticated requests get a higher rate limit.)"))
         match = re.fullmatch(r"/repos/([^/]+)/([^/]+)(?:/(.*))?", raw_path)
-        if not match or request.method != "GET":
+        writing = request.method == "POST" and match is not None and match[3] == "git/refs"
+        if not match or (request.method != "GET" and not writing):
             raise Abort(_error(404, "Not Found"))
         owner, name, rest = unquote(match[1]), unquote(match[2]), match[3] or ""
         repo = self._repos.get(f"{owner}/{name}".lower())
         if repo is None or (repo.private and not authenticated):
             raise Abort(_error(404, "Not Found"))
+        if writing:
+            if not request.headers.get("Authorization"):  # writes always need a token
+                raise Abort(_error(404, "Not Found"))
+            return self._create_ref(request, repo)
         for pattern, handler in self._routes():
             found = re.fullmatch(pattern, rest)
             if found:
@@ -205,6 +210,27 @@ class GitHubDouble(WireDouble):
             return _json(items)   # matching-refs: everything at once, per_page or not
         return _paginated(request, items, per_page=self.matching_refs_page_size if matching else None,
                           base=self.link_base)
+
+    def _create_ref(self, request: Request, repo: _Repo) -> Response:
+        """``POST /repos/{owner}/{repo}/git/refs`` with ``{"ref": "refs/...", "sha": ...}``."""
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("ref"), str) \
+                or not isinstance(body.get("sha"), str):
+            raise Abort(_error(422, "Invalid request.\n\n\"ref\", \"sha\" weren't supplied."))
+        ref, sha = body["ref"], body["sha"]
+        if not ref.startswith("refs/") or ref.count("/") < 2:
+            raise Abort(_error(422, "Reference name must start with 'refs/' and have at least "
+                                    "two slashes."))
+        if repo.git("cat-file", "-t", sha, check=False) not in ("commit", "tag"):
+            raise Abort(_error(422, "Object does not exist"))
+        with self._lock:
+            if self._refs(repo, ref).get(ref) is not None:
+                raise Abort(_error(422, "Reference already exists"))
+            repo.git("update-ref", ref, sha)
+        kind = repo.git("cat-file", "-t", sha)
+        resp = _json(self._ref_json(request, repo, ref, (sha, kind)))
+        resp.status_code = 201
+        return resp
 
     def _get_ref(self, request: Request, repo: _Repo, ref: str) -> Response:
         obj = self._refs(repo, f"refs/{ref}").get(f"refs/{ref}")

@@ -119,10 +119,13 @@ class GitLabDouble(WireDouble):
         if segments[:3] != ["", "api", "v4"]:
             raise Abort(_json({"error": "404 Not Found"}, 404))
         self._authenticate(request)
-        if len(segments) < 5 or segments[3] != "projects" or request.method != "GET":
+        writing = request.method == "POST" and "/".join(segments[5:]) == "repository/tags"
+        if len(segments) < 5 or segments[3] != "projects" or (request.method != "GET" and not writing):
             raise Abort(_json({"error": "404 Not Found"}, 404))
         project = self._project(request, unquote(segments[4]))
         rest = "/".join(segments[5:])
+        if writing:
+            return self._create_tag(request, project)
         for pattern, handler in self._routes():
             match = re.fullmatch(pattern, rest)
             if match:
@@ -204,6 +207,28 @@ class GitLabDouble(WireDouble):
         if request.args.get("sort", "desc") != "asc":
             tags.reverse()
         return _paginated(request, tags)
+
+    def _create_tag(self, request: Request, project: _Project) -> Response:
+        """``POST /projects/:id/repository/tags`` (``tag_name``, ``ref``, optional ``message``)."""
+        if not request.environ["double.authenticated"]:  # writes always need the token
+            raise Abort(_json({"message": "401 Unauthorized"}, 401))
+        body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+        body = body if isinstance(body, dict) else {}
+        name, ref = body.get("tag_name"), body.get("ref")
+        if not name or not ref:
+            raise Abort(_json({"error": "tag_name, ref are missing"}, 400))
+        with self._lock:
+            if name in self._refs(project, "refs/tags/"):
+                raise Abort(_json({"message": f"Tag {name} already exists"}, 400))
+            sha = self._resolve(project, ref)
+            if sha is None:
+                raise Abort(_json({"message": "Target " + ref + " is invalid"}, 400))
+            if body.get("message"):
+                project.git("tag", "-a", "-m", body["message"], "--end-of-options", name, sha)
+            else:
+                project.git("tag", "--end-of-options", name, sha)
+        tag = next(t for t in self._tags(request, project) if t["name"] == name)
+        return _json(tag, 201)
 
     def _get_tag(self, request: Request, project: _Project, name: str) -> Response:
         tag = next((t for t in self._tags(request, project) if t["name"] == name), None)

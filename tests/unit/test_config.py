@@ -86,3 +86,20 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(write(tmp_path, "registry:\n  url: [unclosed\n"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_charts_only_configuration_needs_no_registry(tmp_path):
+    cfg = load_config(write(tmp_path, """
+charts:
+  repos: [{name: main, url: "http://charts.example:8080"}]
+  helm_api: {url: "http://helm-api:8080"}
+"""))
+    assert cfg.registry is None and cfg.sources == [] and cfg.charts.repos[0].name == "main"
+
+
+def test_sources_without_a_registry_say_registry_is_required(tmp_path):
+    path = write(tmp_path, ISSUE_EXAMPLE.split("\n", 2)[2])  # drop the registry: line
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={"GITLAB_TOKEN": "t"})
+    assert str(exc.value) == (f"{path}: registry: field required when sources is set "
+                              "(images are pushed and read there)")

@@ -1,0 +1,71 @@
+"""Rollback routes: ``POST /api/v1/rollbacks/<service>`` (staging or production, dry run),
+``POST /api/v1/rollbacks/<service>/unpin``, ``GET /api/v1/rollbacks``."""
+
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify
+
+from poller.api import body_as, error, read_access, require_token, services
+from poller.api.models import Actor, RollbackRequest
+from poller.errors import NotFound
+from poller.rollback import PRODUCTION, Rollbacks, build_rollbacks, staging_holds
+
+blueprint = Blueprint("rollbacks", __name__)
+
+
+def _rollbacks() -> Rollbacks:
+    svc = services()
+    pipeline = svc.pipeline
+    if pipeline is not None:  # the running poller's own registry client and sources
+        from poller.notify import Notifier
+
+        notify = Notifier(svc.config.notify).send if svc.config.notify.webhooks else None
+        return Rollbacks(svc.config, svc.store, registry=pipeline.registry,
+                         sources=pipeline.sources, notify=notify)
+    return build_rollbacks(svc.config, svc.store)
+
+
+def _known(service: str):
+    if not any(s.name == service for s in services().config.sources):
+        return error(404, "not_found", f"no source named {service!r} in sources")
+    return None
+
+
+@blueprint.get("/api/v1/rollbacks")
+@read_access
+def rollbacks():
+    store = services().store
+    return jsonify({"holds": staging_holds(store),
+                    "recent": list(store.events(kind="rollback", limit=50))})
+
+
+@blueprint.post("/api/v1/rollbacks/<service>")
+@require_token
+def rollback(service: str):
+    body = body_as(RollbackRequest, required=True)
+    missing = _known(service)
+    if missing:
+        return missing
+    by = body.by or getattr(g, "actor", "api")
+    rb = _rollbacks()
+    try:
+        if body.env == PRODUCTION:
+            plan = rb.production(service, to=body.to, reason=body.reason, by=by,
+                                 dry_run=body.dry_run)
+        else:
+            plan = rb.staging(service, to=body.to, reason=body.reason, by=by,
+                              dry_run=body.dry_run)
+    except NotFound as exc:
+        return error(404, "not_found", str(exc))
+    return jsonify(plan.as_dict())
+
+
+@blueprint.post("/api/v1/rollbacks/<service>/unpin")
+@require_token
+def unpin(service: str):
+    body = body_as(Actor)
+    missing = _known(service)
+    if missing:
+        return missing
+    released = _rollbacks().unpin(service, by=body.by or getattr(g, "actor", "api"))
+    return jsonify({"service": service, "released": released})
