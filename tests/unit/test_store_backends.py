@@ -181,7 +181,18 @@ def test_a_store_written_by_the_previous_main_is_upgraded_keeping_its_history(tm
     added = now["builds"][len(before["builds"]):]
     assert [c[1:4] for c in added] == [("host", "TEXT", 0)]  # revision 0004
     assert {t: now[t] for t in before} == {**before, "builds": before["builds"] + added}
-    assert set(now) - set(before) == {"leader_triggers"}  # added by revision 0003
+    assert set(now) - set(before) == {"leader_triggers", "staging_holds", "chart_index_state"}
+    # 0005's tables are exactly what their domains' own DDL makes.
+    from poller import rollback
+    from poller.charts import watcher
+
+    plain = tmp_path / "plain.db"
+    conn = sqlite3.connect(plain)
+    conn.executescript(rollback._SCHEMA + watcher._SCHEMA)
+    conn.close()
+    domain = _schema(plain)
+    assert {t: now[t] for t in ("staging_holds", "chart_index_state")} == {
+        t: domain[t] for t in ("staging_holds", "chart_index_state")}
 
 
 def test_a_build_running_on_another_host_is_interrupted_only_when_its_claim_lapses(store_target):
