@@ -27,7 +27,8 @@ from helm_api.jobs import (
     JobRunner,
     UnknownEnvironment,
 )
-from helm_api.kube import Kube, KubeUnavailable, api_client_from
+from helm_api.kube import Kube, api_client_from
+from helm_api.models import ApplyRequest, ApplyResponse, JobDetail, JobList, Status
 from helm_api.openapi import openapi_document
 from poller import httpapi
 from poller.errors import PermanentError, UpstreamError
@@ -71,12 +72,9 @@ class _LazyKube:
     def __getattr__(self, name):
         with self._lock:
             if self._kube is None:
-                try:
-                    self._kube = Kube(api_client_from(kubeconfig=self._config.kubeconfig,
-                                                      in_cluster=self._config.in_cluster))
-                except Exception as exc:  # config missing or unreadable
-                    raise KubeUnavailable(f"cannot load cluster credentials: {exc}",
-                                          upstream="kube-apiserver") from exc
+                # config missing or unreadable: an UpstreamError (503) from the builder
+                self._kube = Kube(api_client_from(kubeconfig=self._config.kubeconfig,
+                                                  in_cluster=self._config.in_cluster))
         return getattr(self._kube, name)
 
 
@@ -157,41 +155,33 @@ def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
     @app.post("/apply")
     def apply():
         require_token()
-        body = httpapi.json_object()
-        unknown = sorted(set(body) - {"environment", "reason"})
-        if unknown:
-            raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(unknown)}")
-        env = body.get("environment")
-        reason = body.get("reason", "")
-        if env is not None and not isinstance(env, str):
-            raise ApiError(400, "bad_request", "'environment' must be a string")
-        named = env if env is not None else config.resolved_default_environment
+        req = ApplyRequest.from_body(httpapi.json_object())
+        named = req.environment if req.environment is not None else config.resolved_default_environment
         g.apply_env = named if named in config.environments else None
-        if not isinstance(reason, str) or len(reason) > 1000:
-            raise ApiError(400, "bad_request", "'reason' must be a string of at most 1000 characters")
-        result = runner.apply(env, reason)
+        result = runner.apply(req.environment, req.reason)
         metrics.applies.labels(result.environment,
                                "created" if result.created else "queued").inc()
-        return jsonify({
-            "job": result.job, "environment": result.environment, "created": result.created,
-            "follow_up_queued": result.follow_up_queued, "status_url": f"/jobs/{result.job}",
-        }), 202, {"Location": f"/jobs/{result.job}"}
+        answer = ApplyResponse(job=result.job, environment=result.environment,
+                               created=result.created, follow_up_queued=result.follow_up_queued,
+                               status_url=f"/jobs/{result.job}")
+        return jsonify(answer.model_dump()), 202, {"Location": f"/jobs/{result.job}"}
 
     @app.get("/jobs")
     def list_jobs():
         limit = httpapi.query_int("limit", config.jobs_limit, minimum=1, maximum=500)
         runner.tick()
-        return jsonify({"jobs": runner.list_runs(limit), "queued": runner.pending()})
+        answer = JobList.model_validate({"jobs": runner.list_runs(limit), "queued": runner.pending()})
+        return jsonify(answer.model_dump())
 
     @app.get("/jobs/<name>")
     def get_job(name: str):
         if not valid_dns_label(name):
             raise JobNotFound(f"'{name}' is not a valid job name")
-        return jsonify(runner.describe(name))
+        return jsonify(JobDetail.model_validate(runner.describe(name)).model_dump())
 
     @app.get("/healthz")
     def healthz():
-        return jsonify({"status": "ok"})
+        return jsonify(Status(status="ok").model_dump())
 
     @app.get("/readyz")
     def readyz():
@@ -199,7 +189,7 @@ def create_app(config: HelmApiConfig | None = None, kube=None) -> Flask:
             kube.ready()
         except UpstreamError as exc:
             return _error(503, "not_ready", str(exc))
-        return jsonify({"status": "ok"})
+        return jsonify(Status(status="ok").model_dump())
 
     @app.get("/metrics")
     def metrics_view():

@@ -8,6 +8,7 @@ below them gets a :class:`HelmApiConfig` passed in. Tests build one directly.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -21,7 +22,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from poller.errors import ConfigError
 from poller.names import check_dns_label, check_file_name
-
 
 
 class HelmApiConfig(BaseModel):
@@ -133,7 +133,7 @@ def load_settings() -> HelmApiConfig:
             namespace = Path(raw.namespace_file).read_text().strip()
         except OSError:
             namespace = None
-    data = {
+    data: dict[str, Any] = {
         "token": token, "namespace": namespace or "default", "cronjob": raw.cronjob,
         "container": raw.container, "default_environment": raw.default_environment,
         "dss_env_var": raw.dss_env_var, "kubeconfig": raw.kubeconfig,

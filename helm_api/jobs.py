@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helm_api.config import HelmApiConfig
-from helm_api.kube import Kube, KubeNotFound
-from poller.errors import PermanentError, UpstreamError
+from helm_api.kube import Kube
+from poller.errors import NotFound, PermanentError, UpstreamError
 from poller.logs import get_logger
 
 log = get_logger(__name__)
@@ -257,7 +257,7 @@ class JobRunner:
     def _create(self, env: str, reason: str, *, trigger: str, follows: str | None = None) -> str:
         try:
             cronjob = self.kube.get_cronjob(self.config.namespace, self.config.cronjob)
-        except KubeNotFound as exc:
+        except NotFound as exc:
             raise CronJobMissing(f"cronjob {self.config.namespace}/{self.config.cronjob} does not "
                                  "exist; install the slipway chart or set HELM_API_CRONJOB") from exc
         annotations = {REASON_ANNOTATION: (reason or trigger)[:1000]}
@@ -318,7 +318,7 @@ class JobRunner:
             try:
                 self.tick()
             except Exception as exc:  # never let the watcher die silently
-                log.error("helm_api.follow_up.error", error=str(exc), exc_info=True)  # noqa: G201 (EventLogger has no .exception)
+                log.error("helm_api.follow_up.error", error=str(exc), exc_info=True)
             with self._lock:
                 if not self._pending:
                     self._thread = None
@@ -341,7 +341,7 @@ class JobRunner:
         ns = self.config.namespace
         try:
             job = self.kube.get_job(ns, name)
-        except KubeNotFound as exc:
+        except NotFound as exc:
             raise JobNotFound(f"no job named '{name}' in {ns}") from exc
         labels = (job.get("metadata") or {}).get("labels") or {}
         if labels.get(MANAGED_BY) != MANAGED_BY_VALUE:

@@ -1,61 +1,67 @@
-"""The hand-written OpenAPI 3 description of the helm API (served at ``/openapi.json``).
+"""The OpenAPI 3.1 document of the helm API, served at ``GET /openapi.json``.
 
-Kept next to the routes it describes; ``tests/unit/test_helm_api_openapi.py`` runs
-schemathesis against it, so a drift between the two fails the build.
+Schemas are generated from the pydantic models in :mod:`helm_api.models` (the same models
+validate ``POST /apply`` bodies and shape the answers); only the configured environments are
+filled in at run time. ``tests/unit/test_helm_api_openapi.py`` and
+``tests/cluster/test_helm_api.py`` run schemathesis against it, so a drift between the
+document and the routes fails the build.
 """
 
 from __future__ import annotations
 
+import copy
+from functools import cache
 from typing import Any
 
-_ERROR = {
-    "type": "object",
-    "required": ["error", "message"],
-    "properties": {
-        "error": {"type": "string", "description": "machine-readable code, e.g. unknown_environment"},
-        "message": {"type": "string"},
-        "known": {"type": "array", "items": {"type": "string"}},
-    },
-}
+from pydantic.json_schema import models_json_schema
 
-_NULLABLE_STR = {"type": ["string", "null"]}
+from helm_api import models as m
 
-_JOB_SUMMARY = {
-    "type": "object",
-    "required": ["name", "environment", "phase", "created_at", "started_at", "finished_at"],
-    "properties": {
-        "name": {"type": "string"},
-        "environment": _NULLABLE_STR,
-        "phase": {"type": "string", "enum": ["pending", "running", "succeeded", "failed"]},
-        "created_at": {**_NULLABLE_STR, "description": "RFC 3339"},
-        "started_at": _NULLABLE_STR,
-        "finished_at": _NULLABLE_STR,
-        "reason": _NULLABLE_STR,
-        "follows": {**_NULLABLE_STR, "description": "the run this follow-up was queued behind"},
-    },
-}
+_REF = "#/components/schemas/{model}"
+
+
+@cache
+def _schemas() -> dict[str, Any]:
+    _, top = models_json_schema([(x, "validation") for x in m.REQUESTS]
+                                + [(x, "serialization") for x in m.RESPONSES], ref_template=_REF)
+    return top["$defs"]
+
+
+def schemas(environments: list[str], default_environment: str | None) -> dict[str, Any]:
+    """The component schemas, with ``ApplyRequest.environment`` limited to ``environments``
+    and required when there is no default environment."""
+    out = copy.deepcopy(_schemas())
+    apply_request = out["ApplyRequest"]
+    # documented as one of the names (an explicit null, accepted as "the default", is not)
+    env = apply_request["properties"]["environment"] = {
+        "type": "string", "enum": list(environments),
+        "description": apply_request["properties"]["environment"]["description"]}
+    if default_environment:
+        env["description"] += f" (default: {default_environment})"
+    else:
+        apply_request["required"] = ["environment"]
+    return out
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _err(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return _json(_ref("Error"), description)
+
+
+_CLUSTER = {"502": _err("the API server refused the call (RBAC, credentials, a bad request)"),
+            "503": _err("the API server is unreachable or unavailable")}
 
 
 def openapi_document(environments: list[str], default_environment: str | None = None
                      ) -> dict[str, Any]:
     """``default_environment`` None: the body must name the environment."""
-    apply_request: dict[str, Any] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "environment": {"type": "string", "enum": environments,
-                            "description": "selects the desired-state file"
-                            + (f" (default: {default_environment})" if default_environment else "")},
-            "reason": {"type": "string", "maxLength": 1000},
-        },
-    }
-    if default_environment is None:
-        apply_request["required"] = ["environment"]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -67,109 +73,50 @@ def openapi_document(environments: list[str], default_environment: str | None = 
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": _ERROR,
-                "ApplyRequest": apply_request,
-                "ApplyResponse": {
-                    "type": "object",
-                    "required": ["job", "environment", "created", "follow_up_queued", "status_url"],
-                    "properties": {
-                        "job": {"type": "string", "description": "the run created, or the one "
-                                "already running"},
-                        "environment": {"type": "string"},
-                        "created": {"type": "boolean"},
-                        "follow_up_queued": {"type": "boolean"},
-                        "status_url": {"type": "string"},
-                    },
-                },
-                "JobSummary": _JOB_SUMMARY,
-                "JobDetail": {
-                    "allOf": [{"$ref": "#/components/schemas/JobSummary"}, {
-                        "type": "object",
-                        "required": ["log", "pod"],
-                        "properties": {
-                            "pod": _NULLABLE_STR,
-                            "log": {**_NULLABLE_STR, "description": "tail of the pod's log"},
-                            "log_error": _NULLABLE_STR,
-                        },
-                    }],
-                },
-                "Status": {"type": "object", "required": ["status"],
-                           "properties": {"status": {"type": "string"}}},
-            },
+            "schemas": schemas(environments, default_environment),
         },
         "paths": {
-            "/apply": {
-                "post": {
-                    "summary": "Start a helmsman run for an environment",
-                    "security": [{"bearer": []}],
-                    "requestBody": {
-                        "required": default_environment is None,
-                        "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/ApplyRequest"}}},
-                    },
-                    "responses": {
-                        "202": {"description": "run created, or follow-up queued behind the "
-                                               "running one",
-                                "headers": {"Location": {"schema": {"type": "string"}}},
-                                "content": {"application/json": {"schema": {
-                                    "$ref": "#/components/schemas/ApplyResponse"}}}},
-                        "400": _err("bad JSON, unknown field, missing or unknown environment"),
-                        "401": _err("no bearer token"),
-                        "403": _err("wrong bearer token"),
-                        "404": _err("the helmsman CronJob does not exist"),
-                        "413": _err("body too large"),
-                        "422": _err("the CronJob has no usable job template"),
-                        "502": _err("the API server refused the call"),
-                        "503": _err("the API server is unreachable"),
-                    },
+            "/apply": {"post": {
+                "summary": "Start a helmsman run for an environment",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": default_environment is None,
+                                "content": {"application/json": {"schema": _ref("ApplyRequest")}}},
+                "responses": {
+                    "202": {**_json(_ref("ApplyResponse"), "run created, or follow-up queued "
+                                    "behind the running one"),
+                            "headers": {"Location": {"schema": {"type": "string"}}}},
+                    "400": _err("bad JSON, unknown field, missing or unknown environment"),
+                    "401": _err("no bearer token"),
+                    "403": _err("wrong bearer token"),
+                    "404": _err("the helmsman CronJob does not exist"),
+                    "413": _err("body too large"),
+                    "422": _err("the CronJob has no usable job template"),
+                    **_CLUSTER,
                 },
-            },
-            "/jobs": {
-                "get": {
-                    "summary": "Recent runs, newest first, and queued follow-ups",
-                    "parameters": [{"name": "limit", "in": "query", "required": False,
-                                    "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
-                    "responses": {
-                        "200": {"description": "runs", "content": {"application/json": {"schema": {
-                            "type": "object", "required": ["jobs", "queued"],
-                            "properties": {
-                                "jobs": {"type": "array",
-                                         "items": {"$ref": "#/components/schemas/JobSummary"}},
-                                "queued": {"type": "object"},
-                            }}}}},
-                        "400": _err("bad limit"),
-                        "502": _err("the API server refused the call"),
-                        "503": _err("the API server is unreachable"),
-                    },
-                },
-            },
-            "/jobs/{name}": {
-                "get": {
-                    "summary": "One run: phase, times and the tail of its log",
-                    "parameters": [{"name": "name", "in": "path", "required": True,
-                                    "schema": {"type": "string"}}],
-                    "responses": {
-                        "200": {"description": "the run", "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/JobDetail"}}}},
-                        "404": _err("no such run"),
-                        "502": _err("the API server refused the call"),
-                        "503": _err("the API server is unreachable"),
-                    },
-                },
-            },
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {
-                "description": "alive", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Status"}}}}}}},
+            }},
+            "/jobs": {"get": {
+                "summary": "Recent runs, newest first, and queued follow-ups",
+                "parameters": [{"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
+                "responses": {"200": _json(_ref("JobList"), "runs"),
+                              "400": _err("bad limit"), **_CLUSTER},
+            }},
+            "/jobs/{name}": {"get": {
+                "summary": "One run: phase, times and the tail of its log",
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": _json(_ref("JobDetail"), "the run"),
+                              "404": _err("no such run"), **_CLUSTER},
+            }},
+            "/healthz": {"get": {"summary": "Liveness",
+                                 "responses": {"200": _json(_ref("Status"), "alive")}}},
             "/readyz": {"get": {"summary": "Readiness: the API server answers", "responses": {
-                "200": {"description": "ready", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Status"}}}},
+                "200": _json(_ref("Status"), "ready"),
                 "503": _err("the API server is not reachable")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
                 "description": "text exposition format",
                 "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
-                "description": "OpenAPI 3.1", "content": {"application/json": {
-                    "schema": {"type": "object"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {
+                "200": _json({"type": "object"}, "OpenAPI 3.1")}}},
         },
     }

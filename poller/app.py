@@ -6,12 +6,13 @@ Entry points call :func:`build_pipeline`; nothing below reads the environment.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from poller.builds.builder import BuildPlan
 from poller.builds.factory import make_builder
 from poller.config import Config
 from poller.docker_engine import client_factory, engine_url
+from poller.events import EventBus
 from poller.http import RequestCounter
 from poller.pipeline import Pipeline
 from poller.registry.client import RegistryClient
@@ -38,7 +39,7 @@ def _pid_alive(pid: int | None) -> bool:
 def build_pipeline(cfg: Config, *, store: Store | None = None,
                    counter: RequestCounter | None = None,
                    on_build_log: Callable[[BuildPlan, str], None] | None = None,
-                   queue: bool = True) -> Pipeline:
+                   bus: EventBus | None = None, queue: bool = True) -> Pipeline:
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
     # a charts-only configuration has no registry (and no sources that would need one)
@@ -46,8 +47,9 @@ def build_pipeline(cfg: Config, *, store: Store | None = None,
     builder = make_builder(cfg, client_factory(cfg.docker.base_url),
                            docker_engine=engine_url(cfg.docker.base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
-    pipeline = Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,
-                        on_build_log=on_build_log)
+    # without a registry there are no sources, so the pipeline never reaches for it
+    pipeline = Pipeline(cfg, store=store, registry=registry, builder=builder,  # type: ignore[arg-type]
+                        sources=sources, on_build_log=on_build_log, bus=bus)
     if queue and store.pg:  # builds are jobs for `poller worker` processes (poller.queue)
         from poller.queue import BuildQueue
 

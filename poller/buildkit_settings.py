@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from poller.config_base import SettingsModel
+from poller.imageref import ImageRef
 
 
 class BuildKitEndpoint(SettingsModel):
@@ -85,8 +86,8 @@ class BuildKitConfig(SettingsModel):
         rest = v.replace("{image}", "")
         if "{" in rest or "}" in rest:
             raise ValueError("only {image} may be used in braces")
-        last = v.rsplit("/", 1)[-1]
-        if ":" not in last and "@" not in last:
+        ref = ImageRef.parse(v)
+        if not ref.tag and not ref.digest:
             raise ValueError("give a tag, e.g. '{image}:buildcache'")
         return v
 

@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from poller.errors import ConfigError, SlipwayError
 
-#: Modules that add their own subcommands: each has ``register(subparsers)``.
-_COMMAND_MODULES = (
-    "poller.commands.pipeline",
-    "poller.commands.approvals",
-    "poller.charts.cli",
-    "poller.commands.charts",
-    "poller.commands.updates",
-    "poller.commands.fleet",
-    "poller.commands.plugins",
-    "poller.commands.rollback",
-    "poller.commands.releases",
-    "poller.commands.store",
-    "poller.commands.worker",
-)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    from poller.optional import import_optional
+    # Each module adds its own subcommands with ``register(subparsers)``.
+    from poller.charts import cli as charts_cli
+    from poller.commands import (approvals, fleet, pipeline, plugins, releases, rollback, store,
+                                 updates, worker)
 
     parser = argparse.ArgumentParser(
         prog="poller", allow_abbrev=False, description="Slipway: poll sources, build and push images, roll them out.")
@@ -35,10 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default="auto", choices=["auto", "json", "text"],
                         help="auto: readable on a terminal, JSON otherwise")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMAND_MODULES:
-        module = import_optional(name)
-        if module is not None:  # a domain left out of this build adds no commands
-            module.register(sub)
+    for module in (pipeline, approvals, charts_cli, updates, fleet, plugins, rollback, releases,
+                   store, worker):
+        module.register(sub)
     return parser
 
 

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, Mapping
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote
 
 import yaml
-from pydantic import (BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from poller.errors import ConfigError
 from poller.logs import register_secret
@@ -25,10 +33,14 @@ from poller.logs import register_secret
 _REF = re.compile(r"\$\{([^}]+)\}")
 
 
-from poller.config_base import (_Model, check_image_repository, check_name,  # noqa: E402
-                                split_url_credentials)
-from poller.names import check_git_ref, check_git_url, check_project_path  # noqa: E402
-from poller.buildkit_settings import BuildKitConfig  # noqa: E402
+from poller.buildkit_settings import BuildKitConfig
+from poller.config_base import (
+    _Model,
+    check_image_repository,
+    check_name,
+    split_url_credentials,
+)
+from poller.names import check_git_ref, check_git_url, check_project_path
 
 
 class RegistryConfig(_Model):
@@ -40,7 +52,10 @@ class RegistryConfig(_Model):
     username: str | None = None
     password: SecretStr | None = None
 
-    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
+    @model_validator(mode="before")
+    @classmethod
+    def _inline(cls, data: Any) -> Any:
+        return split_url_credentials(data)
 
     @field_validator("url")
     @classmethod
@@ -110,7 +125,7 @@ class SourceConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "SourceConfig":
+    def _one_kind(self) -> SourceConfig:
         kinds = [k for k in ("git", "gitlab", "github") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError("give exactly one of 'git', 'gitlab' or 'github'"
@@ -143,7 +158,7 @@ class BuildConfig(_Model):
     buildkit: BuildKitConfig = BuildKitConfig()
 
     @model_validator(mode="after")
-    def _pool(self) -> "BuildConfig":
+    def _pool(self) -> BuildConfig:
         if self.engine == "buildkit" and not self.buildkit.addresses:
             raise ValueError("engine 'buildkit' needs at least one address in build.buildkit.addresses")
         return self
@@ -198,7 +213,10 @@ class ChartRepoConfig(_Model):
                                              "DSS range deploys")
     interval: float | None = Field(None, gt=0)
 
-    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
+    @model_validator(mode="before")
+    @classmethod
+    def _inline(cls, data: Any) -> Any:
+        return split_url_credentials(data)
 
     @field_validator("staging_pattern")
     @classmethod
@@ -254,7 +272,7 @@ class ApiConfig(_Model):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _empty_secrets_are_unset(cls, data: Any, handler: Any) -> "ApiConfig":
+    def _empty_secrets_are_unset(cls, data: Any, handler: Any) -> ApiConfig:
         empty: list[str] = []
         if isinstance(data, dict):
             data = dict(data)
@@ -285,10 +303,10 @@ class ApiConfig(_Model):
         return v
 
 
-from poller.artifacts.settings import PluginsConfig  # noqa: E402
-from poller.fleet.settings import FleetConfig  # noqa: E402
-from poller.notify_settings import NotifyConfig  # noqa: E402
-from poller.updater.settings import UpdatesConfig  # noqa: E402
+from poller.artifacts.settings import PluginsConfig
+from poller.fleet.settings import FleetConfig
+from poller.notify_settings import NotifyConfig
+from poller.updater.settings import UpdatesConfig
 
 
 class Config(_Model):
@@ -310,7 +328,7 @@ class Config(_Model):
     path: str | None = Field(None, exclude=True, description="the file this was loaded from")
 
     @model_validator(mode="after")
-    def _unique(self) -> "Config":
+    def _unique(self) -> Config:
         if self.registry is None:
             needs = [what for what, used in (
                 ("sources", bool(self.sources)),
@@ -458,7 +476,7 @@ def _secrets_in(model: Any) -> Iterator[str]:
             yield from _secrets_in(v)
 
 
-def secret_values(cfg: Config, substituted: list[tuple[str, str]] = ()) -> list[str]:
+def secret_values(cfg: Config, substituted: Sequence[tuple[str, str]] = ()) -> list[str]:
     """Every real secret of ``cfg``: each ``SecretStr`` setting, a password written inline in
     a git URL, and each ``build_args`` value taken from ``${VAR}`` or ``${file:}``. Empty values
     are not secrets (and are never masked)."""
@@ -479,7 +497,7 @@ GITHUB_REQUESTS_PER_POLL = 2
 GITHUB_ANONYMOUS_LIMIT = 60   # requests per hour and address, 304s included
 
 
-def _warn_unauthenticated_github(cfg: "Config", file: str) -> None:
+def _warn_unauthenticated_github(cfg: Config, file: str) -> None:
     """Without a token GitHub counts every poll, 304s included, against 60 requests an hour."""
     from poller.logs import get_logger
 

@@ -11,7 +11,7 @@ SettingsModel = _Model
 
 
 # One validator per kind of name lives in poller.names; settings models import them from here.
-from poller.names import check_image_repository, check_name  # noqa: E402,F401
+from poller.names import check_image_repository, check_name  # noqa: F401
 
 
 def split_url_credentials(data: object, *, key: str = "url") -> object:

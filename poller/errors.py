@@ -57,6 +57,10 @@ class NotFound(PermanentError):
     """The thing asked for does not exist upstream (a 404, a missing ref)."""
 
 
+class Conflict(PermanentError):
+    """The upstream refused because of the current state (a 409: exists, or changed since read)."""
+
+
 class AuthError(PermanentError):
     """Credentials were refused (401/403)."""
 

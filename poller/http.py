@@ -18,7 +18,7 @@ import email.utils
 import threading
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import requests
 from prometheus_client import Counter as PromCounter
@@ -75,7 +75,8 @@ def read_bounded(resp: requests.Response, upstream: str, *, max_body: int = MAX_
 
     The body is kept as ``resp.content`` (so ``.json()`` and ``.text`` work as usual).
     """
-    if resp._content_consumed:  # already read (or streamed away) by someone else
+    # already read (or streamed away) by someone else
+    if resp._content_consumed:  # type: ignore[attr-defined]
         return resp.content
     what = f"{upstream}: {resp.request.method} {_redact(resp.url)}"
     declared = resp.headers.get("Content-Length", "")
@@ -102,7 +103,7 @@ def read_bounded(resp: requests.Response, upstream: str, *, max_body: int = MAX_
         raise UpstreamError(f"{what}: reading the response failed: {type(exc).__name__}",
                             upstream=upstream) from exc
     resp._content = b"".join(chunks)
-    resp._content_consumed = True
+    resp._content_consumed = True  # type: ignore[attr-defined]
     return resp._content
 
 
@@ -115,7 +116,7 @@ class _BoundedSession(requests.Session):
         self.upstream = upstream
         self.max_body = max_body
 
-    def request(self, method, url, **kwargs):  # type: ignore[override]
+    def request(self, method, url, **kwargs):
         kwargs.setdefault("timeout", self._default_timeout)
         streamed = bool(kwargs.get("stream"))
         kwargs["stream"] = True
@@ -146,6 +147,16 @@ def make_session(upstream: str, *, counter: RequestCounter | None = None,
 
     session.hooks["response"].extend([_count, _drain_redirect])
     return session
+
+
+def backoff_delay(failures: int, *, initial: float, maximum: float, retry_after: float | None = None) -> float:
+    """The one back-off formula: doubling from ``initial`` per consecutive failure, at least an
+    upstream's ``Retry-After``, never more than ``maximum`` (a hostile or absurd ``Retry-After``
+    cannot park a source or an image for longer than the configured maximum)."""
+    delay = initial * 2 ** max(0, min(failures - 1, 64))
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(maximum, delay)
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:

@@ -15,7 +15,8 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
@@ -95,19 +96,6 @@ def correlation(cid: str | None) -> Iterator[str | None]:
         CORRELATION_ID.reset(token)
 
 
-def correlation_listener(event: str, fields: dict[str, Any]) -> None:
-    """A ``Pipeline.listeners`` hook: builds run in their own thread and emit ``build.started``
-    from it, so the rest of that build's lines (builder, registry) carry ``cid=build-<id>``."""
-    if event == "build.started" and fields.get("build_id") is not None:
-        CORRELATION_ID.set(f"build-{fields['build_id']}")
-    elif event in ("build.succeeded", "build.failed"):
-        CORRELATION_ID.set(None)
-    elif event == "rollout.started" and fields.get("deployment"):
-        CORRELATION_ID.set(str(fields.get("rollout_id") or f"rollout-{fields['deployment']}"))
-    elif event in ("rollout.finished", "rollout.stopped"):
-        CORRELATION_ID.set(None)
-
-
 def _with_cid(fields: dict[str, Any]) -> dict[str, Any]:
     cid = CORRELATION_ID.get()
     if cid and "cid" not in fields:
@@ -115,7 +103,7 @@ def _with_cid(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def get_logger(name: str) -> "EventLogger":
+def get_logger(name: str) -> EventLogger:
     return EventLogger(logging.getLogger(name))
 
 
@@ -142,7 +130,7 @@ class EventLogger:
     def error(self, event: str, **fields: Any) -> None:
         self._log(logging.ERROR, event, fields)
 
-    def bind(self, **fields: Any) -> "BoundLogger":
+    def bind(self, **fields: Any) -> BoundLogger:
         return BoundLogger(self, fields)
 
 

@@ -1,7 +1,7 @@
-"""Prometheus metrics, fed by the pipeline's events and read from the store at scrape time.
+"""Prometheus metrics, fed by the event bus and read from the store at scrape time.
 
 ``/metrics`` (``poller/api/core.py``) serves the default registry; :func:`install` subscribes
-one :class:`Metrics` to a pipeline's listeners and lets the scrape read the store::
+one :class:`Metrics` to the event bus and lets the scrape read the store::
 
     slipway_polls_total{source,result}              ok | error (source.polled / source.error)
     slipway_builds_total{source,kind,result}        succeeded | failed
@@ -9,17 +9,17 @@ one :class:`Metrics` to a pipeline's listeners and lets the scrape read the stor
     slipway_builds_running
     slipway_build_duration_seconds{kind}            histogram
     slipway_retags_total{source}                    staging moved without a rebuild
-    slipway_updates_total{deployment,result}        update.<result> events
-    slipway_rollout_progress_ratio{deployment}      rollout.progress events (done / total)
+    slipway_updates_total{deployment,result}        UpdateFinished (the update engine)
+    slipway_rollout_progress_ratio{deployment}      RolloutProgress (done / total, the pod rollout)
+    slipway_chart_applies_total{repo,chart,result}  ChartApplied (the chart watcher)
     slipway_rollout_step{deployment,state}, slipway_rollout_servers_updated{deployment}
                                                     active rollouts, from the store at scrape time
     slipway_approvals_pending{kind}                 computed from the store at scrape time
     slipway_source_last_poll_timestamp_seconds{source}, slipway_source_healthy{source}
     slipway_upstream_requests_total{upstream,status}   (poller/http.py)
 
-Event contract for domains without a metric of their own here: emit through
-``Pipeline.emit`` ``update.succeeded|failed`` with ``deployment=``, ``rollout.progress`` with
-``deployment=``, ``done=``, ``total=``, and ``source.polled`` with ``source=`` after a good poll.
+Counters and the rollout gauge follow the typed events of :mod:`poller.events`, subscribed by
+type (:meth:`Metrics.subscribe`); the producers publish, this module only listens.
 """
 
 from __future__ import annotations
@@ -31,6 +31,17 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from poller.events import (
+    BuildFinished,
+    BuildStarted,
+    ChartApplied,
+    EventBus,
+    ImageRetagged,
+    RolloutProgress,
+    SourceError,
+    SourcePolled,
+    UpdateFinished,
+)
 from poller.logs import get_logger
 
 log = get_logger(__name__)
@@ -64,7 +75,7 @@ class StoreCollector:
                     if s.get("last_poll"):
                         last_poll.add_metric([s["name"]], s["last_poll"])
                     healthy.add_metric([s["name"]], 0.0 if s.get("last_error") else 1.0)
-            except Exception as exc:  # a scrape must never crash on a busy or missing store
+            except Exception as exc:  # noqa: BLE001 - a scrape must never crash on a busy or missing store
                 log.warning("metrics.store_unreadable", error=repr(exc))
         yield pending
         yield last_poll
@@ -91,7 +102,7 @@ class StoreCollector:
                         step.add_metric([r.deployment, r.state], r.step)
                         servers.add_metric([r.deployment], sum(
                             1 for s in control.servers(r.id) if s.get("updated_at")))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a boundary: logged, never raised further
                     log.warning("metrics.rollouts_unreadable", error=repr(exc))
         yield step
         yield servers
@@ -121,36 +132,54 @@ class Metrics:
         self.rollout = Gauge("slipway_rollout_progress_ratio",
                              "Fraction of a rollout's targets done (0..1)", ["deployment"],
                              registry=registry)
+        self.chart_applies = Counter("slipway_chart_applies_total",
+                                     "Chart versions sent to the helm API, by repo, chart and result",
+                                     ["repo", "chart", "result"], registry=registry)
         self.store_collector = StoreCollector()
         registry.register(self.store_collector)
 
     def bind_store(self, store) -> None:
         self.store_collector.store = store
 
-    def listener(self, event: str, fields: dict[str, Any]) -> None:
-        source = str(fields.get("source") or "")
-        kind = str(fields.get("kind") or "")
-        if event == "build.started":
-            self.builds_started.labels(source, kind).inc()
-            self.running.inc()
-        elif event in ("build.succeeded", "build.failed"):
-            self.builds.labels(source, kind, event.split(".", 1)[1]).inc()
-            self.running.dec()
-            if fields.get("duration") is not None:
-                self.duration.labels(kind).observe(float(fields["duration"]))
-        elif event == "image.retagged":
-            self.retags.labels(source).inc()
-        elif event == "source.polled":
-            self.polls.labels(source, "ok").inc()
-        elif event == "source.error":
-            self.polls.labels(source, "error").inc()
-        elif event.startswith("update."):
-            self.updates.labels(str(fields.get("deployment") or ""), event.split(".", 1)[1]).inc()
-        elif event == "rollout.progress":
-            total = float(fields.get("total") or 0)
-            if total > 0:
-                self.rollout.labels(str(fields.get("deployment") or "")).set(
-                    min(1.0, float(fields.get("done") or 0) / total))
+    def subscribe(self, bus: EventBus) -> None:
+        """Follow ``bus`` by event type."""
+        bus.subscribe(BuildStarted, self.on_build_started)
+        bus.subscribe(BuildFinished, self.on_build_finished)
+        bus.subscribe(ImageRetagged, self.on_retagged)
+        bus.subscribe(SourcePolled, self.on_polled)
+        bus.subscribe(SourceError, self.on_source_error)
+        bus.subscribe(UpdateFinished, self.on_update)
+        bus.subscribe(RolloutProgress, self.on_rollout_progress)
+        bus.subscribe(ChartApplied, self.on_chart_applied)
+
+    def on_build_started(self, e: BuildStarted) -> None:
+        self.builds_started.labels(e.source, e.kind).inc()
+        self.running.inc()
+
+    def on_build_finished(self, e: BuildFinished) -> None:
+        self.builds.labels(e.source, e.kind, "succeeded" if e.ok else "failed").inc()
+        self.running.dec()
+        if e.duration is not None:
+            self.duration.labels(e.kind).observe(float(e.duration))
+
+    def on_retagged(self, e: ImageRetagged) -> None:
+        self.retags.labels(e.source).inc()
+
+    def on_polled(self, e: SourcePolled) -> None:
+        self.polls.labels(e.source, "ok").inc()
+
+    def on_source_error(self, e: SourceError) -> None:
+        self.polls.labels(e.source, "error").inc()
+
+    def on_update(self, e: UpdateFinished) -> None:
+        self.updates.labels(e.deployment, "succeeded" if e.ok else "failed").inc()
+
+    def on_rollout_progress(self, e: RolloutProgress) -> None:
+        if e.total > 0:
+            self.rollout.labels(e.deployment).set(min(1.0, e.done / e.total))
+
+    def on_chart_applied(self, e: ChartApplied) -> None:
+        self.chart_applies.labels(e.repo, e.chart, "succeeded" if e.ok else "failed").inc()
 
 
 _DEFAULT: Metrics | None = None
@@ -166,10 +195,9 @@ def default_metrics() -> Metrics:
         return _DEFAULT
 
 
-def install(pipeline, store=None) -> Metrics:
-    """Feed the default metrics from ``pipeline``'s events; scrape-time gauges read ``store``."""
+def install(bus: EventBus, store: Any = None) -> Metrics:
+    """Feed the default metrics from ``bus``; scrape-time gauges read ``store``."""
     metrics = default_metrics()
-    metrics.bind_store(store if store is not None else getattr(pipeline, "store", None))
-    if metrics.listener not in pipeline.listeners:
-        pipeline.listeners.append(metrics.listener)
+    metrics.bind_store(store)
+    metrics.subscribe(bus)
     return metrics

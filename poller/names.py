@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from poller.errors import PermanentError
+from poller.imageref import ImageRef
 
 
 class InvalidName(PermanentError, ValueError):
@@ -75,7 +76,7 @@ def check_image_repository(v: str, what: str = "image") -> str:
     (``127.0.0.1:5000/game-server``)."""
     if not isinstance(v, str):
         raise _fail(what, str(v), "must be a string")
-    if "@" in v or ":" in v.rsplit("/", 1)[-1]:
+    if ImageRef.parse(v).repository != v:   # a tag or a digest (even an empty one)
         raise _fail(what, v, "give the repository only, without a tag or digest")
     host, sep, path = v.partition("/")
     if not sep:

@@ -23,13 +23,22 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
-from poller.builds.builder import LABEL_REVISION, BuildPlan, Builder
+from poller.builds.builder import LABEL_REVISION, Builder, BuildPlan
 from poller.config import Config, SourceConfig
 from poller.errors import BuildError, NotFound, SlipwayError, UpstreamError
+from poller.events import (
+    BuildFinished,
+    BuildStarted,
+    EventBus,
+    ImageRetagged,
+    SourceError,
+    SourcePolled,
+)
+from poller.http import backoff_delay
 from poller.logs import correlation, get_logger
 from poller.policy.plans import STAGING_TAG, desired_plans, sha_tag
 from poller.registry.client import RegistryClient
@@ -103,9 +112,7 @@ class Backoff:
     def failed(self, key: str, retry_after: float | None = None) -> float:
         with self._lock:
             n = self._state.get(key, (0, 0.0))[0] + 1
-            delay = min(self.maximum, self.initial * 2 ** (n - 1))
-            if retry_after is not None:
-                delay = max(retry_after, min(delay, self.maximum))
+            delay = backoff_delay(n, initial=self.initial, maximum=self.maximum, retry_after=retry_after)
             self._state[key] = (n, self.clock() + delay)
             return delay
 
@@ -123,6 +130,7 @@ class Backoff:
 class Pipeline:
     def __init__(self, cfg: Config, *, store: Store, registry: RegistryClient, builder: Builder,
                  sources: dict[str, Source], on_build_log: Callable[[BuildPlan, str], None] | None = None,
+                 bus: EventBus | None = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
         self.cfg = cfg
         self.store = store
@@ -147,19 +155,12 @@ class Pipeline:
         self._host = socket.gethostname()
         self._holder = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._heartbeat: threading.Thread | None = None
-        #: Called as ``listener(event, fields)`` for build.started, build.succeeded,
-        #: build.failed, image.retagged, source.error. Metrics and notifications subscribe here.
-        self.listeners: list[Callable[[str, dict], None]] = []
+        #: Where this pipeline publishes SourcePolled, SourceError, BuildStarted, BuildFinished
+        #: and ImageRetagged (poller/events.py). Metrics and notifications subscribe there.
+        self.bus = bus if bus is not None else EventBus()
         #: With a PostgreSQL store, builds go to the queue (``poller.queue``) instead of the
         #: executor here: ``enqueue(plan, action)`` returns the action as decided.
         self.enqueue: Callable[[BuildPlan, Action], Action] | None = None
-
-    def emit(self, event: str, **fields) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener(event, fields)
-            except Exception as exc:  # a listener must never break a build
-                log.warning("listener.failed", for_event=event, error=repr(exc))
 
     # -- one source -------------------------------------------------------------------
     def reconcile_source(self, name: str, *, force: bool = False) -> SourceReport:
@@ -196,20 +197,20 @@ class Pipeline:
                     self._converged.pop(name, None)
             self.store.record_poll(name, head=snap.head, tags=snap.tags)
             self.backoff.succeeded(f"source:{name}")
-            self.emit("source.polled", source=name, unchanged=snap.unchanged,
-                      skipped_registry=report.skipped_registry)
+            self.bus.publish(SourcePolled(source=name, unchanged=snap.unchanged,
+                                          skipped_registry=report.skipped_registry))
         except UpstreamError as exc:
             delay = self.backoff.failed(f"source:{name}", exc.retry_after)
             report.error, report.retry_after = str(exc), delay
             self.store.record_poll(name, error=str(exc))
             log.warning("source.upstream_error", source=name, error=str(exc), retry_in=round(delay, 1))
-            self.emit("source.error", source=name, error=str(exc), temporary=True)
+            self.bus.publish(SourceError(source=name, error=str(exc), temporary=True))
         except SlipwayError as exc:
             delay = self.backoff.failed(f"source:{name}")
             report.error, report.retry_after = str(exc), delay
             self.store.record_poll(name, error=str(exc))
             log.error("source.error", source=name, error=str(exc), retry_in=round(delay, 1))
-            self.emit("source.error", source=name, error=str(exc), temporary=False)
+            self.bus.publish(SourceError(source=name, error=str(exc), temporary=False))
         except Exception as exc:  # a malformed answer or a bug: this source's failure, not the pass's
             delay = self.backoff.failed(f"source:{name}")
             message = _clip(f"internal error: {type(exc).__name__}: {exc}")
@@ -217,7 +218,7 @@ class Pipeline:
             self.store.record_poll(name, error=message)
             log.error("source.crashed", source=name, error=message, retry_in=round(delay, 1),
                       exc_info=True)
-            self.emit("source.error", source=name, error=message, temporary=False)
+            self.bus.publish(SourceError(source=name, error=message, temporary=False))
         return report
 
     def _decide(self, cfg: SourceConfig, snap: RefSnapshot) -> list[Action]:
@@ -284,7 +285,8 @@ class Pipeline:
         digest = self.registry.put_manifest(repo, dst, manifest)
         self.store.record_event("retag", plan.image, src=src, dst=dst, digest=digest, sha=plan.sha)
         log.info("image.retagged", image=plan.image, src=src, dst=dst, digest=digest)
-        self.emit("image.retagged", source=plan.source, image=plan.image, tag=dst, digest=digest, sha=plan.sha)
+        self.bus.publish(ImageRetagged(source=plan.source, image=plan.image, tag=dst, digest=digest,
+                                       sha=plan.sha))
         return digest
 
     def _in_flight(self, key: tuple[str, str]) -> bool:
@@ -296,7 +298,7 @@ class Pipeline:
     def _schedule(self, plan: BuildPlan, act: Action) -> Action:
         failures, last = self.store.failures_since_success(image=plan.image, ref=plan.ref, sha=plan.sha)
         if failures and last is not None:
-            delay = min(self.cfg.build.retry_max, self.cfg.build.retry_initial * 2 ** (failures - 1))
+            delay = backoff_delay(failures, initial=self.cfg.build.retry_initial, maximum=self.cfg.build.retry_max)
             if self.clock() < last + delay:
                 act.action, act.status = "backoff", "pending"
                 act.error = (f"{failures} failed build(s) of this commit; next try in "
@@ -326,7 +328,7 @@ class Pipeline:
             other = self.store.claim_build(image=plan.image, ref=plan.ref, sha=plan.sha,
                                            holder=self._holder, host=self._host, pid=os.getpid(),
                                            ttl=CLAIM_TTL, holder_alive=_holder_alive)
-        except Exception as exc:  # the store is busy or broken: this build waits for a later cycle
+        except Exception as exc:  # noqa: BLE001 - the store is busy or broken: this build waits for a later cycle
             act.status, act.error = "failed", _clip(f"could not claim the build in the store: {exc}")
             log.error("build.claim_failed", image=plan.image, ref=plan.ref, error=act.error)
             return act
@@ -352,7 +354,7 @@ class Pipeline:
         repo = self.cfg.source(plan.source).image_repository
         try:
             digest = self.registry.head_manifest(repo, plan.tags[-1])
-            return bool(digest) and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha
+            return bool(digest) and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha  # type: ignore[arg-type]
         except SlipwayError:
             return False  # the build finds out what is wrong, and records it
 
@@ -368,15 +370,15 @@ class Pipeline:
         while not self._shutting_down.wait(CLAIM_TTL / 3):
             try:
                 self.store.renew_claims(self._holder, CLAIM_TTL)
-            except Exception as exc:  # the next beat tries again; the lease outlives a few misses
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again; the lease outlives a few misses
                 log.warning("claims.renew_failed", error=repr(exc))
 
     def _run_build_inner(self, plan: BuildPlan, act: Action, build_id: int) -> Action:
         act.build_id = build_id
         blog = log.bind(source=plan.source, image=plan.image, ref=plan.ref, build_id=build_id)
         blog.info("build.started", sha=plan.sha[:12], tags=",".join(plan.tags))
-        self.emit("build.started", build_id=build_id, source=plan.source, image=plan.image,
-                  ref=plan.ref, kind=plan.kind, sha=plan.sha, tags=list(plan.tags))
+        self.bus.publish(BuildStarted(build_id=build_id, source=plan.source, image=plan.image,
+                                      ref=plan.ref, kind=plan.kind, sha=plan.sha, tags=tuple(plan.tags)))
         lines: list[str] = []
 
         def on_log(text: str) -> None:
@@ -394,26 +396,28 @@ class Pipeline:
             self.store.finish_build(build_id, status=status, error=str(exc), log="".join(lines))
             act.status, act.error = "failed", str(exc)
             blog.error("build.failed", error=str(exc))
-            self._emit_done("build.failed", plan, build_id, error=str(exc))
+            self._publish_done(plan, build_id, ok=False, error=str(exc))
             return act
-        except Exception as exc:  # a bug, not an upstream: record it, keep the loop alive
+        except Exception as exc:  # noqa: BLE001 - a bug, not an upstream: record it, keep the loop alive
             self.store.finish_build(build_id, status="failed", error=f"internal error: {exc!r}",
                                     log="".join(lines))
             act.status, act.error = "failed", f"internal error: {exc!r}"
             blog.error("build.crashed", error=repr(exc), exc_info=True)
-            self._emit_done("build.failed", plan, build_id, error=act.error)
+            self._publish_done(plan, build_id, ok=False, error=act.error)
             return act
         self.store.finish_build(build_id, status="succeeded", digest=result.digest, log=result.log)
         act.status, act.digest = "succeeded", result.digest
         blog.info("build.succeeded", digest=result.digest, duration=round(result.duration, 2))
-        self._emit_done("build.succeeded", plan, build_id, digest=result.digest)
+        self._publish_done(plan, build_id, ok=True, digest=result.digest)
         return act
 
-    def _emit_done(self, event: str, plan: BuildPlan, build_id: int, **fields) -> None:
+    def _publish_done(self, plan: BuildPlan, build_id: int, *, ok: bool, digest: str | None = None,
+                      error: str | None = None) -> None:
         rec = self.store.get_build(build_id)
-        self.emit(event, build_id=build_id, source=plan.source, image=plan.image, ref=plan.ref,
-                  kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
-                  duration=rec.duration if rec else None, **fields)
+        self.bus.publish(BuildFinished(build_id=build_id, source=plan.source, image=plan.image,
+                                       ref=plan.ref, kind=plan.kind, sha=plan.sha, ok=ok,
+                                       tags=tuple(plan.tags), duration=rec.duration if rec else None,
+                                       digest=digest, error=error))
 
     def wait_for_builds(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else self.monotonic() + timeout

@@ -19,6 +19,7 @@ from typing import Any
 
 from poller.approvals import ApprovalQueue
 from poller.config import Config
+from poller.imageref import ImageRef
 from poller.logs import get_logger
 from poller.rollback import staging_holds
 from poller.rollout.control import RolloutControl
@@ -50,6 +51,7 @@ class Running:
     error: str | None = None
     pinned: str | None = None
     pinned_by: str | None = None
+    tag: str | None = None         # the tag of ``image`` (what "Pin here" pins)
 
 
 @dataclass
@@ -87,7 +89,7 @@ def _read_target(factory: Any, d: Any) -> tuple[str | None, str | None, str | No
         return None, None, f"{type(exc).__name__}: {exc}"[:300]
     if ref is None:
         return None, None, "not running"
-    digest = ref.digest or (ref.digests[0].rpartition("@")[2] if ref.digests else None)
+    digest = ref.digest or (ImageRef.parse(ref.digests[0]).digest if ref.digests else None)
     return str(ref), digest, None
 
 
@@ -118,7 +120,8 @@ def release_board(cfg: Config, store: Store, *, targets: Any = None,
             image, digest, err = _read_target(targets, d)
             board.running.append(Running(
                 d.name, d.policy + (f":{d.tag}" if d.tag else ""), d.target.kind, image, digest,
-                err, pin[0] if pin else None, pin[1] if pin else None))
+                err, pin[0] if pin else None, pin[1] if pin else None,
+                tag=ImageRef.parse(image).tag if image else None))
             for r in control.active(d.name):
                 servers = control.servers(r.id)
                 done = sum(1 for s in servers if s.get("updated_at"))

@@ -9,10 +9,11 @@ next start and, since the registry still lacks its image, built again.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -69,7 +70,7 @@ class Scheduler:
 
         self._aps.add_job(self._guard(job_id, fn), IntervalTrigger(
             seconds=interval, jitter=max(0.0, interval * self.cfg.poll.jitter) or None),
-            id=job_id, name=job_id, next_run_time=dt.datetime.now(dt.timezone.utc))
+            id=job_id, name=job_id, next_run_time=dt.datetime.now(dt.UTC))
 
     def _guard(self, job_id: str, fn: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
@@ -99,7 +100,7 @@ class Scheduler:
     def start(self) -> None:
         for s in self.cfg.sources:
             interval = s.interval or self.cfg.poll.interval
-            self._add(f"source:{s.name}", interval, lambda n=s.name: self.pipeline.reconcile_source(n))
+            self._add(f"source:{s.name}", interval, functools.partial(self.pipeline.reconcile_source, s.name))
         for job_id, interval, fn in self.extra_jobs:
             self._add(job_id, interval, fn)
         if self.leader is not None:
@@ -130,7 +131,7 @@ class Scheduler:
             if job_id in self._running:
                 self._rerun.add(job_id)
                 return True
-        job.modify(next_run_time=dt.datetime.now(dt.timezone.utc))
+        job.modify(next_run_time=dt.datetime.now(dt.UTC))
         return True
 
     def stop(self, grace: float = 300.0) -> None:
@@ -143,7 +144,7 @@ class Scheduler:
         self._aps.shutdown(wait=True)
         try:
             self.pipeline.wait_for_builds(timeout=grace)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a boundary: logged, never raised further
             log.warning("scheduler.grace_expired", grace=grace)
         self.pipeline.shutdown(wait=False)
         log.info("scheduler.stopped")

@@ -70,7 +70,7 @@ class Version:
         # A release sorts after all of its prereleases.
         return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, pre)
 
-    def __lt__(self, other: "Version") -> bool:
+    def __lt__(self, other: Version) -> bool:
         if not isinstance(other, Version):
             return NotImplemented
         return self._key() < other._key()

@@ -12,14 +12,15 @@ and serving come from :mod:`poller.httpapi`, shared with the helm API:
   ``/metrics``, ``/openapi.json`` and the dashboard's static assets are always open; webhooks
   carry their own secrets.
 * Errors are JSON ``{"error", "message"}``; bad input is a 4xx, never a 500.
-Domains add their routes with ``register_blueprint`` hooks listed in :data:`BLUEPRINTS`.
+Each domain's routes are a blueprint, imported and registered explicitly in :func:`create_app`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 from flask import Flask, current_app, g
 
@@ -28,22 +29,9 @@ from poller.config import Config
 from poller.errors import SlipwayError, UpstreamError
 from poller.httpapi import error_response
 from poller.logs import get_logger
-from poller.optional import import_optional
 from poller.store import Store
 
 log = get_logger("poller.api")
-
-#: Modules with a ``blueprint`` attribute; a missing module is simply not part of this build.
-BLUEPRINTS = (
-    "poller.api.core",
-    "poller.api.updates",
-    "poller.api.fleet",
-    "poller.api.artifacts",
-    "poller.api.webhooks",
-    "poller.api.dashboard",
-    "poller.api.rollbacks",
-    "poller.api.releases",
-)
 
 #: The realm named in ``WWW-Authenticate`` challenges.
 REALM = "slipway"
@@ -124,13 +112,10 @@ def create_app(svc: Services) -> Flask:
     def _slipway(exc):
         return error(409, type(exc).__name__, str(exc))
 
-    for name in BLUEPRINTS:
-        module = import_optional(name)
-        if module is not None:
-            app.register_blueprint(module.blueprint)
-    from poller.api.openapi import blueprint as openapi_blueprint
+    from poller.api import artifacts, core, dashboard, fleet, openapi, releases, rollbacks, updates, webhooks
 
-    app.register_blueprint(openapi_blueprint)
+    for module in (core, updates, fleet, artifacts, webhooks, dashboard, rollbacks, releases, openapi):
+        app.register_blueprint(module.blueprint)
     return app
 
 

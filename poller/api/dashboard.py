@@ -22,7 +22,9 @@ from flask import Blueprint, Response, current_app, redirect, render_template
 
 from poller.api import can_read, error, read_access, services
 from poller.approvals import ApprovalQueue
+from poller.events import BuildStarted, EventBus
 from poller.httpapi import configured_secret
+from poller.humanize import ago, took
 from poller.logs import get_logger
 
 blueprint = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
@@ -36,9 +38,9 @@ LIVE_LOG_LIMIT = 256 * 1024
 class LiveLogs:
     """The logs of running builds, in memory, by build id (the store gets them at the end).
 
-    Subscribe :meth:`listener` to ``Pipeline.listeners`` and pass :meth:`on_log` as (part of)
-    the pipeline's ``on_build_log``: ``build.started`` names the build id of a (source, ref),
-    and the log lines of that (source, ref) then go to that id.
+    :meth:`subscribe` it to the event bus and pass :meth:`on_log` as (part of) the pipeline's
+    ``on_build_log``: ``BuildStarted`` names the build id of a (source, ref), and the log lines
+    of that (source, ref) then go to that id.
     """
 
     def __init__(self, keep: int = 32, limit: int = LIVE_LOG_LIMIT):
@@ -48,12 +50,13 @@ class LiveLogs:
         self._sizes: dict[int, int] = {}
         self._lock = threading.Lock()
 
-    def listener(self, event: str, fields: dict[str, Any]) -> None:
-        if event != "build.started" or fields.get("build_id") is None:
-            return
+    def subscribe(self, bus: EventBus) -> None:
+        bus.subscribe(BuildStarted, self.on_started)
+
+    def on_started(self, e: BuildStarted) -> None:
         with self._lock:
-            bid = int(fields["build_id"])
-            self._by_key[(str(fields.get("source")), str(fields.get("ref")))] = bid
+            bid = int(e.build_id)
+            self._by_key[(e.source, e.ref)] = bid
             self._logs[bid], self._sizes[bid] = [], 0
             while len(self._logs) > self.keep:
                 old, _ = self._logs.popitem(last=False)
@@ -87,24 +90,6 @@ def tee(*callbacks):
 
 
 # -- data --------------------------------------------------------------------------------------
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "never"
-    s = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit} ago"
-    return f"{s}s ago"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
 def _sources(svc) -> list[dict]:
     seen = {s["name"]: s for s in svc.store.sources()}
     out = []
@@ -114,17 +99,18 @@ def _sources(svc) -> list[dict]:
         out.append({"name": s.name, "kind": s.kind, "branch": s.branch, "image": s.image,
                     "head": (st.get("head") or "")[:12] or "-",
                     "tags": sorted(tags)[-5:], "tag_count": len(tags),
-                    "last_poll": _ago(st.get("last_poll")), "error": st.get("last_error")})
+                    "last_poll": ago(st.get("last_poll")), "error": st.get("last_error")})
     return out
 
 
 def _builds(svc, limit: int = 30) -> tuple[list[dict], list[dict]]:
-    running, recent = [], []
+    running: list[dict] = []
+    recent: list[dict] = []
     for b in svc.store.builds(limit=limit):
         d = b.as_dict()
         d["sha12"] = b.sha[:12]
-        d["when"] = _ago(b.started_at)
-        d["took"] = _duration(b.duration if b.duration is not None else
+        d["when"] = ago(b.started_at)
+        d["took"] = took(b.duration if b.duration is not None else
                               (time.time() - b.started_at if b.status == "running" else None))
         (running if b.status == "running" else recent).append(d)
     return running, recent
@@ -138,7 +124,7 @@ def _images(svc, limit: int = 200) -> list[dict]:
         tags = images.setdefault(b.image, {})
         for tag in b.tags:
             tags.setdefault(tag, {"tag": tag, "digest": b.digest or "", "sha12": b.sha[:12],
-                                  "when": _ago(b.finished_at), "build_id": b.id})
+                                  "when": ago(b.finished_at), "build_id": b.id})
     return [{"image": image, "tags": list(tags.values())} for image, tags in sorted(images.items())]
 
 
@@ -149,7 +135,7 @@ def _updates(svc) -> dict | None:
         from poller.updater.status import updates_status
 
         return updates_status(svc.config, svc.store, limit=10)
-    except Exception as exc:  # another domain's trouble must not take the page down
+    except Exception as exc:  # noqa: BLE001 - another domain's trouble must not take the page down
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -178,7 +164,7 @@ def _helm_runs(svc) -> dict | None:
                             headers=headers)
         body = resp.json()
         result = {"jobs": body.get("jobs") or [], "queued": body.get("queued")}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a boundary: logged, never raised further
         result = {"error": f"helm API unreachable: {exc}", "jobs": []}
     with _HELM_LOCK:
         _HELM_CACHE[helm.url] = (now, result)
@@ -199,7 +185,7 @@ def _context() -> dict:
         "fleet_enabled": "fleet" in current_app.blueprints and bool(
             getattr(getattr(svc.config, "fleet", None), "services", None)),
         "can_act": configured_secret(svc.config.api.token) is not None,
-        "ago": _ago,
+        "ago": ago,
     }
 
 

@@ -53,7 +53,7 @@ class FleetRollout(_Request):
     version: str = Field(None, min_length=1, max_length=128)  # type: ignore[assignment]
     services: dict[Annotated[str, Field(min_length=1, max_length=200)],
                    Annotated[str, Field(min_length=1, max_length=128)]] = Field(
-        None, min_length=1, max_length=100)  # type: ignore[assignment]
+        None, min_length=1, max_length=100)  # type: ignore[arg-type]
     reason: str = Field(None, max_length=1000)  # type: ignore[assignment]
 
     @model_validator(mode="after")

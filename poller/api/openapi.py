@@ -40,7 +40,8 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _err(description: str) -> dict[str, Any]:
+def _err(description: str) -> Any:
+    """An error response (typed ``Any`` so a ``**{"404": _err(..)}`` fits ``**more``)."""
     return _json(_ref("Error"), description)
 
 
@@ -61,7 +62,7 @@ def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _get(summary: str, ok: dict[str, Any], *, read: bool = True, params: list | None = None,
-         **more: dict[str, Any]) -> dict[str, Any]:
+         **more: Any) -> dict[str, Any]:
     responses = {"200": ok, **(_READ if read else {}), **more}
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if read:
@@ -73,7 +74,7 @@ def _get(summary: str, ok: dict[str, Any], *, read: bool = True, params: list | 
 
 def _post(summary: str, ok_status: str, ok: dict[str, Any], *, body: str | None = None,
           body_required: bool = False, params: list | None = None,
-          **more: dict[str, Any]) -> dict[str, Any]:
+          **more: Any) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "security": [{"bearer": []}],
                           "responses": {ok_status: ok, **_WRITE, **more}}
     if body:

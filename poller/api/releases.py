@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, render_template
 
 from poller.api import can_read, read_access, services
-from poller.api.dashboard import _ago
+from poller.humanize import ago
 from poller.releases import progress_svg, release_board, timeline_svg
 
 blueprint = Blueprint("releases", __name__, template_folder="templates")
@@ -23,7 +23,7 @@ def _targets():
 def page():
     svc = services()
     boards = release_board(svc.config, svc.store, targets=_targets()) if can_read() else None
-    return render_template("releases.html", boards=boards, ago=_ago, short=_short,
+    return render_template("releases.html", boards=boards, ago=ago, short=_short,
                            timeline=lambda b: timeline_svg(b.timeline),
                            progress=lambda r: progress_svg(r.done, r.total))
 

@@ -24,7 +24,7 @@ def _deployment_or_404(name: str):
 
 
 def _who(body: Actor | Pin) -> str:
-    return body.by or getattr(g, "actor", "api")
+    return str(body.by or getattr(g, "actor", "api"))
 
 
 @blueprint.get("/api/v1/updates")

@@ -33,7 +33,8 @@ import hmac
 import re
 import threading
 from collections import OrderedDict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, current_app, jsonify, request
@@ -106,8 +107,7 @@ def normalize_repo_url(url: str | None) -> str | None:
         if port and parts.scheme not in ("ssh", "git+ssh"):
             host += f":{port}"
     path = path.rstrip("/")
-    if path.endswith(".git"):
-        path = path[:-4]
+    path = path.removesuffix(".git")
     path = "/" + path.lstrip("/")
     return (host.lower() + path) if host else path
 
@@ -161,7 +161,7 @@ def _trigger_sources(names: list[str], reason: str) -> list[dict]:
 def _reconcile_quietly(pipeline, name: str) -> None:
     try:
         pipeline.reconcile_source(name, force=True)
-    except Exception as exc:  # a webhook thread must never die loudly
+    except Exception as exc:  # noqa: BLE001 - a webhook thread must never die loudly
         log.error("webhook.reconcile_failed", source=name, error=repr(exc))
 
 

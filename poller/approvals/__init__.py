@@ -9,8 +9,8 @@ pending if it is proposed again.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from poller.errors import SlipwayError
 from poller.store import Store

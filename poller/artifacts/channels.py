@@ -62,7 +62,7 @@ def sync_channels(store: ArtifactStore, cfg: PluginsConfig, env: str,
         except Exception:
             for plugin in moved:
                 if before[plugin] is not None:
-                    store.tag(before[plugin], tag)
+                    store.tag(before[plugin], tag)  # type: ignore[arg-type]
             raise
         for plugin in moved:
             artifact = plugins[plugin]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-def jobs(cfg, store) -> list:
+def jobs(cfg, store, bus=None) -> list:
+    """``bus``: unused so far (plugin cycles report in the store's events)."""
     if not cfg.plugins.server_types or not cfg.plugins.environments:
         return []
     from poller.artifacts import docker_client, fleet_state, open_store

@@ -38,6 +38,7 @@ import hashlib
 import threading
 import time
 
+from poller import kube
 from poller.artifacts.channels import sync_channels
 from poller.artifacts.rollout import CycleReport
 from poller.artifacts.settings import PluginsConfig, type_order
@@ -56,6 +57,14 @@ def plugin_stamp(wanted: dict[str, str]) -> str:
     """A short, stable name for a plugin set (plugin -> jar digest)."""
     text = "\n".join(f"{p}={d}" for p, d in sorted(wanted.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """An exception of the Kubernetes client or its transport (not a bug of ours)."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    return isinstance(exc, (ApiException, urllib3.exceptions.HTTPError, OSError))
 
 
 def pod_ready(pod) -> bool:
@@ -161,8 +170,20 @@ class KubePluginRollout:
 
     # -- the cycle --------------------------------------------------------------------
     def cycle(self, env: str) -> CycleReport:
-        report = CycleReport(env)
+        """One cycle for ``env``. A failed API call is raised as the error tree's mapping of
+        it (:func:`poller.kube.api_error`: RBAC refusal ``AuthError``, unreachable
+        ``UpstreamError``...), never as the client's raw exception."""
         namespace = self.cfg.environments[env].kubernetes_namespace
+        assert namespace is not None   # only Kubernetes environments get here
+        try:
+            return self._cycle(env, namespace)
+        except Exception as exc:
+            if _is_client_error(exc):
+                raise kube.api_error(exc, f"plugin rollout in namespace {namespace}") from exc
+            raise
+
+    def _cycle(self, env: str, namespace: str) -> CycleReport:
+        report = CycleReport(env)
         wanted = {t: plugin_stamp({p: a.digest for p, a in plugins.items()})
                   for t, plugins in sync_channels(self.store, self.cfg, env, report.incomplete).items()}
         found = self._read_record(namespace)
@@ -256,13 +277,8 @@ class KubePluginRollout:
 
 
 def apps_api(kubeconfig: str | None):
-    """An ``AppsV1Api`` from ``kubeconfig``, else in-cluster, else ``~/.kube/config``."""
-    from kubernetes import client, config
+    """An ``AppsV1Api`` from ``kubeconfig``, else in-cluster, else ``~/.kube/config``
+    (:func:`poller.kube.api_client`, the one builder)."""
+    from kubernetes import client
 
-    if kubeconfig:
-        return client.AppsV1Api(config.new_client_from_config(config_file=kubeconfig))
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.AppsV1Api()
+    return client.AppsV1Api(kube.api_client(kubeconfig))

@@ -153,7 +153,7 @@ class PluginRollout:
             finally:
                 for s in batch:
                     if s.name in leases:
-                        self._release_slot(service, s, leases[s.name])
+                        self._release_slot(service, s, leases[s.name])  # type: ignore[arg-type]
         return not todo
 
     def _wait_current(self, server: Server, wanted: dict[str, str]) -> bool:

@@ -10,6 +10,7 @@ host-network server 127.0.0.1 and the port in its ``slipway.port`` label.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import docker
 import docker.errors
@@ -35,7 +36,7 @@ def parse_report(text: str) -> dict[str, str]:
 
 @dataclass
 class Server:
-    container: object
+    container: Any   # a docker SDK Container
     probe: ServerProbe
 
     def __post_init__(self) -> None:

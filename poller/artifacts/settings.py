@@ -94,7 +94,7 @@ class PluginsConfig(SettingsModel):
         return check_repository_path(v.strip("/"), "plugin repository (e.g. 'plugins', 'game/plugins')")
 
     @model_validator(mode="after")
-    def _check(self) -> "PluginsConfig":
+    def _check(self) -> PluginsConfig:
         for name, env in self.environments.items():
             if not valid_name(name):
                 raise ValueError(f"environments.{name}: lowercase letters, digits, '.', '_' or '-'")

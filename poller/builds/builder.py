@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import docker
 import docker.errors
@@ -111,7 +112,7 @@ class DockerBuilder:
             LABEL_REVISION: plan.sha,
             LABEL_SOURCE: source.web_url(),
             LABEL_VERSION: plan.version,
-            LABEL_CREATED: dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            LABEL_CREATED: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             LABEL_REF: plan.ref,
         }
         first = f"{plan.image}:{plan.tags[0]}"

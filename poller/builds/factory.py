@@ -17,5 +17,7 @@ def make_builder(cfg: Config, docker_client: Callable[[], docker.DockerClient], 
     if cfg.build.engine == "buildkit":
         from poller.builds.buildkit import BuildKitBuilder
 
-        return BuildKitBuilder(cfg.build.buildkit, cfg.registry, timeout=cfg.build.timeout)
-    return DockerBuilder(docker_client, cfg.registry, timeout=cfg.build.timeout, engine=docker_engine)
+        # a config without a registry has no sources: its builder never builds
+        return BuildKitBuilder(cfg.build.buildkit, cfg.registry, timeout=cfg.build.timeout)  # type: ignore[arg-type]
+    return DockerBuilder(docker_client, cfg.registry, timeout=cfg.build.timeout,  # type: ignore[arg-type]
+                         engine=docker_engine)

@@ -75,7 +75,7 @@ def parse_index(text: str | bytes, *, staging_pattern: str,
             channel = classify(version, pattern)
             if channel is None:
                 continue
-            found.append(ChartVersion(chart, version, parse_version(version), channel,
+            found.append(ChartVersion(chart, version, parse_version(version), channel,  # type: ignore[arg-type]
                                       entry.get("digest"), str(entry.get("created") or "") or None))
         found.sort(key=lambda v: v.parsed, reverse=True)
         out[chart] = found

@@ -48,6 +48,7 @@ from poller.charts.index import (
 )
 from poller.config import ChartRepoConfig, ChartsConfig
 from poller.errors import ConfigError, SlipwayError, UpstreamError
+from poller.events import ChartApplied, EventBus
 from poller.http import make_session, request
 from poller.logs import get_logger
 from poller.store import Store
@@ -139,7 +140,7 @@ class ChartWatcher:
     def __init__(self, repo_cfg: ChartRepoConfig, charts_cfg: ChartsConfig, store: Store, *,
                  session: requests.Session | None = None, approvals: ApprovalQueue | None = None,
                  index_session: requests.Session | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, bus: EventBus | None = None):
         if charts_cfg.helm_api is None:
             raise ConfigError("charts.helm_api.url is needed to watch charts", key="charts.helm_api")
         for channel in (STAGING, RELEASE):
@@ -154,6 +155,7 @@ class ChartWatcher:
         self.session = session or make_session("helm-api")
         self.index = IndexPoller(repo_cfg, session=index_session)
         self._settled = False  # the last reconcile left nothing that could still apply
+        self.bus = bus if bus is not None else EventBus()   # ChartApplied, applied or refused
         store.ensure_schema(_SCHEMA)
         self._load_index_state()
 
@@ -246,6 +248,7 @@ class ChartWatcher:
                          and (last is None or v.parsed > last)]
                 if not newer:
                     continue
+                decision: _Decision | None
                 if channel == STAGING:
                     decision = _Decision(newer[0], self.charts.environments[STAGING])
                 else:
@@ -257,6 +260,7 @@ class ChartWatcher:
     # -- acting ---------------------------------------------------------------------
     def _post_apply(self, environment: str, reason: str) -> str | None:
         api = self.charts.helm_api
+        assert api is not None   # checked in __init__
         headers = {}
         if api.token is not None:
             headers["Authorization"] = f"Bearer {api.token.get_secret_value()}"
@@ -290,6 +294,10 @@ class ChartWatcher:
                                         charts=reason, error=str(exc))
                 result.failed.append((env, str(exc)))
                 first_error = first_error or exc
+                for d in decisions:
+                    self.bus.publish(ChartApplied(repo=self.repo.name, chart=d.version.chart,
+                                                  version=d.version.version, channel=d.version.channel,
+                                                  environment=env, ok=False, error=str(exc)))
                 continue
             now = self.clock()
             for d in decisions:
@@ -305,6 +313,9 @@ class ChartWatcher:
                                         environment=env, job=job)
                 result.applied.append(Applied(d.version.chart, d.version.version,
                                               d.version.channel, env, job, d.approval_id))
+                self.bus.publish(ChartApplied(repo=self.repo.name, chart=d.version.chart,
+                                              version=d.version.version, channel=d.version.channel,
+                                              environment=env, ok=True, job=job))
             log.info("charts.applied", repo=self.repo.name, environment=env, job=job,
                      charts=reason)
         # a rejected version never applies; pending ones and failed applies are still due

@@ -32,7 +32,8 @@ def _queue(args):
 
 
 def cmd_list(args) -> int:
-    from poller.commands.tables import ago, table
+    from poller.commands.tables import table
+    from poller.humanize import ago
 
     items = _queue(args).list(status=None if args.all else "pending")
     if args.json:

@@ -125,124 +125,55 @@ def _charts_once(cfg, store) -> list[dict]:
         try:
             result = ChartWatcher(repo, cfg.charts, store).reconcile()
             out.append({"repo": repo.name, "result": result if isinstance(result, (list, dict)) else str(result)})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a boundary: logged, never raised further
             out.append({"repo": repo.name, "error": str(exc)})
     return out
 
 
-#: Domains that run periodic work in ``poller run``: each has ``jobs(cfg, store) -> [(id, interval, fn)]``.
-JOB_PROVIDERS = ("poller.updater.jobs", "poller.fleet.jobs", "poller.artifacts.jobs")
-
-
-def _chart_jobs(cfg, store) -> list:
-    from poller.optional import import_optional
+def _periodic_jobs(cfg, store, bus) -> list:
+    """Every domain's periodic work in ``poller run``: chart watches, deployment updates, fleet
+    releases, plugin cycles, each ``(id, interval, fn)`` publishing on ``bus``."""
+    from poller.artifacts.jobs import jobs as plugin_jobs
+    from poller.fleet.jobs import jobs as fleet_jobs
+    from poller.updater.jobs import jobs as update_jobs
 
     jobs = []
     if cfg.charts.repos:
         from poller.charts.watcher import ChartWatcher
 
         for repo in cfg.charts.repos:
-            watcher = ChartWatcher(repo, cfg.charts, store)
+            watcher = ChartWatcher(repo, cfg.charts, store, bus=bus)
             jobs.append((f"charts:{repo.name}", repo.interval or cfg.poll.interval, watcher.reconcile))
-    for name in JOB_PROVIDERS:
-        module = import_optional(name)
-        if module is not None:
-            jobs.extend(module.jobs(cfg, store))
+    for provider in (update_jobs, fleet_jobs, plugin_jobs):
+        jobs.extend(provider(cfg, store, bus))
     return jobs
 
 
-def _notifications(cfg, pipeline, store):
-    """``notify:`` webhooks for what a team must hear about.
-
-    Pipeline events: build failed, release deployed (a release build succeeded), and
-    ``rollout.stopped`` when a domain emits it. A periodic job (returned as a scheduler job)
-    reads the store for the rest, each announced once (remembered in the store's events, so a
-    restart does not repeat them): approvals waiting, and rollouts that stopped (failed,
-    aborted or paused) since this process started.
-    """
-    if not cfg.notify.webhooks:
-        return None
-    import time as _time
-
-    from poller.notify import Notifier
-
-    notifier = Notifier(cfg.notify)
-    since = _time.time()
-
-    def listener(event: str, f: dict) -> None:
-        where = f"{f.get('source')} {f.get('ref')} ({str(f.get('sha') or '')[:12]})"
-        if event == "build.failed":
-            notifier.send("build.failed", f"Build of {where} failed", build_id=f.get("build_id"),
-                          source=f.get("source"), ref=f.get("ref"), image=f.get("image"),
-                          error=f.get("error"))
-        elif event == "build.succeeded" and f.get("kind") == "release":
-            tags = f.get("tags") or []
-            notifier.send("release.deployed", f"Released {f.get('image')}:{tags[0] if tags else '?'}",
-                          build_id=f.get("build_id"), source=f.get("source"), ref=f.get("ref"),
-                          image=f.get("image"), tags=",".join(tags), digest=f.get("digest"))
-        elif event == "rollout.stopped":
-            notifier.send("rollout.stopped", f"Rollout of {f.get('deployment')} stopped",
-                          **{k: v for k, v in f.items() if isinstance(v, (str, int, float))})
-
-    pipeline.listeners.append(listener)
-
-    def announce() -> int:
-        from poller.approvals import ApprovalQueue
-
-        told = {e["subject"] for e in store.events(kind="notify", limit=10000)}
-        sent = 0
-        for a in ApprovalQueue(store).list():
-            key = f"approval:{a.id}"
-            if key in told:
-                continue
-            notifier.send("approval.requested",
-                          f"Approval needed: {a.subject} {a.from_version or '?'} -> {a.to_version}",
-                          approval_id=a.id, kind=a.kind, subject=a.subject,
-                          from_version=a.from_version, to_version=a.to_version, reason=a.reason)
-            store.record_event("notify", key)
-            sent += 1
-        try:
-            from poller.rollout.control import RolloutControl
-        except ImportError:
-            return sent
-        for r in RolloutControl(store).recent(50):
-            key = f"rollout:{r.id}:{r.state}"
-            if r.state not in ("failed", "aborted", "paused") or r.updated_at < since or key in told:
-                continue
-            notifier.send("rollout.stopped", f"Rollout of {r.deployment} to {r.to_ref} {r.state}",
-                          deployment=r.deployment, to_ref=r.to_ref, state=r.state, step=r.step,
-                          message=r.message)
-            store.record_event("notify", key)
-            sent += 1
-        return sent
-
-    return ("notify", min(15.0, cfg.poll.interval), announce)
-
-
 def cmd_run(args) -> int:
-    from poller.app import build_pipeline
-    from poller.scheduler import Scheduler
-
     from poller.api import Services, create_app, serve_in_thread
     from poller.api.dashboard import LiveLogs, tee
+    from poller.app import build_pipeline
     from poller.commands.progress import ProgressDisplay
-    from poller.logs import correlation_listener, get_logger
+    from poller.events import EventBus, subscribe_log_correlation
+    from poller.logs import get_logger
     from poller.metrics import install as install_metrics
+    from poller.notify import subscribe_notifications
+    from poller.scheduler import Scheduler
 
     cfg = load_config(args.config)
     printer = _log_printer("auto")
     live_logs = LiveLogs()
-    pipeline = build_pipeline(cfg,
-                              on_build_log=tee(printer, live_logs.on_log))
-    pipeline.listeners.append(correlation_listener)
-    pipeline.listeners.append(live_logs.listener)
-    install_metrics(pipeline, pipeline.store)
+    bus = EventBus()
+    pipeline = build_pipeline(cfg, bus=bus, on_build_log=tee(printer, live_logs.on_log))
+    subscribe_log_correlation(bus)
+    live_logs.subscribe(bus)
+    install_metrics(bus, pipeline.store)
     if isinstance(printer, ProgressDisplay):
-        pipeline.listeners.append(printer.listener)
-    jobs = _chart_jobs(cfg, pipeline.store)
-    approvals_job = _notifications(cfg, pipeline, pipeline.store)
-    if approvals_job is not None:
-        jobs.append(approvals_job)
+        printer.subscribe(bus)
+    notifications = subscribe_notifications(cfg.notify, pipeline.store, bus)
+    jobs = _periodic_jobs(cfg, pipeline.store, bus)
+    if notifications is not None:
+        jobs.append(("notify", min(15.0, cfg.poll.interval), notifications.announce))
     scheduler = Scheduler(cfg, pipeline, extra_jobs=jobs)
     server = None
     if cfg.api.listen:
@@ -263,7 +194,8 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from poller.app import open_store
     from poller.approvals import ApprovalQueue
-    from poller.commands.tables import ago, table
+    from poller.commands.tables import table
+    from poller.humanize import ago, took
 
     cfg = load_config(args.config)
     store = open_store(cfg)
@@ -303,7 +235,7 @@ def cmd_status(args) -> int:
                 [[b.id, b.source, b.ref, b.sha[:12],
                   b.status + (f": {_clip(b.error, 40)}" if b.error and b.status != "succeeded" else ""),
                   ",".join(b.tags),
-                  _took(b.duration if b.duration is not None else
+                  took(b.duration if b.duration is not None else
                         (now - b.started_at if b.status == "running" else None)), ago(b.started_at)]
                  for b in builds])
           if builds else "no builds yet")
@@ -324,14 +256,6 @@ def cmd_status(args) -> int:
 def _clip(text: str | None, n: int) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= n else text[:n - 1] + "…"
-
-
-def _took(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def _updates_status(cfg, store, limit: int) -> dict:

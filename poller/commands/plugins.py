@@ -66,7 +66,7 @@ def cmd_push(args) -> int:
     if args.env and not args.no_restart:
         out["cycle"] = _cycle(cfg, args.env)
     print(json.dumps(out, indent=2))
-    return 1 if out.get("cycle", {}).get("errors") else 0
+    return 1 if out.get("cycle", {}).get("errors") else 0  # type: ignore[union-attr]
 
 
 def cmd_fetch(args) -> int:
@@ -111,7 +111,7 @@ def cmd_status(args) -> int:
     else:
         print(table(["server", "type", "busy", "plugins"],
                     [[r["server"], r["type"], "yes" if r["busy"] else "",
-                      " ".join(f"{p}@{d[7:19]}" for p, d in (r["plugins"] or {}).items()) or "down"]
+                      " ".join(f"{p}@{d[7:19]}" for p, d in (r["plugins"] or {}).items()) or "down"]  # type: ignore[union-attr]
                      for r in rows]))
     return 0
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from poller.events import BuildFinished, EventBus
 from poller.logs import get_logger
 
 log = get_logger("poller.progress")
@@ -71,15 +72,13 @@ class BuildProgress:
 
     def line(self) -> str:
         text = f"[{self.source} {self.ref}] {self.short()}"
-        if self.phase == "building" and self.detail:
-            text += f": {self.detail}"
-        elif self.phase == "failed" and self.detail:
+        if self.phase == "building" and self.detail or self.phase == "failed" and self.detail:
             text += f": {self.detail}"
         return text
 
 
 class ProgressDisplay:
-    """``on_log(plan, text)`` for the pipeline, ``listener`` for its events, ``write`` for logs."""
+    """``on_log(plan, text)`` for the pipeline, ``subscribe`` for its events, ``write`` for logs."""
 
     def __init__(self, stream: TextIO, *, tty: bool | None = None, width: int | None = None):
         self.stream = stream
@@ -107,20 +106,21 @@ class ProgressDisplay:
 
     __call__ = on_log
 
-    def listener(self, event: str, fields: dict[str, Any]) -> None:
-        if event not in ("build.succeeded", "build.failed"):
-            return
-        key = (str(fields.get("source")), str(fields.get("ref")))
+    def subscribe(self, bus: EventBus) -> None:
+        bus.subscribe(BuildFinished, self.on_finished)
+
+    def on_finished(self, e: BuildFinished) -> None:
+        key = (e.source, e.ref)
         with self._lock:
             prog = self._builds.pop(key, None) or BuildProgress(*key)
             self._partial.pop(key, None)
             if not self.tty:
                 return  # the pipeline's own build.succeeded / build.failed line says it
-            took = fields.get("duration")
-            if event == "build.succeeded":
+            took = e.duration
+            if e.ok:
                 done = f"[{prog.source} {prog.ref}] done" + (f" in {took:.1f}s" if took else "")
             else:
-                done = f"[{prog.source} {prog.ref}] FAILED: {fields.get('error') or prog.detail}"
+                done = f"[{prog.source} {prog.ref}] FAILED: {e.error or prog.detail}"
             self._emit_line(done)
 
     # -- output ---------------------------------------------------------------------------

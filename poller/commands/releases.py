@@ -6,6 +6,7 @@ import argparse
 import json
 
 from poller.config import load_config
+from poller.imageref import ImageRef
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _image(ref: str) -> str:
     """``host/repo:tag@sha256:abc…`` as ``repo:tag@abc…`` (12 hex digits)."""
-    name, _, digest = ref.rpartition("/")[2].partition("@")
-    return name + (f"@{_short(digest)}" if digest else "")
+    image = ImageRef.parse(ref)
+    return image.name + (f":{image.tag}" if image.tag else "") \
+        + (f"@{_short(image.digest)}" if image.digest else "")
 
 
 def _short(digest: str | None) -> str:
@@ -27,7 +29,8 @@ def _short(digest: str | None) -> str:
 
 def cmd_releases(args) -> int:
     from poller.app import open_store
-    from poller.commands.tables import ago, table
+    from poller.commands.tables import table
+    from poller.humanize import ago
     from poller.releases import release_board
 
     cfg = load_config(args.config)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -19,15 +19,3 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def ago(ts: float | None, now: float | None = None) -> str:
-    if not ts:
-        return "never"
-    now = now or dt.datetime.now().timestamp()
-    s = max(0, int(now - ts))
-    if s < 60:
-        return f"{s}s ago"
-    if s < 3600:
-        return f"{s // 60}m ago"
-    if s < 86400:
-        return f"{s // 3600}h ago"
-    return f"{s // 86400}d ago"

@@ -66,7 +66,8 @@ def _known(cfg, name: str) -> None:
 
 
 def cmd_status(args) -> int:
-    from poller.commands.tables import ago, table
+    from poller.commands.tables import table
+    from poller.humanize import ago
     from poller.updater.status import updates_status
 
     cfg, store = _open(args)

@@ -19,14 +19,15 @@ import requests
 from poller.docker_engine import http_address
 from poller.errors import UpstreamError
 from poller.fleet.settings import HealthCheck
+from poller.imageref import ImageRef
 from poller.logs import get_logger
 
 log = get_logger("poller.fleet")
 
 
 def version_of(image_ref: str) -> str | None:
-    last = image_ref.rsplit("/", 1)[-1]
-    return last.split(":", 1)[1] if ":" in last else None
+    """The tag of ``image_ref`` (``host:5000/game:1.2.0@sha256:..`` → ``1.2.0``)."""
+    return ImageRef.parse(image_ref).tag
 
 
 class ServiceContainer:
@@ -153,7 +154,7 @@ class ServiceContainer:
             if health is None:  # the image has no HEALTHCHECK: running is all we can know
                 return True if state.get("Running") else None
             return {"healthy": True, "unhealthy": False}.get(health.get("Status"))
-        address = http_address(container.attrs, self.health.port)
+        address = http_address(container.attrs, self.health.port)  # type: ignore[arg-type]
         if address is None:
             return None
         try:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import requests
 
@@ -60,7 +61,7 @@ class Compare:
     def wire(self) -> dict:
         field = {"MOD": "mod_revision", "CREATE": "create_revision", "VERSION": "version",
                  "VALUE": "value"}[self.target]
-        value = _b64(self.value) if self.target == "VALUE" else str(self.value)
+        value = _b64(str(self.value)) if self.target == "VALUE" else str(self.value)
         return {"key": _b64(self.key), "target": self.target, "result": self.result, field: value}
 
 

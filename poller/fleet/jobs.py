@@ -8,6 +8,7 @@ The agents do the rest; this job never waits for them.
 
 from __future__ import annotations
 
+from poller.events import EventBus, FleetRolloutStarted
 from poller.versions import parse_version
 
 
@@ -16,7 +17,7 @@ def newest_release(tags: list[str]) -> str | None:
     return max(releases)[1] if releases else None
 
 
-def check_for_releases(state, registry, store=None) -> dict[str, str]:
+def check_for_releases(state, registry, store=None, bus: EventBus | None = None) -> dict[str, str]:
     """Start rollouts for services with a newer release; returns service -> version started."""
     started: dict[str, str] = {}
     rollouts = state.rollouts()
@@ -28,18 +29,21 @@ def check_for_releases(state, registry, store=None) -> dict[str, str]:
         ro = rollouts.get(name)
         known = ro.version if ro is not None else state.majority_version(name)
         known_v = parse_version(known) if known else None
-        if known_v is not None and parse_version(newest) <= known_v:
+        newest_v = parse_version(newest)
+        if known_v is not None and newest_v is not None and newest_v <= known_v:
             continue
         started[name] = newest
     if started:
         state.start_rollouts(started, reason="new image")
-        if store is not None:
-            for name, version in started.items():
+        for name, version in started.items():
+            if store is not None:
                 store.record_event("fleet.rollout", name, version=version, reason="new image")
+            if bus is not None:
+                bus.publish(FleetRolloutStarted(service=name, version=version, reason="new image"))
     return started
 
 
-def jobs(cfg, store) -> list:
+def jobs(cfg, store, bus: EventBus | None = None) -> list:
     if not cfg.fleet.auto_rollout or not cfg.fleet.services:
         return []
     from poller.fleet import open_state
@@ -47,4 +51,4 @@ def jobs(cfg, store) -> list:
 
     state = open_state(cfg.fleet)
     registry = RegistryClient(cfg.registry)
-    return [("fleet:releases", cfg.fleet.interval, lambda: check_for_releases(state, registry, store))]
+    return [("fleet:releases", cfg.fleet.interval, lambda: check_for_releases(state, registry, store, bus))]

@@ -12,7 +12,6 @@ from poller.config_base import SettingsModel
 from poller.names import check_image_repository, valid_name
 
 
-
 class EtcdConfig(SettingsModel):
     endpoints: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:2379"],
                                  description="etcd client URLs (v3 JSON gateway); tried in order")
@@ -47,7 +46,7 @@ class HealthCheck(SettingsModel):
     request_timeout: float = Field(2.0, gt=0, description="http: seconds one health request may take")
 
     @model_validator(mode="after")
-    def _kind(self) -> "HealthCheck":
+    def _kind(self) -> HealthCheck:
         if self.kind not in ("docker", "http"):
             raise ValueError("kind must be 'docker' or 'http'")
         if self.kind == "http" and self.port is None:
@@ -94,7 +93,7 @@ class FleetConfig(SettingsModel):
     interval: float = Field(30.0, gt=0, description="poller run: seconds between looks for new releases")
 
     @model_validator(mode="after")
-    def _graph(self) -> "FleetConfig":
+    def _graph(self) -> FleetConfig:
         for name, svc in self.services.items():
             if not valid_name(name):
                 raise ValueError(f"services.{name}: names are lowercase letters, digits, '.', '_' or '-'")
@@ -103,9 +102,9 @@ class FleetConfig(SettingsModel):
                     raise ValueError(f"services.{name}.depends_on: no service named '{dep}'")
         order_services(self.services)  # raises on a cycle
         if self.agent is not None:
-            for svc in self.agent.containers:
-                if svc not in self.services:
-                    raise ValueError(f"agent.containers.{svc}: no service named '{svc}' in fleet.services")
+            for wanted in self.agent.containers:
+                if wanted not in self.services:
+                    raise ValueError(f"agent.containers.{wanted}: no service named '{wanted}' in fleet.services")
         return self
 
 

@@ -7,8 +7,9 @@ tested with plain values. They never propose a downgrade.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,18 @@ class Move:
 
 
 class Policy(Protocol):
-    name: str
-    #: the tags whose digest must be read (one ``HEAD`` each) for this policy
-    mutable_tags: tuple[str, ...]
-    #: whether the registry's tag list is needed
-    lists_tags: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def mutable_tags(self) -> tuple[str, ...]:
+        """The tags whose digest must be read (one ``HEAD`` each) for this policy."""
+        ...
+
+    @property
+    def lists_tags(self) -> bool:
+        """Whether the registry's tag list is needed."""
+        ...
 
     def decide(self, running: Running, offer: Offer, *, skip: Iterable[str] = ()) -> Move | None:
         """The move to make, or ``None``. ``skip``: refs a person rejected (never proposed again)."""

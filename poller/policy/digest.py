@@ -6,8 +6,8 @@ content is known. A digest a person rejected is never proposed again (a newer pu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from poller.policy.base import Move, Offer, Running
 

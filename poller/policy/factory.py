@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from poller.policy.base import Policy
 from poller.policy.digest import DigestPolicy
 from poller.policy.glob import GlobPolicy
 from poller.policy.regex import RegexPolicy
-from poller.policy.semver import SemverPolicy
+from poller.policy.semver import Level, SemverPolicy
 
 
 def make_policy(name: str, *, tag: str | None = None, pattern: str | None = None,
@@ -15,7 +17,7 @@ def make_policy(name: str, *, tag: str | None = None, pattern: str | None = None
     if name == "digest":
         return DigestPolicy(tag=tag or "latest")
     if name in ("patch", "minor", "major", "all"):
-        return SemverPolicy(level=name, prereleases=prereleases)
+        return SemverPolicy(level=cast(Level, name), prereleases=prereleases)
     if name == "glob":
         return GlobPolicy(pattern=pattern or "*", prereleases=prereleases)
     if name == "regex":

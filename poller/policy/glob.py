@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from poller.policy.base import Move, Offer, Running
 from poller.policy.ordering import newest_above

@@ -4,8 +4,8 @@ present, is what is ordered (``^release-(?P<version>\\d+\\.\\d+\\.\\d+)$``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from poller.policy.base import Move, Offer, Running
 from poller.policy.ordering import newest_above

@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 from poller.policy.base import Move, Offer, Running
 from poller.versions import Version, parse_version

@@ -84,7 +84,7 @@ class RegistryClient:
                 elif self._basic():
                     auth = self._basic()
                 try:
-                    resp = self.session.request(method, url, headers=headers, data=data, auth=auth,
+                    resp = self.session.request(method, url, headers=headers, data=data, auth=auth,  # type: ignore[arg-type]
                                                 allow_redirects=allow_redirects)
                 except requests.RequestException as exc:
                     raise UpstreamError(f"{self.upstream}: {method} {path} failed: "
@@ -106,7 +106,7 @@ class RegistryClient:
             raise AuthError(f"{self.upstream}: bearer challenge without realm")
         query = {"service": params.get("service", ""), "scope": scope}
         try:
-            resp = self.session.get(realm, params=query, auth=self._basic())
+            resp = self.session.get(realm, params=query, auth=self._basic())  # type: ignore[arg-type]
         except requests.RequestException as exc:
             raise UpstreamError(f"{self.upstream}: token endpoint failed: {type(exc).__name__}",
                                 upstream=self.upstream) from exc

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from poller.errors import SlipwayError
+from poller.errors import NotFound, SlipwayError
 from poller.store import Store
 
 SCHEMA = """
@@ -66,8 +66,10 @@ class RolloutControl:
         self.clock = clock
         store.ensure_schema(SCHEMA)
 
-    def _rec(self, row) -> RolloutRecord | None:
-        return RolloutRecord(**dict(row)) if row else None
+    def _rec(self, row) -> RolloutRecord:
+        if not row:   # only rows this class wrote are read back: a missing one is a bug upstream
+            raise NotFound("no such rollout")
+        return RolloutRecord(**dict(row))
 
     def start(self, deployment: str, to_ref: str, image: str) -> RolloutRecord:
         """The rollout of ``to_ref`` (created once; a later call returns it as it stands)."""

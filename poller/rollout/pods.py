@@ -11,12 +11,18 @@ already on the new image are counted, reloads already recorded as ok are not rep
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from poller.errors import UpstreamError
+from poller import kube
+from poller.events import (
+    EventBus,
+    RolloutFinished,
+    RolloutProgress,
+    RolloutStarted,
+    RolloutStopped,
+)
 from poller.logs import get_logger
 from poller.rollout.control import RolloutControl
 from poller.rollout.plan import Server, next_batch, resolve, step_targets
@@ -35,12 +41,24 @@ class RolloutOutcome:
     message: str = ""
 
 
-def image_matches(status: dict, want: str) -> bool:
-    got = status.get("image") or ""
-    if got == want:
-        return True
+def running_digest(status: dict) -> str | None:
+    """The digest a container really runs: the ``@sha256:..`` part of its ``imageID``."""
+    _, at, digest = (status.get("imageID") or "").rpartition("@")
+    return digest if at and digest else None
+
+
+def image_matches(status: dict, want: str, want_digest: str | None = None) -> bool:
+    """Whether a container status shows it running ``want``.
+
+    Digests decide when one is known (``want``'s own or ``want_digest``, what its tag points at):
+    the kubelet reports ``image``/``imageID`` under the first name containerd pulled that digest
+    as, so an image pushed under two tags shows the other tag's name. Names decide otherwise."""
     w = ImageRef.parse(want)
-    if w.digest and (w.digest in got or w.digest in (status.get("imageID") or "")):
+    digest = w.digest or want_digest
+    if digest and running_digest(status) is not None:
+        return running_digest(status) == digest
+    got = status.get("image") or ""
+    if got == want or (w.digest and w.digest in got):
         return True
     g = ImageRef.parse(got)
     return not w.digest and (g.repository, g.tag) == (w.repository, w.tag)
@@ -49,24 +67,24 @@ def image_matches(status: dict, want: str) -> bool:
 class PodRollout:
     def __init__(self, api, cfg: RolloutConfig, *, namespace: str, container: str, selector: dict[str, str],
                  control: RolloutControl, reloader: Reloader | None = None,
-                 wait: Callable[[float], None] | None = None):
+                 wait: Callable[[float], None] | None = None, bus: EventBus | None = None,
+                 digest_of: Callable[[str], str | None] | None = None):
         from kubernetes import client
 
         self.core = client.CoreV1Api(api)
         self.cfg, self.namespace, self.container, self.selector = cfg, namespace, container, selector
         self.control, self.reloader = control, reloader
+        self._digest_of = digest_of      # image -> the digest its tag points at (the registry), if known
+        self._digests: dict[str, str | None] = {}
         self._wait = wait or (lambda s: time.sleep(s))
+        #: RolloutStarted, RolloutProgress (after each batch), RolloutFinished, RolloutStopped
+        self.bus = bus if bus is not None else EventBus()
 
     # -- reading pods -----------------------------------------------------------------------
     def _pods(self) -> list[dict]:
-        from kubernetes.client.exceptions import ApiException
-
         sel = ",".join(f"{k}={v}" for k, v in sorted(self.selector.items()))
-        try:
-            resp = self.core.list_namespaced_pod(self.namespace, label_selector=sel, _preload_content=False)
-        except ApiException as exc:
-            raise UpstreamError(f"kubernetes: list pods {sel}: {exc.status}", upstream="kubernetes") from exc
-        pods = [p for p in json.loads(resp.data)["items"] if not p["metadata"].get("deletionTimestamp")]
+        listed = kube.call(f"list pods {sel}", self.core.list_namespaced_pod, self.namespace, label_selector=sel)
+        pods = [p for p in listed["items"] if not p["metadata"].get("deletionTimestamp")]
         return sorted(pods, key=lambda p: p["metadata"]["name"])
 
     def _container(self, pod: dict) -> tuple[int, dict]:
@@ -84,7 +102,15 @@ class PodRollout:
         if image is None:
             return True
         cs = next((c for c in status.get("containerStatuses") or [] if c.get("name") == self.container), None)
-        return bool(cs) and cs.get("ready", False) and image_matches(cs, image)
+        return cs is not None and bool(cs.get("ready", False)) \
+            and image_matches(cs, image, self._target_digest(image))
+
+    def _target_digest(self, image: str) -> str | None:
+        if self._digest_of is None or ImageRef.parse(image).digest:
+            return None
+        if image not in self._digests:
+            self._digests[image] = self._digest_of(image)
+        return self._digests[image]
 
     def _busy(self, pod: dict) -> bool:
         labels = pod["metadata"].get("labels") or {}
@@ -112,17 +138,12 @@ class PodRollout:
 
     # -- acting -----------------------------------------------------------------------------
     def _patch(self, pod: dict, image: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         index, _ = self._container(pod)
         path = f"/spec/containers/{index}"
         body = [{"op": "test", "path": f"{path}/name", "value": self.container},
                 {"op": "replace", "path": f"{path}/image", "value": image}]
-        try:
-            self.core.patch_namespaced_pod(pod["metadata"]["name"], self.namespace, body,
-                                           _content_type=_JSON_PATCH, _preload_content=False)
-        except ApiException as exc:
-            raise TargetError(f"patch pod {pod['metadata']['name']}: {exc.status} {exc.reason}") from exc
+        kube.call(f"patch pod {pod['metadata']['name']}", self.core.patch_namespaced_pod,
+                  pod["metadata"]["name"], self.namespace, body, _content_type=_JSON_PATCH)
 
     def _gate(self, names: list[str], image: str) -> None:
         """Wait until every pod in ``names`` is ready on ``image``; TargetError after the timeout."""
@@ -160,6 +181,25 @@ class PodRollout:
         if rec.state in ("aborted", "paused", "succeeded"):
             return RolloutOutcome(rec.state, message=rec.message or "")
         rid = rec.id
+        self.bus.publish(RolloutStarted(deployment=deployment, to_ref=to_ref, rollout_id=rid))
+        try:
+            out = self._run(rid, deployment, to_ref, image)
+        except Exception as exc:
+            now = self.control.by_id(rid)
+            if now.state in ("failed", "aborted", "paused"):   # not an interruption resumed next cycle
+                self.bus.publish(RolloutStopped(deployment=deployment, to_ref=to_ref, state=now.state,
+                                                message=now.message or str(exc), step=now.step,
+                                                rollout_id=rid))
+            raise
+        if out.state == "succeeded":
+            self.bus.publish(RolloutFinished(deployment=deployment, to_ref=to_ref, rollout_id=rid))
+        elif out.state in ("paused", "aborted"):
+            now = self.control.by_id(rid)
+            self.bus.publish(RolloutStopped(deployment=deployment, to_ref=to_ref, state=out.state,
+                                            message=out.message, step=now.step, rollout_id=rid))
+        return out
+
+    def _run(self, rid: int, deployment: str, to_ref: str, image: str) -> RolloutOutcome:
         busy_deadline = time.monotonic() + self.cfg.busy_wait
         pods = self._pods()
         total = len(pods)
@@ -195,6 +235,8 @@ class PodRollout:
                     self._patch(by_name[name], image)
                     self.control.server_updated(rid, name, step_no)
                 log.info("rollout.batch", deployment=deployment, step=step_no, servers=",".join(names))
+                self.bus.publish(RolloutProgress(deployment=deployment, to_ref=to_ref, rollout_id=rid,
+                                                 done=min(total, updated + len(names)), total=total))
                 try:
                     self._gate(names, image)
                 except TargetError as exc:

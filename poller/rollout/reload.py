@@ -10,8 +10,9 @@ The reload command must be idempotent: it may run again after a restart of Slipw
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import requests
 
@@ -74,7 +75,7 @@ class KubernetesExecReloader:
             code = ws.returncode
             out = (ws.read_stdout() or "") + (ws.read_stderr() or "")
             ws.close()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a boundary: logged, never raised further
             return ReloadResult(False, 1, f"exec in {server}/{self.container} failed: {exc}")
         return ReloadResult(code == 0, 1, f"exit {code}: {out.strip()[-300:]}")
 
@@ -87,7 +88,7 @@ class DockerExecReloader:
         try:
             container = self.client_factory().containers.get(server)
             code, out = container.exec_run(self.cfg.command)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a boundary: logged, never raised further
             return ReloadResult(False, 1, f"docker exec in {server} failed: {exc}")
         text = (out or b"").decode(errors="replace").strip()[-300:]
         return ReloadResult(code == 0, 1, f"exit {code}: {text}")

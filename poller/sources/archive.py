@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import posixpath
 import tarfile
-from typing import Any, BinaryIO, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, BinaryIO, Literal
 
 from poller.errors import SourceError
 
@@ -78,7 +79,7 @@ class _ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         while not self._pending:
             try:
                 self._pending = next(self._chunks)

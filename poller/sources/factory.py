@@ -22,10 +22,12 @@ def make_source(cfg: SourceConfig, *, cache_dir: Path, counter: RequestCounter |
     if cfg.kind == "gitlab":
         from poller.sources.gitlab import GitLabSource
 
+        assert cfg.gitlab is not None   # kind is derived from which remote is set
         host = _host(cfg.gitlab.url)
         return GitLabSource(cfg, session=make_session(f"gitlab:{host}", counter=counter,
                                                       verify=cfg.gitlab.ssl_verify))
     from poller.sources.github import GitHubSource
 
+    assert cfg.github is not None
     host = _host(cfg.github.api_url)
     return GitHubSource(cfg, session=make_session(f"github:{host}", counter=counter))

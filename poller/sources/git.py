@@ -15,17 +15,18 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
-from poller.config import SourceConfig
 import requests
 
+from poller.config import SourceConfig
 from poller.errors import NotFound, ResponseTooLarge, SourceError, UpstreamError
 from poller.http import MAX_BODY, RequestCounter, make_session, redact_url
 from poller.names import check_commit, check_git_ref
-from poller.sources.smart_http import advertised_refs
 from poller.sources.base import MAX_REFS, RefSnapshot
+from poller.sources.smart_http import advertised_refs
 
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
@@ -105,8 +106,9 @@ def _run_bounded(argv: list[str], *, cwd: Path | None, env: dict, timeout: float
         started = time.monotonic()
         out = bytearray()
         try:
-            assert proc.stdout is not None
-            for chunk in iter(lambda: proc.stdout.read(1 << 16), b""):
+            stdout = proc.stdout
+            assert stdout is not None
+            for chunk in iter(lambda: stdout.read(1 << 16), b""):
                 out += chunk
                 if len(out) > limit:
                     raise _TooMuchOutput()
@@ -115,7 +117,8 @@ def _run_bounded(argv: list[str], *, cwd: Path | None, env: dict, timeout: float
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-            proc.stdout.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
         if time.monotonic() - started >= timeout and proc.returncode < 0:
             raise subprocess.TimeoutExpired(argv, timeout)
         size = err.seek(0, os.SEEK_END)
@@ -152,7 +155,7 @@ class GitSource:
         env = {**os.environ, **_GIT_ENV}
         try:
             if limit is None:
-                res = subprocess.run(["git", *args], cwd=cwd, env=env, stdout=stdout,
+                res = subprocess.run(["git", *args], cwd=cwd, env=env, stdout=stdout, check=False,
                                      stderr=subprocess.PIPE, timeout=self.timeout)
             else:
                 res = _run_bounded(["git", *args], cwd=cwd, env=env, timeout=self.timeout,
@@ -174,7 +177,7 @@ class GitSource:
     def poll(self) -> RefSnapshot:
         if self._http:
             # One request, no subprocess: the smart-HTTP ref advertisement.
-            return parse_ls_remote(advertised_refs(self._session, self.url, upstream=self.upstream),
+            return parse_ls_remote(advertised_refs(self._session, self.url, upstream=self.upstream),  # type: ignore[arg-type]
                                    self.branch)
         res = self._git("ls-remote", "--heads", "--tags", "--end-of-options", self.url, limit=MAX_BODY)
         return parse_ls_remote(res.stdout.decode("utf-8", "replace"), self.branch,
@@ -190,12 +193,12 @@ class GitSource:
                 self.mirror.parent.mkdir(parents=True, exist_ok=True)
                 self._git("init", "--bare", "-q", "--end-of-options", str(self.mirror))
             have = subprocess.run(["git", "cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}"],
-                                  cwd=self.mirror, capture_output=True)
+                                  cwd=self.mirror, capture_output=True, check=False)
             if have.returncode == 0:
                 return
             self._git("fetch", "-q", "--no-tags", "--end-of-options", self.url, sha, cwd=self.mirror)
             check = subprocess.run(["git", "cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}"],
-                                   cwd=self.mirror, capture_output=True)
+                                   cwd=self.mirror, capture_output=True, check=False)
             if check.returncode != 0:
                 raise NotFound(f"commit {sha} is not in {self.web_url()}")
 
@@ -211,9 +214,9 @@ class GitSource:
         proc = subprocess.Popen(["git", "archive", "--format=tar", "--end-of-options", sha], cwd=self.mirror,
                                 env={**os.environ, **_GIT_ENV}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read(1 << 16), b""):
-            out.write(chunk)
+        stdout = proc.stdout
+        assert stdout is not None
+        out.writelines(iter(lambda: stdout.read(1 << 16), b""))
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if proc.wait() != 0:
             raise SourceError(f"git archive {sha} failed: {err.strip()}")

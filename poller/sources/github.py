@@ -142,8 +142,7 @@ class GitHubSource:
         """``https://github.com/owner/name`` (or the GitHub Enterprise host's equivalent)."""
         parts = urlsplit(self._api)
         host = parts.hostname or ""
-        if host.startswith("api."):
-            host = host[len("api."):]
+        host = host.removeprefix("api.")
         if parts.port:
             host += f":{parts.port}"
         path = re.sub(r"/api/v3$", "", parts.path.rstrip("/"))

@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import gitlab
@@ -23,7 +24,13 @@ import gitlab.exceptions
 import requests
 
 from poller.config import SourceConfig
-from poller.errors import NotFound, ResponseTooLarge, SlipwayError, SourceError, UpstreamError
+from poller.errors import (
+    NotFound,
+    ResponseTooLarge,
+    SlipwayError,
+    SourceError,
+    UpstreamError,
+)
 from poller.http import DEFAULT_TIMEOUT, check_response, make_session
 from poller.names import check_commit, check_git_ref
 from poller.sources.archive import chunk_stream, strip_leading_dir

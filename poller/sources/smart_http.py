@@ -8,6 +8,7 @@ does for an http(s) remote, without a subprocess per poll, through a counted, ke
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -33,7 +34,8 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
 def parse_pkt_lines(data: bytes, *, limit: int | None = None) -> list[bytes]:
     """Split a pkt-line stream; flush packets (0000) are dropped. More than ``limit`` lines
     raise :class:`ResponseTooLarge`."""
-    out, i = [], 0
+    out: list[Any] = []
+    i = 0
     while i + 4 <= len(data):
         if limit is not None and len(out) > limit:
             raise ResponseTooLarge(f"ref advertisement has more than {limit} refs")

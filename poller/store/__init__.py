@@ -343,7 +343,7 @@ class Store:
             "INSERT INTO builds (source, image, ref, kind, sha, tags, status, started_at, pid, host)"
             " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
             (source, image, ref, kind, sha, json.dumps(tags), time.time(), pid, socket.gethostname()))
-        return int(cur.lastrowid)
+        return int(cur.lastrowid)  # type: ignore[arg-type]
 
     def finish_build(self, build_id: int, *, status: str, digest: str | None = None,
                      error: str | None = None, log: str = "") -> None:

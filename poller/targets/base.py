@@ -28,7 +28,7 @@ class ImageRef:
     digests: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
-    def parse(cls, text: str) -> "ImageRef":
+    def parse(cls, text: str) -> ImageRef:
         rest, _, digest = text.partition("@")
         name, tag = rest, None
         last = rest.rsplit("/", 1)[-1]

@@ -9,7 +9,7 @@ it has a health check); if the new one fails, the old one is put back.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from poller.targets.base import Applied, ImageRef, TargetError
 

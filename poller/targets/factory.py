@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from poller.targets.base import Target
 from poller.updater.settings import DeploymentConfig, UpdatesConfig
@@ -59,6 +59,7 @@ class TargetFactory:
                                timeout=self.rollout_timeout)
         from poller.targets.docker_host import DockerContainer
 
+        assert t.docker is not None   # the settings require exactly one target kind
         return DockerContainer(docker_factory(t.docker.base_url, self.docker_base_url),
                                container=t.docker.container, timeout=self.rollout_timeout)
 
@@ -66,17 +67,23 @@ class TargetFactory:
         if d.rollout and d.rollout.selector:
             return dict(d.rollout.selector)
         k = d.target.kubernetes
+        assert k is not None   # only Kubernetes targets have pod selectors
         if k.kind == "GameServerSet":
             return {OKG_OWNER_LABEL: k.name}
         return dict(((target.read().get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
 
     def reloader(self, d: DeploymentConfig):
-        from poller.rollout.reload import DockerExecReloader, HttpReloader, KubernetesExecReloader
+        from poller.rollout.reload import (
+            DockerExecReloader,
+            HttpReloader,
+            KubernetesExecReloader,
+        )
 
         if d.reload is None:
             return None
         if d.reload.http is not None:
             return HttpReloader(d.reload.http)
+        assert d.reload.exec is not None   # the settings require http or exec
         if d.target.kubernetes is not None:
             k = d.target.kubernetes
             return KubernetesExecReloader(self.kube_api(k.kubeconfig, k.context), d.reload.exec,
@@ -86,10 +93,11 @@ class TargetFactory:
                                       d.reload.exec)
         return None
 
-    def pod_rollout(self, d: DeploymentConfig, target, control):
+    def pod_rollout(self, d: DeploymentConfig, target, control, bus=None, digest_of=None):
         from poller.rollout.pods import PodRollout
 
         k = d.target.kubernetes
+        assert k is not None and d.rollout is not None   # a pod rollout is of a Kubernetes target
         return PodRollout(self.kube_api(k.kubeconfig, k.context), d.rollout, namespace=k.namespace,
                           container=k.container, selector=self.selector(d, target), control=control,
-                          reloader=self.reloader(d))
+                          reloader=self.reloader(d), bus=bus, digest_of=digest_of)

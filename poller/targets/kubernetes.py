@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from poller.errors import UpstreamError
+from poller import kube
 from poller.targets.base import Applied, ImageRef, TargetError
 
 GSS = ("game.kruise.io", "v1alpha1", "gameserversets")
@@ -68,20 +69,8 @@ class KubernetesWorkload:
 
     # -- raw reads and writes (JSON dicts, camelCase as the API server speaks) -----------
     def _call(self, what: str, fn, *args, **kwargs) -> dict:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            resp = fn(*args, _preload_content=False, **kwargs)
-        except ApiException as exc:
-            if exc.status in (429,) or (exc.status or 0) >= 500:
-                raise UpstreamError(f"kubernetes: {what}: {exc.status} {exc.reason}",
-                                    upstream="kubernetes", status=exc.status) from exc
-            raise TargetError(f"kubernetes: {what}: {exc.status} {exc.reason}: "
-                              f"{(exc.body or '')[:300]}") from exc
-        except Exception as exc:  # connection refused, TLS...
-            raise UpstreamError(f"kubernetes: {what}: {type(exc).__name__}: {exc}",
-                                upstream="kubernetes") from exc
-        return json.loads(resp.data)
+        """One API call; failures mapped onto the error tree by :mod:`poller.kube`."""
+        return kube.call(what, fn, *args, **kwargs)
 
     def read(self) -> dict:
         ns, name = self.namespace, self.name

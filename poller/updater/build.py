@@ -4,11 +4,12 @@ that registry's watchers, so its request limit holds), one watcher per image, ta
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from poller.config import Config, RegistryConfig
+from poller.events import EventBus
 from poller.http import RequestCounter
-from poller.notify import Notifier
+from poller.notify import subscribe_notifications
 from poller.registry.client import RegistryClient
 from poller.targets.factory import TargetFactory
 from poller.updater.engine import UpdateEngine
@@ -28,7 +29,12 @@ def registry_config(cfg: Config, host: str) -> RegistryConfig:
 
 def build_engine(cfg: Config, store, *, counter: RequestCounter | None = None, targets: TargetFactory | None = None,
                  max_concurrency: int = 4, backoff_initial: float = 5.0, page_size: int = 200,
-                 clock: Callable[[], float] = time.time) -> UpdateEngine:
+                 clock: Callable[[], float] = time.time, bus: EventBus | None = None) -> UpdateEngine:
+    """Without a ``bus`` (a CLI command, a test) the engine gets its own, with ``notify:``
+    subscribed; with one, whoever made the bus has subscribed what listens to it."""
+    if bus is None:
+        bus = EventBus()
+        subscribe_notifications(cfg.notify, store, bus)
     history = UpdateHistory(store, clock=clock)
     clients: dict[str, RegistryClient] = {}
     watchers: dict[str, ImageWatcher] = {}
@@ -43,5 +49,5 @@ def build_engine(cfg: Config, store, *, counter: RequestCounter | None = None, t
                                              backoff_max=cfg.updates.backoff_max,
                                              page_size=page_size, clock=clock)
     targets = targets or TargetFactory(cfg.updates, docker_base_url=cfg.docker.base_url)
-    return UpdateEngine(cfg.updates, store, watchers=watchers, targets=targets, notifier=Notifier(cfg.notify),
+    return UpdateEngine(cfg.updates, store, watchers=watchers, targets=targets, bus=bus,
                         clock=clock)

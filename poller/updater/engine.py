@@ -9,11 +9,13 @@ remembered: the store only holds history, pins and approvals.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from poller.approvals import APPLIED, APPROVED, PENDING, ApprovalQueue
 from poller.errors import SlipwayError, UpstreamError
+from poller.events import ApprovalRequested, EventBus, UpdateFinished
 from poller.logs import get_logger
 from poller.policy.base import Move, Offer, Policy, Running
 from poller.policy.factory import make_policy
@@ -47,16 +49,17 @@ class _Tracked:
 
 
 class UpdateEngine:
-    def __init__(self, updates: UpdatesConfig, store, *, watchers: dict, targets, notifier=None,
+    def __init__(self, updates: UpdatesConfig, store, *, watchers: dict, targets, bus: EventBus | None = None,
                  clock: Callable[[], float] = time.time):
-        """``watchers``: image -> :class:`ImageWatcher`; ``targets``: a :class:`TargetFactory`."""
+        """``watchers``: image -> :class:`ImageWatcher`; ``targets``: a :class:`TargetFactory`;
+        ``bus`` gets ApprovalRequested, UpdateFinished and the rollouts' events."""
         self.updates = updates
         self.store = store
         self.history = UpdateHistory(store, clock=clock)
         self.approvals = ApprovalQueue(store, clock=clock)
         self.control = RolloutControl(store, clock=clock)
         self.targets = targets
-        self.notifier = notifier
+        self.bus = bus if bus is not None else EventBus()
         self.watchers = watchers
         self.tracked = [_Tracked(d, make_policy(d.policy, tag=d.tag, pattern=d.pattern,
                                                 prereleases=d.prereleases)) for d in updates.deployments]
@@ -126,23 +129,24 @@ class UpdateEngine:
         if d.approval == "none" or next_major is None:
             out = (self._resolve(t, running, from_ref, skip, lambda s: t.policy.decide(current, offer, skip=s))
                    or Outcome(d.name, "up-to-date", from_ref))
-            return out, {out.to_ref} if out.action == "waiting-approval" else set()
+            return out, {out.to_ref} if out.action == "waiting-approval" else set()  # type: ignore[arg-type]
         # Semver with approvals (the README's policy x approval table): a higher major is put to
         # a person; while it waits, moves within the running major go on by the approval rule.
         major = self._resolve(t, running, from_ref, skip, lambda s: next_major(current, offer, skip=s))
         if major is not None and major.action not in ("waiting-approval", "held"):
             return major, set()
         waiting = {major.to_ref} if major is not None and major.action == "waiting-approval" else set()
+        within_major: Any = t.policy.decide   # SemverPolicy.decide takes same_major=
         within = self._resolve(t, running, from_ref, skip,
-                               lambda s: t.policy.decide(current, offer, skip=s, same_major=True))
+                               lambda s: within_major(current, offer, skip=s, same_major=True))
         if within is None:
-            return major or Outcome(d.name, "up-to-date", from_ref), waiting
+            return major or Outcome(d.name, "up-to-date", from_ref), waiting  # type: ignore[return-value]
         if within.action == "waiting-approval":
             waiting.add(within.to_ref)
         if major is not None:
             waits = f"{major.to_ref}: {major.action} ({major.detail})"
             within.detail = "; ".join(x for x in (within.detail, waits) if x)
-        return within, waiting
+        return within, waiting  # type: ignore[return-value]
 
     def _resolve(self, t: _Tracked, running: ImageRef | None, from_ref: str | None, skip: set[str],
                  propose: Callable[[set[str]], Move | None]) -> Outcome | None:
@@ -166,10 +170,9 @@ class UpdateEngine:
                 if appr.created_at >= t0:
                     self.store.record_event("update.approval", d.name, approval=appr.id, to_ref=move.ref,
                                             from_ref=from_ref, reason=move.reason)
-                    self._notify("approval.requested", f"{d.name}: {from_ref} -> {move.ref} waits for approval "
-                                 f"(#{appr.id})", deployment=d.name, approval=appr.id, reason=move.reason)
-                    # ``poller run``'s approval announcer skips what was already told
-                    self.store.record_event("notify", f"approval:{appr.id}")
+                    self.bus.publish(ApprovalRequested(approval_id=appr.id, kind=KIND, subject=d.name,
+                                                       to_version=move.ref, from_version=from_ref,
+                                                       reason=move.reason))
                 return Outcome(d.name, "waiting-approval", from_ref, move.ref, f"approval {appr.id}")
             if appr.status in (APPROVED, APPLIED):
                 out = self.apply(t, running, move, approved_by=appr.decided_by or "?")
@@ -231,6 +234,19 @@ class UpdateEngine:
             out.append({"server": name, "ok": r.ok, "attempts": r.attempts, "detail": r.detail})
         return out
 
+    def _digest_of(self, image: str) -> Callable[[str], str | None] | None:
+        """image:tag -> the digest the tag points at in the registry (the rollout's health gate compares it)."""
+        watcher = self.watchers.get(image)
+        if watcher is None:
+            return None
+
+        def digest_of(ref: str) -> str | None:
+            r = ImageRef.parse(ref)
+            if r.repository != image:
+                return None
+            return watcher.client.head_manifest(watcher.repository, r.tag or "latest")
+        return digest_of
+
     def resume(self, deployment: str, applied: dict | None = None) -> Outcome:
         """Run (or continue) the active rollout of ``deployment``; finishes its audit record."""
         t = next(x for x in self.tracked if x.cfg.name == deployment)
@@ -238,7 +254,8 @@ class UpdateEngine:
         if rec is None:
             return Outcome(deployment, "up-to-date")
         uid = self._open_update(deployment, rec.to_ref)
-        rollout = self.targets.pod_rollout(t.cfg, self._target(t), self.control)
+        rollout = self.targets.pod_rollout(t.cfg, self._target(t), self.control, bus=self.bus,
+                                           digest_of=self._digest_of(t.cfg.image))
         try:
             result = rollout.run(deployment, rec.to_ref, rec.image)
         except UpstreamError as exc:   # the API server hiccuped: continue from here next cycle
@@ -288,13 +305,7 @@ class UpdateEngine:
         rec = self.history.finish(uid, ok=ok, error=error, **detail)
         (log.info if ok else log.warning)("update.finished", deployment=d.name, to_ref=rec.to_ref,
                                           result=rec.status, error=error)
-        self._notify("update.succeeded" if ok else "update.failed",
-                     f"{d.name}: {rec.from_ref or '?'} -> {rec.to_ref} {rec.status}"
-                     + (f": {error}" if error else ""),
-                     deployment=d.name, image=d.image, policy=rec.policy, reason=rec.reason,
-                     approved_by=rec.approved_by)
+        self.bus.publish(UpdateFinished(deployment=d.name, image=d.image, ok=ok, to_ref=rec.to_ref,
+                                        from_ref=rec.from_ref, update_id=uid, policy=rec.policy,
+                                        reason=rec.reason, approved_by=rec.approved_by, error=error))
         return Outcome(d.name, "updated" if ok else "failed", rec.from_ref, rec.to_ref, error or "", uid)
-
-    def _notify(self, event: str, text: str, **fields) -> None:
-        if self.notifier is not None:
-            self.notifier.send(event, text, **fields)

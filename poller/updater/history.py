@@ -5,10 +5,12 @@ History only: what runs is read from the target each cycle, never from here.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from poller.store import Store
 
@@ -78,7 +80,7 @@ class UpdateHistory:
             "INSERT INTO updates (deployment, image, from_ref, to_ref, policy, reason, approved_by,"
             " status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
             (deployment, image, from_ref, to_ref, policy, reason, approved_by, self.clock()))
-        return int(cur.lastrowid)
+        return int(cur.lastrowid)  # type: ignore[arg-type]
 
     def finish(self, update_id: int, *, ok: bool, error: str | None = None, **detail: Any) -> UpdateRecord:
         self.store.execute(
@@ -167,6 +169,6 @@ class UpdateHistory:
         d["digests"] = json.loads(d["digests"] or "{}")
         return d
 
-    def watchers(self) -> list[dict]:
+    def watchers(self) -> builtins.list[dict]:
         rows = self.store.execute("SELECT * FROM watched_images ORDER BY image").fetchall()
         return [{**dict(r), "digests": json.loads(r["digests"] or "{}")} for r in rows]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 
-def jobs(cfg, store) -> list:
+def jobs(cfg, store, bus=None) -> list:
     if not cfg.updates.deployments:
         return []
     from poller.updater.build import build_engine
 
-    engine = build_engine(cfg, store)
+    engine = build_engine(cfg, store, bus=bus)
     return [("updates", cfg.updates.interval, engine.cycle)]

@@ -22,11 +22,16 @@ Each deployment names an image, a policy (how it may move), an approval rule, a 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from poller.config_base import SettingsModel, check_image_repository, check_name, split_url_credentials
+from poller.config_base import (
+    SettingsModel,
+    check_image_repository,
+    check_name,
+    split_url_credentials,
+)
 from poller.names import check_dns_label, check_dns_subdomain
 
 _LABEL = re.compile(r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")
@@ -51,7 +56,10 @@ class RegistryAuth(SettingsModel):
     username: str | None = None
     password: SecretStr | None = None
 
-    _inline = model_validator(mode="before")(classmethod(lambda cls, data: split_url_credentials(data)))
+    @model_validator(mode="before")
+    @classmethod
+    def _inline(cls, data: Any) -> Any:
+        return split_url_credentials(data)
 
 
 class KubernetesTarget(SettingsModel):
@@ -94,7 +102,7 @@ class TargetConfig(SettingsModel):
     docker: DockerTarget | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> "TargetConfig":
+    def _one(self) -> TargetConfig:
         kinds = [k for k in ("kubernetes", "helm", "docker") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError("give exactly one of 'kubernetes', 'helm' or 'docker'"
@@ -117,7 +125,7 @@ class RolloutConfig(SettingsModel):
     ``rollout:`` the controller does it.
     """
 
-    steps: list[int | str] = Field(default_factory=lambda: [1, "50%", "100%"],
+    steps: list[int | str] = Field(default_factory=lambda: list[int | str]([1, "50%", "100%"]),
                                    description="cumulative servers updated after each step: a count or a percentage")
     max_unavailable: int | str = Field(1, description="servers updating at once (count or percentage)")
     selector: dict[str, str] | None = Field(
@@ -178,7 +186,7 @@ class ReloadConfig(SettingsModel):
     exec: ExecReload | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> "ReloadConfig":
+    def _one(self) -> ReloadConfig:
         if (self.http is None) == (self.exec is None):
             raise ValueError("give exactly one of 'http' or 'exec'")
         return self
@@ -202,7 +210,7 @@ class DeploymentConfig(SettingsModel):
     _image = field_validator("image")(classmethod(lambda cls, v: check_image_repository(v)))
 
     @model_validator(mode="after")
-    def _policy_args(self) -> "DeploymentConfig":
+    def _policy_args(self) -> DeploymentConfig:
         if self.policy == "digest" and not self.tag:
             raise ValueError("policy 'digest' needs 'tag' (the mutable tag to follow)")
         if self.policy in ("glob", "regex") and not self.pattern:
@@ -239,7 +247,7 @@ class UpdatesConfig(SettingsModel):
     deployments: list[DeploymentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique(self) -> "UpdatesConfig":
+    def _unique(self) -> UpdatesConfig:
         seen: dict[str, int] = {}
         for i, d in enumerate(self.deployments):
             if d.name in seen:

@@ -10,10 +10,11 @@ offer at all, so a failure is never mistaken for "nothing new" nor for "somethin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from poller.errors import SlipwayError, UpstreamError
+from poller.http import backoff_delay
 from poller.logs import get_logger
 from poller.policy.base import Offer
 from poller.registry.client import RegistryClient
@@ -68,9 +69,8 @@ class ImageWatcher:
                     digests[tag] = digest
         except (UpstreamError, SlipwayError) as exc:
             failures = self.history.watched(self.image, ok=False, error=str(exc))
-            delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))
-            if isinstance(exc, UpstreamError) and exc.retry_after is not None:
-                delay = min(self.backoff_max, max(delay, exc.retry_after))
+            delay = backoff_delay(failures, initial=self.backoff_initial, maximum=self.backoff_max,
+                                  retry_after=exc.retry_after if isinstance(exc, UpstreamError) else None)
             self.history.set_retry(self.image, self.clock() + delay)
             log.warning("watch.failed", image=self.image, error=str(exc), failures=failures,
                         retry_in=round(delay, 1))

@@ -1,4 +1,4 @@
-"""The real node of the cluster lane (containerd + runc + bridge CNI + kubelet, toolchain/node.py):
+"""The real node of the cluster lane (containerd + runc + bridge CNI + kubelet, toolchain/slipway_toolchain/node.py):
 images are really pulled from the registry, containers really run, logs and exec reach them."""
 
 from __future__ import annotations

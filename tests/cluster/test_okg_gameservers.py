@@ -1,6 +1,6 @@
 """Game servers hot-updated in place: a GameServerSet managed by the real OpenKruiseGame v1.0.0
-and Kruise v1.8.0 (toolchain/okg.py), its pods really running on the real node (containerd +
-kubelet, toolchain/node.py). Everything is observed on the API server.
+and Kruise v1.8.0 (toolchain/slipway_toolchain/okg.py), its pods really running on the real node (containerd +
+kubelet, toolchain/slipway_toolchain/node.py). Everything is observed on the API server.
 
 * Without ``rollout:`` OKG + Kruise move the pods (the GameServerSet's RollingUpdate with
   ``InPlaceIfPossible``): only the sidecar container restarts, on its new image.
@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from poller.config import parse_config
+from poller.events import RolloutFinished, RolloutProgress, RolloutStarted, UpdateFinished
 from poller.rollout.control import RolloutControl
 from poller.store import Store
 from poller.targets.factory import TargetFactory
@@ -31,6 +32,8 @@ from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
 from tests.fixtures.cluster import st
 from tests.fixtures.services import wait_until
+from tests.integration.event_support import Observed
+from tests.integration.updater_support import reload_server
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,24 +50,33 @@ def push_images(node, registry, tmp_path: Path, *sidecar_tags: str) -> dict[str,
     Each test's images differ (SLIPWAY_TEST): containerd keeps one image per digest, and the
     kubelet reports a container's image under the name the digest was first pulled as, so
     identical images from an earlier test's registry would show up under that registry's name."""
-    salt = f"SLIPWAY_TEST={tmp_path.name}"
+    salt = image_salt(tmp_path, registry)
     node.allow_registry(registry.addr)
-    cgi = tmp_path / "reload"
-    cgi.write_text(RELOAD_CGI)
-    keep = tmp_path / "keep"
-    keep.write_text("")
+    (tmp_path / "reload").write_text(RELOAD_CGI)
+    (tmp_path / "keep").write_text("")
     digests = {}
     ref = node.push_image(registry.addr, "engine", "7", {"bin/busybox": Path(BUSYBOX)},
                           ["/bin/busybox", "sh", "-c", "echo engine up; exec /bin/busybox sleep 2147483647"],
                           env=[salt])
     digests["engine:7"] = ref.split("@")[1]
     for tag in sidecar_tags:
-        ref = node.push_image(registry.addr, "sidecar", tag,
-                              {"bin/busybox": Path(BUSYBOX), "www/cgi-bin/reload": cgi, "tmp/.keep": keep},
-                              ["/bin/busybox", "httpd", "-f", "-p", str(RELOAD_PORT), "-h", "/www"],
-                              env=[f"VERSION={tag}", salt])
-        digests[tag] = ref.split("@")[1]
+        digests[tag] = push_sidecar(node, registry, tmp_path, tag, version=tag)
     return digests
+
+
+def image_salt(tmp_path: Path, registry) -> str:
+    """Differs per test and per run (the registry's port): the node's containerd outlives a session."""
+    return f"SLIPWAY_TEST={tmp_path.name}@{registry.addr}"
+
+
+def push_sidecar(node, registry, tmp_path: Path, tag: str, *, version: str) -> str:
+    """The sidecar image (its content set by ``version``) pushed as ``tag``; returns its digest."""
+    ref = node.push_image(registry.addr, "sidecar", tag,
+                          {"bin/busybox": Path(BUSYBOX), "www/cgi-bin/reload": tmp_path / "reload",
+                           "tmp/.keep": tmp_path / "keep"},
+                          ["/bin/busybox", "httpd", "-f", "-p", str(RELOAD_PORT), "-h", "/www"],
+                          env=[f"VERSION={version}", image_salt(tmp_path, registry)])
+    return ref.split("@")[1]
 
 
 class Watcher:
@@ -267,14 +279,24 @@ def test_gradual_hot_update_order_max_unavailable_busy_pause_with_http_reload(tm
              strategy=HELD)
     before = pods(kube, namespace)
     data = config(tmp_path, registry, kube, namespace, HTTP_RELOAD, rollout={})
+    sink = reload_server()   # the notification webhook
+    data["notify"] = {"webhooks": [{"url": f"http://127.0.0.1:{sink.server_address[1]}/n", "format": "json"}]}
     cfg_path = tmp_path / "slipway.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = parse_config(data, file="t", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates))
+    seen = Observed(cfg, Store(tmp_path / "s.db"))   # poller run's subscribers on the engine's bus
+    updates_key = 'slipway_updates_total{deployment="gss",result="succeeded"}'
+    updates_before = seen.metric(updates_key)
+    eng = build_engine(cfg, seen.store, targets=TargetFactory(cfg.updates), bus=seen.bus)
     with Watcher(kube.api_client(), namespace) as watcher:
         [o] = eng.cycle()
         # everyone but the busy server is done; the busy one waits (players on it)
         assert o.action == "rolling" and "busy" in o.detail, o
+        # the rollout published its start and each batch; /metrics follows it
+        assert [e.deployment for e in seen.of(RolloutStarted)] == ["gss"]
+        progress = seen.of(RolloutProgress)
+        assert progress and (progress[-1].done, progress[-1].total) == (4, 5)
+        assert seen.metric('slipway_rollout_progress_ratio{deployment="gss"}') == 0.8
         wait_until(lambda: len(first_patched(watcher.timeline(), new)) == 4, 30, what="the watch caught up")
         timeline = watcher.timeline()
         # high update priority first (OpenKruiseGame's meaning), the busy gss-2 skipped
@@ -300,6 +322,15 @@ def test_gradual_hot_update_order_max_unavailable_busy_pause_with_http_reload(tm
         freed = next(e["rv"] for e in timeline if e["name"] == "gss-2" and e["ops"] == "None")
         patched = next(e["rv"] for e in timeline if e["name"] == "gss-2" and e["spec"]["sidecar"] == new)
         assert freed < patched                             # never restarted with players on it
+
+    # The finished rollout and the update were published, counted and announced.
+    sink.shutdown()
+    assert [e.to_ref for e in seen.of(RolloutFinished)] == ["1.1.0"]
+    [update] = seen.of(UpdateFinished)
+    assert (update.deployment, update.ok, update.from_ref, update.to_ref) == ("gss", True, "1.0.0", "1.1.0")
+    assert seen.metric('slipway_rollout_progress_ratio{deployment="gss"}') == 1.0
+    assert seen.metric(updates_key) == updates_before + 1
+    assert [(b["event"], b["deployment"]) for b in sink.bodies] == [("update.succeeded", "gss")]
 
     after = pods(kube, namespace)
     for name, pod in after.items():                        # in place: same pods, engine untouched
@@ -359,3 +390,25 @@ def test_hot_update_without_restart_reloads_through_exec_and_abort_spares_the_bu
     busy = pods(kube, namespace)["gss-0"]
     assert busy["spec"]["containers"][1]["image"].endswith(":1.1.0")      # the busy one was left alone
     assert containers(busy)["sidecar"]["image"].endswith(":1.1.0")
+
+
+def test_rollout_to_a_tag_whose_image_was_first_pulled_under_another_tag_completes(tmp_path, registry, kube,
+                                                                                  namespace, node, okg):
+    """One image pushed as 1.0.0 and as 1.1.0: containerd keeps one image per digest and the kubelet
+    reports the restarted container under the name it first pulled (1.0.0); the health gate
+    compares the digest the target tag points at with the container's imageID, not names."""
+    digest = push_images(node, registry, tmp_path, "1.0.0")["1.0.0"]
+    assert push_sidecar(node, registry, tmp_path, "1.1.0", version="1.0.0") == digest
+    old, new = f"{registry.addr}/sidecar:1.0.0", f"{registry.addr}/sidecar:1.1.0"
+    make_gss(kube, node, namespace, old, f"{registry.addr}/engine:7", {"gss-0": {}, "gss-1": {}}, strategy=HELD)
+    data = config(tmp_path, registry, kube, namespace, HTTP_RELOAD,
+                  rollout={"steps": [1, "100%"], "health_timeout": 30})
+    cfg = parse_config(data, file="t", env={})
+    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates))
+    [o] = eng.cycle()
+    assert (o.action, o.to_ref) == ("updated", "1.1.0"), o
+    for pod in pods(kube, namespace).values():
+        assert pod["spec"]["containers"][1]["image"] == new
+        side = containers(pod)["sidecar"]
+        assert side["ready"] and side["imageID"] == f"{registry.addr}/sidecar@{digest}"
+        assert side["image"] == old  # the name the kubelet reports: the first one pulled

@@ -18,6 +18,7 @@ import requests
 from poller.api import Services, create_app
 from poller.api.dashboard import LiveLogs
 from poller.approvals import ApprovalQueue
+from poller.events import BuildStarted
 from poller.config import parse_config
 from poller.store import Store
 from tests.fixtures.services import free_port, wait_until
@@ -57,7 +58,8 @@ def test_page_renders_builds_images_approvals_and_live_log(tmp_path):
     store.finish_build(done, status="succeeded", digest="sha256:" + "d" * 64, log="Step 1/2 : FROM scratch\n")
     running = store.start_build(source="gs", image="r:5000/gs", ref="tag:v1.0.0", kind="release",
                                 sha="b" * 40, tags=["1.0.0"])
-    live.listener("build.started", {"build_id": running, "source": "gs", "ref": "tag:v1.0.0"})
+    live.on_started(BuildStarted(build_id=running, source="gs", image="r:5000/gs", ref="tag:v1.0.0",
+                                 kind="release", sha="b" * 40))
     live.on_log(_Plan(), "Step 1/3 : FROM scratch\n")
     appr = ApprovalQueue(store).request(kind="deployment", subject="prod/gs", to_version="2.0.0")
     c = app.test_client()

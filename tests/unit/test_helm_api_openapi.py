@@ -29,3 +29,23 @@ def test_api_matches_its_openapi_document(case):
     # the document. tests/cluster/test_helm_api.py runs every check against a real cluster.
     case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"},
                            excluded_checks=[not_a_server_error])
+
+
+def test_the_document_schemas_are_the_models_schemas():
+    from helm_api import models
+    from helm_api.openapi import openapi_document
+
+    doc = openapi_document(["production", "staging"], "staging")
+    schemas = doc["components"]["schemas"]
+    for model in (models.JobSummary, models.JobDetail, models.ApplyResponse, models.JobList):
+        generated = model.model_json_schema(mode="serialization",
+                                            ref_template="#/components/schemas/{model}")
+        generated.pop("$defs", None)
+        assert schemas[model.__name__] == generated, model.__name__
+    apply_request = schemas["ApplyRequest"]
+    assert apply_request["additionalProperties"] is False
+    assert set(apply_request["properties"]) == set(models.ApplyRequest.model_fields)
+    assert apply_request["properties"]["reason"]["maxLength"] == models.MAX_REASON
+    # the queued follow-ups are typed, not a bare object
+    assert schemas["JobList"]["properties"]["queued"]["additionalProperties"] == {
+        "$ref": "#/components/schemas/FollowUp"}

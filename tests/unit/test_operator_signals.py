@@ -13,7 +13,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from poller.approvals import ApprovalQueue
 from poller.commands.progress import ProgressDisplay
 from poller.config import parse_config
-from poller.logs import CORRELATION_ID, correlation, correlation_listener, get_logger, setup_logging
+from poller.events import (BuildFinished, BuildStarted, EventBus, ImageRetagged, RolloutProgress, RolloutStopped,
+                           SourceError, SourcePolled, UpdateFinished, subscribe_log_correlation)
+from poller.logs import CORRELATION_ID, correlation, get_logger, setup_logging
 from poller.metrics import Metrics
 from poller.store import Store
 
@@ -23,15 +25,18 @@ def test_metrics_follow_build_events_and_read_approvals_at_scrape_time(tmp_path)
     m = Metrics(reg)
     store = Store(tmp_path / "s.db")
     m.bind_store(store)
-    m.listener("build.started", {"source": "gs", "kind": "release"})
-    m.listener("build.succeeded", {"source": "gs", "kind": "release", "duration": 42.0})
-    m.listener("build.started", {"source": "gs", "kind": "staging"})
-    m.listener("build.failed", {"source": "gs", "kind": "staging", "duration": 3.0})
-    m.listener("source.error", {"source": "gs", "error": "boom"})
-    m.listener("source.polled", {"source": "gs"})
-    m.listener("image.retagged", {"source": "gs"})
-    m.listener("update.succeeded", {"deployment": "prod"})
-    m.listener("rollout.progress", {"deployment": "prod", "done": 3, "total": 4})
+    bus = EventBus()
+    m.subscribe(bus)
+    build = {"source": "gs", "image": "r:5000/gs", "ref": "tag:v1", "sha": "a" * 40}
+    bus.publish(BuildStarted(build_id=1, kind="release", **build))
+    bus.publish(BuildFinished(build_id=1, kind="release", ok=True, duration=42.0, **build))
+    bus.publish(BuildStarted(build_id=2, kind="staging", **build))
+    bus.publish(BuildFinished(build_id=2, kind="staging", ok=False, duration=3.0, **build))
+    bus.publish(SourceError(source="gs", error="boom"))
+    bus.publish(SourcePolled(source="gs"))
+    bus.publish(ImageRetagged(source="gs", image="r:5000/gs", tag="staging", digest="sha256:1", sha="a" * 40))
+    bus.publish(UpdateFinished(deployment="prod", image="r:5000/gs", ok=True, to_ref="1.2.0"))
+    bus.publish(RolloutProgress(deployment="prod", to_ref="1.2.0", done=3, total=4))
     store.record_poll("gs", head="a" * 40, tags={})
     ApprovalQueue(store).request(kind="chart", subject="game", to_version="2.0.0")
     from poller.rollout.control import RolloutControl
@@ -85,7 +90,8 @@ def test_progress_on_a_terminal_keeps_one_status_line_below_the_logs():
     display(_Plan(), BUILD_LOG[0] + BUILD_LOG[1])
     assert display.status_line() == "gs tag:v1.4.0 step 2/3"
     display.write("12:00:00 info    something.happened\n")
-    display.listener("build.succeeded", {"source": "gs", "ref": "tag:v1.4.0", "duration": 12.5})
+    display.on_finished(BuildFinished(build_id=1, source="gs", image="r:5000/gs", ref="tag:v1.4.0",
+                                      kind="release", sha="a" * 40, ok=True, duration=12.5))
     screen = term.getvalue()
     # The log line cleared the status line, was written whole, and the status came back after it.
     assert "\r\x1b[K12:00:00 info    something.happened\ngs tag:v1.4.0 step 2/3" in screen
@@ -98,12 +104,16 @@ def test_correlation_id_tags_every_line_of_a_build_thread():
     setup_logging(fmt="json", stream=out)
     log = get_logger("poller.test")
     seen = []
+    bus = EventBus()
+    subscribe_log_correlation(bus)
+    build = {"build_id": 7, "source": "gs", "image": "r:5000/gs", "ref": "tag:v1", "kind": "release",
+             "sha": "a" * 40}
 
     def build_thread():
-        correlation_listener("build.started", {"build_id": 7})
+        bus.publish(BuildStarted(**build))
         log.info("registry.push", tag="1.0.0")
         logging.getLogger("docker.other").warning("plain stdlib line")
-        correlation_listener("build.succeeded", {"build_id": 7})
+        bus.publish(BuildFinished(ok=True, **build))
         log.info("after")
         seen.append(CORRELATION_ID.get())
 
@@ -131,19 +141,8 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
-class _Listeners:
-    """What ``_notifications`` needs of a pipeline: its listener list."""
-
-    def __init__(self):
-        self.listeners = []
-
-    def emit(self, event, **fields):
-        for listener in self.listeners:
-            listener(event, fields)
-
-
 def test_notifications_reach_a_real_webhook(tmp_path):
-    from poller.commands.pipeline import _notifications
+    from poller.notify import subscribe_notifications
 
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     sink.bodies = []
@@ -154,22 +153,23 @@ def test_notifications_reach_a_real_webhook(tmp_path):
             {"url": url, "format": "json"},
             {"url": url + "/slack", "format": "slack", "events": ["build.failed"]}]}}, env={})
         store = Store(tmp_path / "s.db")
-        pipe = _Listeners()
-        job_id, _, announce = _notifications(cfg, pipe, store)
-        pipe.emit("build.failed", build_id=3, source="gs", ref="branch:master", sha="f" * 40,
-                  image="r:5000/gs", error="Step 2/3: COPY failed")
-        pipe.emit("build.succeeded", build_id=4, source="gs", ref="branch:master", kind="staging",
-                  image="r:5000/gs", tags=["staging"])
-        pipe.emit("build.succeeded", build_id=5, source="gs", ref="tag:v1.0.0", kind="release",
-                  image="r:5000/gs", tags=["1.0.0"], digest="sha256:1")
-        pipe.emit("rollout.stopped", deployment="prod", reason="health check failed")
+        bus = EventBus()
+        announce = subscribe_notifications(cfg.notify, store, bus).announce
+        bus.publish(BuildFinished(build_id=3, source="gs", ref="branch:master", sha="f" * 40, kind="staging",
+                                  image="r:5000/gs", ok=False, error="Step 2/3: COPY failed"))
+        bus.publish(BuildFinished(build_id=4, source="gs", ref="branch:master", kind="staging", sha="e" * 40,
+                                  image="r:5000/gs", ok=True, tags=("staging",)))
+        bus.publish(BuildFinished(build_id=5, source="gs", ref="tag:v1.0.0", kind="release", sha="d" * 40,
+                                  image="r:5000/gs", ok=True, tags=("1.0.0",), digest="sha256:1"))
+        bus.publish(RolloutStopped(deployment="prod", to_ref="1.9.0", state="failed",
+                                   message="health check failed"))
         ApprovalQueue(store).request(kind="deployment", subject="prod", to_version="2.0.0")
         from poller.rollout.control import RolloutControl
 
         control = RolloutControl(store)
         rollout = control.start("prod", "2.0.0", "r:5000/gs")
         control.set_state(rollout.id, "failed", message="gs-2 did not come back")
-        assert job_id == "notify" and announce() == 2 and announce() == 0
+        assert announce() == 2 and announce() == 0
     finally:
         sink.shutdown()
     events = [b.get("event") or b["text"] for b in sink.bodies]

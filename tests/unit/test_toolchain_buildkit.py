@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -12,12 +12,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def toolchain():
-    if "slipway_toolchain" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("slipway_toolchain", ROOT / "toolchain" / "slipway_toolchain.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["slipway_toolchain"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["slipway_toolchain"]
+    """The toolchain package (toolchain/slipway_toolchain/), as scripts/toolchain imports it."""
+    if str(ROOT / "toolchain") not in sys.path:
+        sys.path.insert(0, str(ROOT / "toolchain"))
+    return importlib.import_module("slipway_toolchain")
 
 
 def test_buildkit_has_its_own_cache_entry_and_leaves_the_kubernetes_key_alone(tmp_path, monkeypatch):

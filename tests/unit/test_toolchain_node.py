@@ -1,4 +1,4 @@
-"""The real node's and OpenKruiseGame's recipes (toolchain/node.py, okg.py, oci_push.py): what
+"""The real node's and OpenKruiseGame's recipes (slipway_toolchain.node, .okg, toolchain/oci_push.py): what
 they write, without starting anything."""
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "toolchain"))
 
-import node
 import oci_push
-import okg
+from slipway_toolchain import node, okg
 
 
 def _sha(data: bytes) -> str:

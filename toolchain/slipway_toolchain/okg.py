@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import slipway_toolchain as st
@@ -117,10 +118,10 @@ def build(tc: OkgToolchain | None = None) -> OkgToolchain:
         for names, fn in BUILDERS:
             if all((tc.bindir / n).exists() for n in names):
                 continue
-            started = st.time.monotonic()
+            started = time.monotonic()
             st._log(f"building {', '.join(names)} (log: {tc.logdir})")
             fn(tc)
-            st._log(f"built {', '.join(names)} in {st.time.monotonic() - started:.0f}s")
+            st._log(f"built {', '.join(names)} in {time.monotonic() - started:.0f}s")
     return tc
 
 
@@ -263,7 +264,7 @@ def stop(cluster: st.Cluster, state: dict) -> None:
                        ("mutatingwebhookconfiguration", OKG_MUTATING),
                        ("validatingwebhookconfiguration", OKG_VALIDATING)):
         cluster.kubectl("delete", kind, name, "--ignore-not-found", "--request-timeout=10s", check=False)
-    from node import _stop_named
+    from .node import _stop_named
 
     for name in ("kruise-game-manager", "kruise-manager"):
         _stop_named(cluster, state, name)

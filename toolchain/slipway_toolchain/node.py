@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import oci_push
+
 import slipway_toolchain as st
 
 NODE_NAME = "slipway-node"

@@ -1,0 +1,51 @@
+"""poller.kube.api_client: the one Kubernetes client builder (no server needed: what is
+checked is which cluster and identity the client was built for, and how a bad configuration
+fails)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from poller import kube
+from poller.errors import UpstreamError
+
+
+def two_contexts(tmp_path) -> str:
+    cfg = {"apiVersion": "v1", "kind": "Config",
+           "clusters": [{"name": "a", "cluster": {"server": "https://a.example:6443"}},
+                        {"name": "b", "cluster": {"server": "https://b.example:6443"}}],
+           "users": [{"name": "u", "user": {"token": "t0ken"}}],
+           "contexts": [{"name": "ctx-a", "context": {"cluster": "a", "user": "u"}},
+                        {"name": "ctx-b", "context": {"cluster": "b", "user": "u"}}],
+           "current-context": "ctx-a"}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_kubeconfig_and_context_pick_the_cluster_and_retries_are_off(tmp_path):
+    path = two_contexts(tmp_path)
+    assert kube.api_client(path).configuration.host == "https://a.example:6443"
+    api = kube.api_client(path, context="ctx-b")
+    assert api.configuration.host == "https://b.example:6443"
+    assert api.configuration.retries is False
+
+
+def test_a_missing_kubeconfig_is_an_upstream_error_naming_the_file(tmp_path):
+    missing = str(tmp_path / "nope.kubeconfig")
+    with pytest.raises(UpstreamError) as err:
+        kube.api_client(missing)
+    assert missing in str(err.value)
+
+
+def test_an_unknown_context_is_an_upstream_error_not_a_raw_config_exception(tmp_path):
+    with pytest.raises(UpstreamError) as err:
+        kube.api_client(two_contexts(tmp_path), context="ctx-zz")
+    assert "ctx-zz" in str(err.value)
+
+
+def test_in_cluster_without_a_service_account_is_an_upstream_error():
+    with pytest.raises(UpstreamError) as err:
+        kube.api_client(in_cluster=True)
+    assert "in-cluster service account" in str(err.value)
