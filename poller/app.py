@@ -21,7 +21,7 @@ from poller.store import Store
 
 
 def open_store(cfg: Config) -> Store:
-    return Store(cfg.store_path, log_limit=cfg.build.log_limit_kb * 1024)
+    return Store(cfg.store_target, log_limit=cfg.build.log_limit_kb * 1024)
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -39,7 +39,7 @@ def _pid_alive(pid: int | None) -> bool:
 def build_pipeline(cfg: Config, *, store: Store | None = None,
                    counter: RequestCounter | None = None,
                    on_build_log: Callable[[BuildPlan, str], None] | None = None,
-                   bus: EventBus | None = None) -> Pipeline:
+                   bus: EventBus | None = None, queue: bool = True) -> Pipeline:
     store = store or open_store(cfg)
     store.mark_interrupted(older_than_pid_alive=_pid_alive)
     # a charts-only configuration has no registry (and no sources that would need one)
@@ -48,5 +48,10 @@ def build_pipeline(cfg: Config, *, store: Store | None = None,
                            docker_engine=engine_url(cfg.docker.base_url))
     sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
     # without a registry there are no sources, so the pipeline never reaches for it
-    return Pipeline(cfg, store=store, registry=registry, builder=builder, sources=sources,  # type: ignore[arg-type]
-                    on_build_log=on_build_log, bus=bus)
+    pipeline = Pipeline(cfg, store=store, registry=registry, builder=builder,  # type: ignore[arg-type]
+                        sources=sources, on_build_log=on_build_log, bus=bus)
+    if queue and store.pg:  # builds are jobs for `poller worker` processes (poller.queue)
+        from poller.queue import BuildQueue
+
+        pipeline.enqueue = BuildQueue(cfg.store_target, queue=cfg.store.queue.name).enqueue
+    return pipeline

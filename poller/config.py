@@ -172,8 +172,28 @@ class PollConfig(_Model):
     backoff_max: float = Field(900.0, gt=0, description="longest wait after upstream failures, s")
 
 
+class QueueConfig(_Model):
+    name: str = Field("builds", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+                      description="the build queue poller run enqueues to (PostgreSQL store only)")
+    lease: float = Field(30.0, ge=2, le=3600, description="seconds without a worker heartbeat "
+                         "after which its build job is retried (once) by another worker")
+
+
 class StoreConfig(_Model):
+    queue: QueueConfig = QueueConfig()
+    leader_interval: float = Field(2.0, ge=0.2, le=60, description="seconds between a replica's "
+                                   "tries for leadership (PostgreSQL store); takeover within ~2x")
     path: str = Field("~/.local/state/slipway/slipway.db", description="SQLite file")
+    url: str | None = Field(None, description="the store: a SQLite file path, or "
+                            "postgresql://user[:password]@host[:port]/db for several replicas and "
+                            "build workers; default: path")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a SQLite file path or a postgresql:// URL")
+        return v or None
 
 
 class DockerConfig(_Model):
@@ -340,6 +360,13 @@ class Config(_Model):
     @property
     def store_path(self) -> Path:
         return Path(os.path.expanduser(self.store.path))
+
+    @property
+    def store_target(self) -> str:
+        """What :class:`poller.store.Store` opens: the PostgreSQL URL, else the SQLite path."""
+        if self.store.url and "://" in self.store.url:
+            return self.store.url
+        return str(Path(os.path.expanduser(self.store.url or self.store.path)))
 
     @property
     def state_path(self) -> Path:

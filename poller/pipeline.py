@@ -158,6 +158,9 @@ class Pipeline:
         #: Where this pipeline publishes SourcePolled, SourceError, BuildStarted, BuildFinished
         #: and ImageRetagged (poller/events.py). Metrics and notifications subscribe there.
         self.bus = bus if bus is not None else EventBus()
+        #: With a PostgreSQL store, builds go to the queue (``poller.queue``) instead of the
+        #: executor here: ``enqueue(plan, action)`` returns the action as decided.
+        self.enqueue: Callable[[BuildPlan, Action], Action] | None = None
 
     # -- one source -------------------------------------------------------------------
     def reconcile_source(self, name: str, *, force: bool = False) -> SourceReport:
@@ -301,6 +304,8 @@ class Pipeline:
                 act.error = (f"{failures} failed build(s) of this commit; next try in "
                              f"{last + delay - self.clock():.0f}s")
                 return act
+        if self.enqueue is not None:
+            return self.enqueue(plan, act)
         with self._inflight_lock:
             running = self._inflight.get(plan.key)
             if running is not None and not running.done():
@@ -313,6 +318,10 @@ class Pipeline:
             act.action, act.status = "build", "pending"
             self._inflight[plan.key] = self._executor.submit(self._run_build, plan, act)
         return act
+
+    def build_claimed(self, plan: BuildPlan, act: Action) -> Action:
+        """Build ``plan`` here and now (a queue worker's job): claim, record, build, release."""
+        return self._run_build(plan, act)
 
     def _run_build(self, plan: BuildPlan, act: Action) -> Action:
         try:

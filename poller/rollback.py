@@ -173,9 +173,9 @@ class Rollbacks:
             manifest = self.registry.get_manifest(repo, digest)
             self.registry.put_manifest(repo, STAGING_TAG, manifest)
         self.store.execute(
-            "INSERT INTO staging_holds (source, digest, sha, head, by, reason, at) VALUES"
+            "INSERT INTO staging_holds (source, digest, sha, head, \"by\", reason, at) VALUES"
             " (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(source) DO UPDATE SET digest=excluded.digest,"
-            " sha=excluded.sha, head=excluded.head, by=excluded.by, reason=excluded.reason,"
+            " sha=excluded.sha, head=excluded.head, \"by\"=excluded.\"by\", reason=excluded.reason,"
             " at=excluded.at", (service, digest, sha, head, by, reason, self.clock()))
         plan.done = True
         self._record(plan)

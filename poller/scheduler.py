@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 from apscheduler.executors.pool import ThreadPoolExecutor as APSThreadPool
@@ -39,6 +40,30 @@ class Scheduler:
             executors={"default": APSThreadPool(max_workers=8)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        #: With a PostgreSQL store, several replicas run; only the leader's jobs do work
+        #: (poller.leader). With SQLite there is no election: this process always leads.
+        self.leader = None
+        if getattr(pipeline.store, "pg", False):
+            from poller.leader import Leader
+
+            self.leader = Leader(cfg.store_target, interval=cfg.store.leader_interval,
+                                 on_change=self._leadership_changed)
+
+    def is_leader(self) -> bool:
+        return self.leader is None or self.leader.is_leader()
+
+    def _leadership_changed(self, leading: bool) -> None:
+        if leading and not self._stop.is_set():  # take over at once, not at the next interval
+            import datetime as dt
+
+            for job in self._aps.get_jobs():
+                job.modify(next_run_time=dt.datetime.now(dt.timezone.utc))
+
+    def _consume_triggers(self) -> None:
+        """The leader runs the work other replicas were asked for (their webhooks), once."""
+        rows = self.pipeline.store.execute("DELETE FROM leader_triggers RETURNING job_id").fetchall()
+        for job_id in dict.fromkeys(r["job_id"] for r in rows):
+            self._trigger_here(job_id)
 
     def _add(self, job_id: str, interval: float, fn: Callable[[], object]) -> None:
         import datetime as dt
@@ -49,6 +74,8 @@ class Scheduler:
 
     def _guard(self, job_id: str, fn: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
+            if not self.is_leader():  # a follower: the leader does the scheduled work
+                return
             with self._flags:
                 self._running.add(job_id)
             try:
@@ -76,11 +103,25 @@ class Scheduler:
             self._add(f"source:{s.name}", interval, functools.partial(self.pipeline.reconcile_source, s.name))
         for job_id, interval, fn in self.extra_jobs:
             self._add(job_id, interval, fn)
+        if self.leader is not None:
+            self._add("leader:triggers", 1.0, self._consume_triggers)
         self._aps.start()
+        if self.leader is not None:
+            self.leader.start()
         log.info("scheduler.started", sources=len(self.cfg.sources), jobs=len(self._aps.get_jobs()))
 
     def trigger(self, job_id: str) -> bool:
-        """Run a job now (webhooks use this); polling stays the safety net."""
+        """Run a job now (webhooks use this); polling stays the safety net. On a follower the
+        request is written to the store, and the leader runs it once."""
+        if not self.is_leader():
+            if self._aps.get_job(job_id) is None:
+                return False
+            self.pipeline.store.execute("INSERT INTO leader_triggers (job_id, at) VALUES (?, ?)",
+                                        (job_id, time.time()))
+            return True
+        return self._trigger_here(job_id)
+
+    def _trigger_here(self, job_id: str) -> bool:
         job = self._aps.get_job(job_id)
         if job is None:
             return False
@@ -97,6 +138,8 @@ class Scheduler:
         if self._stop.is_set():
             return
         self._stop.set()
+        if self.leader is not None:
+            self.leader.stop()
         log.info("scheduler.stopping", running_builds=self.pipeline.running_builds())
         self._aps.shutdown(wait=True)
         try:

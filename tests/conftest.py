@@ -11,5 +11,6 @@ pytest_plugins = [
         "tests.fixtures.hosted",
         "tests.fixtures.fleet",
         "tests.fixtures.buildkit",
+        "tests.fixtures.postgres",
     ) if importlib.util.find_spec(name) is not None
 ]

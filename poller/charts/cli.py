@@ -57,7 +57,7 @@ def _watch(args: argparse.Namespace) -> int:
     repos = [r for r in cfg.charts.repos if not args.repo or r.name in args.repo]
     if not repos:
         raise ConfigError("no chart repositories to watch", file=cfg.path, key="charts.repos")
-    store = Store(cfg.store_path)
+    store = Store(cfg.store_target)
     watchers = [ChartWatcher(r, cfg.charts, store) for r in repos]
     stop = threading.Event()
     if not args.once:

@@ -1,83 +1,38 @@
-"""History and audit in SQLite. Never the source of truth: the registry and git are.
+"""History and audit, in SQLite (the embedded default) or PostgreSQL, through SQLAlchemy Core.
 
-One :class:`Store` per process; it is safe to share between threads (one connection per
-thread, WAL mode). Other domains (approvals, charts, updates) add their own tables with
-:meth:`Store.ensure_schema` instead of reaching into this module.
+Never the source of truth: the registry and git are. The schema is owned by alembic
+migrations (``poller/store/migrations``); a store is brought to the newest revision when it is
+opened (``poller store upgrade`` does the same ahead of time) and a store written by a newer
+Slipway is refused. One :class:`Store` per process; it is safe to share between threads (a
+connection pool; WAL mode on SQLite).
+
+Callers hand :meth:`Store.execute` SQL with ``?`` placeholders; on PostgreSQL it is rewritten
+to the driver's style (``%s``) and ``INSERT OR IGNORE`` becomes ``ON CONFLICT DO NOTHING``.
+New tables go in a new migration, not in :meth:`Store.ensure_schema` (kept for SQLite only).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import StaticPool
+
 from poller.errors import StoreError
 from poller.logs import mask, mask_known, mask_value
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS builds (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    source      TEXT NOT NULL,
-    image       TEXT NOT NULL,
-    ref         TEXT NOT NULL,      -- 'branch:master' or 'tag:v1.2.3'
-    kind        TEXT NOT NULL,      -- staging | release | prerelease
-    sha         TEXT NOT NULL,
-    tags        TEXT NOT NULL,      -- JSON list of image tags
-    digest      TEXT,
-    status      TEXT NOT NULL,      -- running | succeeded | failed | upstream-error | interrupted
-    error       TEXT,
-    started_at  REAL NOT NULL,
-    finished_at REAL,
-    duration    REAL,
-    log         TEXT NOT NULL DEFAULT '',
-    pid         INTEGER
-);
-CREATE INDEX IF NOT EXISTS builds_by_key ON builds (image, ref, sha, id);
-CREATE TABLE IF NOT EXISTS sources (
-    name        TEXT PRIMARY KEY,
-    head        TEXT,
-    tags        TEXT NOT NULL DEFAULT '{}',
-    last_poll   REAL,
-    last_ok     REAL,
-    last_error  TEXT
-);
-CREATE TABLE IF NOT EXISTS approvals (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind        TEXT NOT NULL,      -- 'chart' | 'deployment' | ...
-    subject     TEXT NOT NULL,      -- what would change (chart name, deployment)
-    from_version TEXT,
-    to_version  TEXT NOT NULL,
-    reason      TEXT NOT NULL DEFAULT '',
-    status      TEXT NOT NULL,      -- pending | approved | rejected | expired | applied | superseded
-    created_at  REAL NOT NULL,
-    decided_at  REAL,
-    decided_by  TEXT,
-    expires_at  REAL,
-    UNIQUE (kind, subject, to_version)
-);
-CREATE TABLE IF NOT EXISTS build_claims (
-    image       TEXT NOT NULL,
-    ref         TEXT NOT NULL,
-    sha         TEXT NOT NULL,
-    holder      TEXT NOT NULL,      -- host:pid:nonce of the process building it
-    host        TEXT NOT NULL,
-    pid         INTEGER NOT NULL,
-    expires_at  REAL NOT NULL,      -- renewed while the build runs; a dead holder's lapses
-    PRIMARY KEY (image, ref)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    at          REAL NOT NULL,
-    kind        TEXT NOT NULL,
-    subject     TEXT NOT NULL,
-    detail      TEXT NOT NULL DEFAULT '{}'
-);
-"""
 
 #: Columns this version reads and writes; a store without them was made by an older Slipway.
 _REQUIRED_COLUMNS = {
@@ -92,9 +47,13 @@ _REQUIRED_COLUMNS = {
 _MOVE_ASIDE = "move it aside (it holds only history) or set store.path to another file"
 
 
-def _explain(path: str, exc: Exception) -> StoreError:
-    """One line naming the store file, what is wrong with it and what to do."""
+
+def _explain(path: str, exc: Exception, *, pg: bool = False) -> StoreError:
+    """One line naming the store file (or URL, password hidden), what is wrong and what to do."""
     text = str(exc).lower()
+    if pg:
+        return StoreError(f"store {path} cannot be used ({mask(' '.join(str(exc).split()))}); "
+                          "check store.url and that the PostgreSQL server answers")
     if isinstance(exc, IsADirectoryError) or Path(path).is_dir():
         what = f"is a directory, not a file; set store.path to a file such as {path}/slipway.db"
     elif "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
@@ -135,77 +94,255 @@ class BuildRecord:
         return d
 
 
-class Store:
-    """SQLite-backed history. ``path`` may be ``":memory:"`` only for single-threaded tests."""
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: The PostgreSQL advisory lock (transaction-scoped) that serialises migrations and claims.
+_MIGRATE_LOCK, _CLAIM_LOCK = 0x51_1F_0001, 0x51_1F_0002
+_PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+#: Tables with a generated ``id``: an INSERT on PostgreSQL returns it for ``lastrowid``.
+_ID_TABLES = {"builds", "approvals", "events", "updates", "rollouts", "chart_applies"}
 
-    def __init__(self, path: str | Path, *, log_limit: int = 256 * 1024):
-        self.path = str(path)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def is_postgres(target: str | Path) -> bool:
+    return str(target).startswith(_PG_SCHEMES)
+
+
+def _pg_url(url: str) -> sa.URL:
+    u = sa.make_url(url)
+    return u.set(drivername="postgresql+psycopg")
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
+
+
+def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+
+
+def _portable(sql: str, pg: bool) -> str:
+    """``?`` placeholders to the driver's style, outside quoted text; SQLite idioms to SQL."""
+    if not pg:
+        return sql
+    out, quote = [], None
+    for ch in sql:
+        if quote:
+            out.append("%%" if ch == "%" else ch)
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        elif ch == "%":
+            out.append("%%")
+        else:
+            out.append(ch)
+    text = "".join(out)
+    if re.match(r"\s*INSERT\s+OR\s+IGNORE\s+INTO", text, re.IGNORECASE):
+        text = re.sub(r"INSERT\s+OR\s+IGNORE\s+INTO", "INSERT INTO", text, count=1, flags=re.IGNORECASE)
+        text = text.rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
+    m = re.match(r"\s*INSERT\s+INTO\s+(\w+)", text, re.IGNORECASE)
+    if m and m.group(1).lower() in _ID_TABLES and not re.search(r"\bRETURNING\b", text, re.IGNORECASE):
+        text = text.rstrip().rstrip(";") + " RETURNING id"
+    return text
+
+
+class Row(dict):
+    """A result row: by column name (``row["id"]``), by position (``row[0]``), or ``dict(row)``."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int):
+            return list(self.values())[key]
+        return dict.__getitem__(self, key)
+
+
+class Result:
+    """A fetched result (rows are read before the connection goes back to the pool)."""
+
+    def __init__(self, result: sa.CursorResult, pg: bool):
+        self.rowcount = result.rowcount
+        self._rows = [Row(r._mapping) for r in result] if result.returns_rows else []
+        self.lastrowid: int | None
+        if pg:
+            self.lastrowid = int(self._rows[0]["id"]) if self._rows and "id" in self._rows[0] else None
+        else:
+            self.lastrowid = result.lastrowid
+
+    def fetchone(self) -> Row | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Row]:
+        return list(self._rows)
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self._rows)
+
+
+class Tx:
+    """Statements in one transaction (see :meth:`Store.transaction`)."""
+
+    def __init__(self, conn: sa.Connection, pg: bool):
+        self.conn, self.pg = conn, pg
+
+    def execute(self, sql: str, params: tuple | dict = ()) -> Result:
+        return Result(self.conn.exec_driver_sql(_portable(sql, self.pg), params), self.pg)
+
+
+class Store:
+    """History on SQLite (a file path; ``":memory:"`` for single-threaded tests) or PostgreSQL
+    (a ``postgresql://`` URL)."""
+
+    def __init__(self, path: str | Path, *, log_limit: int = 256 * 1024, upgrade: bool = True):
+        self.pg = is_postgres(path)
+        self.path = sa.make_url(str(path)).render_as_string(hide_password=True) if self.pg else str(path)
         self.log_limit = log_limit
-        self._local = threading.local()
         self._lock = threading.Lock()
+        self._engine: sa.Engine | None = None
         try:
-            if self.path != ":memory:":
+            if not self.pg and self.path != ":memory:":
                 if Path(self.path).is_dir():
                     raise IsADirectoryError(self.path)
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self.ensure_schema(_SCHEMA)
+            self._engine = self._make_engine(str(path))
             self._check()
-        except (sqlite3.Error, OSError) as exc:
+            self.revision = self._migrate(upgrade)
+            if not self.pg:
+                self._check_writable()
+        except StoreError:
             self.close()
-            raise _explain(self.path, exc) from None
+            raise
+        except (sa_exc.DBAPIError, sqlite3.Error, OSError) as exc:
+            self.close()
+            raise _explain(self.path, getattr(exc, "orig", None) or exc, pg=self.pg) from None
 
     # -- plumbing -----------------------------------------------------------------
-    def connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
+    def _make_engine(self, target: str) -> sa.Engine:
+        if self.pg:
+            return sa.create_engine(_pg_url(target), pool_pre_ping=True, pool_size=5,
+                                    max_overflow=10, pool_timeout=30,
+                                    connect_args={"connect_timeout": 10})
+        memory = self.path == ":memory:"
+        engine = sa.create_engine(
+            "sqlite+pysqlite:///" + self.path,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            **({"poolclass": StaticPool} if memory else {"pool_size": 8, "max_overflow": 16}))
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn, _record) -> None:
+            dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
+            if not memory:
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("immediate") else "BEGIN")
+
+        return engine
+
+    @contextmanager
+    def transaction(self, *, immediate: bool = False, lock: int | None = None) -> Iterator[Tx]:
+        """One transaction. ``immediate`` takes SQLite's write lock at the start; ``lock`` is a
+        PostgreSQL advisory lock key held until the end (both: no two writers interleave)."""
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            conn.info["immediate"] = immediate
+            try:
+                with conn.begin():
+                    if self.pg and lock is not None:
+                        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock,))
+                    yield Tx(conn, self.pg)
+            finally:
+                conn.info.pop("immediate", None)
 
     def _check(self) -> None:
-        """Refuse, at open, a store that is damaged, from an older schema, or not writable."""
-        conn = self.connection()
-        problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-        if problem != "ok":
-            raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
-        for table, wanted in _REQUIRED_COLUMNS.items():
-            have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
-            missing = sorted(wanted - have)
-            if missing:
-                raise StoreError(f"store {self.path} was made by an older Slipway (table {table} "
-                                 f"has no column {', '.join(missing)}); {_MOVE_ASIDE}")
-        conn.execute("BEGIN IMMEDIATE")
-        try:  # a write that is rolled back: fails at once on a read-only file
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            conn.execute(f"PRAGMA user_version={int(version)}")
-        finally:
-            conn.execute("ROLLBACK")
+        """Refuse, at open, a store that is damaged or from an older, unmigratable schema."""
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            if not self.pg:
+                problem = conn.exec_driver_sql("PRAGMA quick_check(1)").scalar()
+                if problem != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+            inspector = sa.inspect(conn)
+            for table, wanted in _REQUIRED_COLUMNS.items():
+                if not inspector.has_table(table):
+                    continue
+                have = {c["name"] for c in inspector.get_columns(table)}
+                missing = sorted(wanted - have)
+                if missing:
+                    raise StoreError(f"store {self.path} was made by an older Slipway (table {table} "
+                                     f"has no column {', '.join(missing)}); {_MOVE_ASIDE}")
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def _migrate(self, upgrade: bool) -> str | None:
+        """Bring the schema to the newest revision; refuse a store from a newer Slipway."""
+        current = self.current_revision()
+        if current is not None and current not in _known_revisions():
+            raise StoreError(
+                f"store {self.path} was written by a newer Slipway (schema revision {current}; this "
+                f"poller knows up to {head_revision()}); run a newer poller, or point store.url "
+                "at another store")
+        if current == head_revision() or not upgrade:
+            return current
+        from alembic import command
+        from alembic.config import Config
+
+        with self.transaction(immediate=True, lock=_MIGRATE_LOCK) as tx:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = tx.conn
+            command.upgrade(cfg, "head")
+        return self.current_revision()
+
+    def _check_writable(self) -> None:
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            raw.execute("BEGIN IMMEDIATE")
+            try:  # a write that is rolled back: fails at once on a read-only file
+                version = raw.execute("PRAGMA user_version").fetchone()[0]
+                raw.execute(f"PRAGMA user_version={int(version)}")
+            finally:
+                raw.execute("ROLLBACK")
 
     def ensure_schema(self, script: str) -> None:
-        with self._lock:
-            self.connection().executescript(script)
+        """Legacy: SQLite ``CREATE ... IF NOT EXISTS`` scripts. The migrations create every
+        table, so on SQLite this is a no-op for known tables, and on PostgreSQL it is skipped."""
+        if self.pg or self._engine is None:
+            return
+        with self._lock, self._engine.connect() as conn:
+            conn.connection.dbapi_connection.executescript(script)
 
-    def execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
-        return self.connection().execute(sql, params)
+    def execute(self, sql: str, params: tuple | dict = ()) -> Result:
+        """One statement in its own transaction (``?`` placeholders)."""
+        with self.transaction() as tx:
+            return tx.execute(sql, params)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
     # -- builds -------------------------------------------------------------------
     def start_build(self, *, source: str, image: str, ref: str, kind: str, sha: str,
                     tags: list[str], pid: int | None = None) -> int:
         cur = self.execute(
-            "INSERT INTO builds (source, image, ref, kind, sha, tags, status, started_at, pid)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
-            (source, image, ref, kind, sha, json.dumps(tags), time.time(), pid))
+            "INSERT INTO builds (source, image, ref, kind, sha, tags, status, started_at, pid, host)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+            (source, image, ref, kind, sha, json.dumps(tags), time.time(), pid, socket.gethostname()))
         return int(cur.lastrowid)  # type: ignore[arg-type]
 
     def finish_build(self, build_id: int, *, status: str, digest: str | None = None,
@@ -222,20 +359,32 @@ class Store:
             (status, digest, error, log, now, now, build_id))
 
     def mark_interrupted(self, *, older_than_pid_alive=None) -> int:
-        """Close builds left ``running`` by a process that is gone. Returns how many."""
-        rows = self.execute("SELECT id, pid FROM builds WHERE status='running'").fetchall()
+        """Close builds left ``running`` by a process that is gone. Returns how many.
+
+        A build of this host is judged by its pid; one of another host (a shared PostgreSQL
+        store) by its build claim, which its process renews while it runs.
+        """
+        here, now = socket.gethostname(), time.time()
+        rows = self.execute("SELECT id, pid, host, image, ref FROM builds WHERE status='running'"
+                            ).fetchall()
         n = 0
         for row in rows:
-            alive = older_than_pid_alive(row["pid"]) if older_than_pid_alive else False
+            if row["host"] and row["host"] != here:
+                claim = self.execute("SELECT expires_at FROM build_claims WHERE image=? AND ref=?",
+                                     (row["image"], row["ref"])).fetchone()
+                alive = claim is not None and claim["expires_at"] > now
+            else:
+                alive = older_than_pid_alive(row["pid"]) if older_than_pid_alive else False
             if not alive:
                 self.finish_build(row["id"], status="interrupted",
                                   error="the process running this build stopped")
                 n += 1
         return n
 
-    def _build(self, row: sqlite3.Row) -> BuildRecord:
+    def _build(self, row: Row) -> BuildRecord:
         d = dict(row)
         d.pop("pid", None)
+        d.pop("host", None)
         d["tags"] = json.loads(d["tags"])
         if d.get("error"):
             d["error"] = mask(d["error"])
@@ -285,24 +434,18 @@ class Store:
         mid-build), is taken over. The check and the take are one write transaction, so two
         processes never both get it.
         """
-        conn = self.connection()
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT * FROM build_claims WHERE image=? AND ref=?",
-                               (image, ref)).fetchone()
+        with self.transaction(immediate=True, lock=_CLAIM_LOCK) as tx:
+            row = tx.execute("SELECT * FROM build_claims WHERE image=? AND ref=?",
+                             (image, ref)).fetchone()
             if (row is not None and row["holder"] != holder and row["expires_at"] > now
                     and holder_alive(row["host"], row["pid"])):
-                conn.execute("ROLLBACK")
                 return dict(row)
-            conn.execute("INSERT OR REPLACE INTO build_claims (image, ref, sha, holder, host, pid,"
-                         " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (image, ref, sha, holder, host, pid, now + ttl))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            tx.execute("INSERT INTO build_claims (image, ref, sha, holder, host, pid, expires_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (image, ref) DO UPDATE SET"
+                       " sha=excluded.sha, holder=excluded.holder, host=excluded.host,"
+                       " pid=excluded.pid, expires_at=excluded.expires_at",
+                       (image, ref, sha, holder, host, pid, now + ttl))
         return None
 
     def live_claim(self, *, image: str, ref: str,

@@ -71,6 +71,45 @@ def test_slipway_template(helm):
     assert pc["args"] == ["run", "--config", "/etc/slipway/config.yaml"]
     assert pc["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert pc["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "slipway-api-token", "key": "token"}
+    # the default stays one SQLite replica, no workers
+    assert poller["spec"]["replicas"] == 1 and poller["spec"]["strategy"]["type"] == "Recreate"
+    assert not any(d["metadata"]["name"] == "slipway-worker" for d in rendered)
+
+
+def test_slipway_template_with_postgres_replicas_and_workers(helm):
+    pg = ("--set", "store.postgres.existingSecret=slipway-pg", "--set", "poller.replicas=3",
+          "--set", "worker.replicas=2", "--set", "worker.dockerHost=tcp://docker-engine:2376")
+    rendered = docs(helm.run("template", "slipway", SLIPWAY, *TOKEN_ARGS, *pg).stdout)
+    assert "0 chart(s) failed" in helm.run("lint", "--strict", SLIPWAY, *TOKEN_ARGS, *pg).stdout
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
+    poller = by_name[("Deployment", "slipway-poller")]
+    worker = by_name[("Deployment", "slipway-worker")]
+    assert poller["spec"]["replicas"] == 3 and poller["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert worker["spec"]["replicas"] == 2
+    wc = worker["spec"]["template"]["spec"]["containers"][0]
+    assert wc["args"][:3] == ["worker", "--config", "/etc/slipway/config.yaml"]
+    env = {e["name"]: e for e in wc["env"]}
+    assert env["DOCKER_HOST"]["value"] == "tcp://docker-engine:2376"
+    for c in (wc, poller["spec"]["template"]["spec"]["containers"][0]):
+        url = next(e for e in c["env"] if e["name"] == "SLIPWAY_STORE_URL")
+        assert url["valueFrom"]["secretKeyRef"] == {"name": "slipway-pg", "key": "url"}
+    config = yaml.safe_load(by_name[("ConfigMap", "slipway-poller-config")]["data"]["config.yaml"])
+    from poller.config import parse_config
+
+    parsed = parse_config(config, file="configmap", env={
+        "HELM_API_TOKEN": "t", "SLIPWAY_STORE_URL": "postgresql://slipway:pw@pg:5432/slipway"})
+    assert parsed.store_target == "postgresql://slipway:pw@pg:5432/slipway"
+
+
+@pytest.mark.parametrize("values, words", [
+    (("--set", "poller.replicas=2"), "poller.replicas > 1 needs store.postgres"),
+    (("--set", "worker.replicas=1"), "worker.replicas > 0 needs store.postgres"),
+    (("--set", "store.postgres.existingSecret=pg", "--set", "worker.replicas=1"),
+     "worker.dockerHost is required"),
+])
+def test_slipway_chart_refuses_replicas_a_sqlite_store_cannot_serve(helm, values, words):
+    bad = helm.run("template", "slipway", SLIPWAY, *TOKEN_ARGS, *values, check=False)
+    assert bad.returncode != 0 and words in bad.stderr
 
 
 def test_game_server_template_both_kinds(helm):

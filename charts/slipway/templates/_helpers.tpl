@@ -47,3 +47,14 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end -}}
 {{- toJson (dict "engine" "buildkit" "buildkit" (dict "addresses" $addrs "buildctl" "/opt/buildkit/bin/buildctl")) -}}
 {{- end -}}
+
+{{/* The store URL from the PostgreSQL Secret (poller and workers), when one is set. */}}
+{{- define "slipway.storeEnv" -}}
+{{- if .Values.store.postgres.existingSecret }}
+- name: SLIPWAY_STORE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.store.postgres.existingSecret }}
+      key: {{ .Values.store.postgres.key }}
+{{- end }}
+{{- end -}}

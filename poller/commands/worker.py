@@ -1,0 +1,35 @@
+"""``poller worker --config F [--concurrency N] [--queue Q]``: run build jobs from the queue."""
+
+from __future__ import annotations
+
+import argparse
+
+from poller.config import load_config
+from poller.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run build jobs from the PostgreSQL store's queue")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="builds at once (default: build.concurrency)")
+    p.add_argument("--queue", action="append", default=None,
+                   help="queue to take jobs from (repeatable; default: store.queue.name)")
+    p.set_defaults(handler=cmd_worker)
+
+
+def cmd_worker(args) -> int:
+    from poller.app import build_pipeline, open_store
+    from poller.queue import run_worker
+
+    cfg = load_config(args.config)
+    if args.concurrency is not None and not 1 <= args.concurrency <= 64:
+        raise ConfigError("--concurrency must be between 1 and 64")
+    store = open_store(cfg)
+    if not store.pg:
+        raise ConfigError("poller worker needs a PostgreSQL store (store.url: postgresql://...); "
+                          "with SQLite, builds run inside poller run", file=cfg.path, key="store.url")
+    pipeline = build_pipeline(cfg, store=store, queue=False)
+    run_worker(pipeline, cfg.store_target, queues=args.queue or [cfg.store.queue.name],
+               concurrency=args.concurrency or cfg.build.concurrency, lease=cfg.store.queue.lease)
+    return 0
