@@ -13,8 +13,7 @@ from poller.errors import ConfigError, SlipwayError
 def build_parser() -> argparse.ArgumentParser:
     # Each module adds its own subcommands with ``register(subparsers)``.
     from poller.charts import cli as charts_cli
-    from poller.commands import (approvals, fleet, pipeline, plugins, releases, rollback, store,
-                                 updates, worker)
+    from poller.commands import approvals, fleet, pipeline, plugins, releases, rollback, store, updates, worker
 
     parser = argparse.ArgumentParser(
         prog="poller", allow_abbrev=False, description="Slipway: poll sources, build and push images, roll them out.")

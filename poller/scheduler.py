@@ -57,7 +57,7 @@ class Scheduler:
             import datetime as dt
 
             for job in self._aps.get_jobs():
-                job.modify(next_run_time=dt.datetime.now(dt.timezone.utc))
+                job.modify(next_run_time=dt.datetime.now(dt.UTC))
 
     def _consume_triggers(self) -> None:
         """The leader runs the work other replicas were asked for (their webhooks), once."""

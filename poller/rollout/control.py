@@ -151,7 +151,7 @@ class RolloutControl:
     def reloaded(self, rollout_id: int, server: str) -> bool:
         row = self.store.execute("SELECT reload_status FROM rollout_servers WHERE rollout_id=? AND server=?",
                                  (rollout_id, server)).fetchone()
-        return bool(row) and row["reload_status"] == "ok"
+        return row is not None and row["reload_status"] == "ok"
 
 
 def as_dict(rec: RolloutRecord) -> dict:

@@ -311,6 +311,7 @@ class Store:
         assert self._engine is not None
         with self._engine.connect() as conn:
             raw = conn.connection.dbapi_connection
+            assert raw is not None   # a checked-out connection always has its DBAPI connection
             raw.execute("BEGIN IMMEDIATE")
             try:  # a write that is rolled back: fails at once on a read-only file
                 version = raw.execute("PRAGMA user_version").fetchone()[0]
@@ -324,7 +325,9 @@ class Store:
         if self.pg or self._engine is None:
             return
         with self._lock, self._engine.connect() as conn:
-            conn.connection.dbapi_connection.executescript(script)
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            raw.executescript(script)  # sqlite3 only (checked above)
 
     def execute(self, sql: str, params: tuple | dict = ()) -> Result:
         """One statement in its own transaction (``?`` placeholders)."""

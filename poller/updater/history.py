@@ -121,7 +121,7 @@ class UpdateHistory:
         row = self.store.execute(
             "SELECT status FROM updates WHERE deployment=? AND to_ref=? ORDER BY id DESC LIMIT 1",
             (deployment, to_ref)).fetchone()
-        return bool(row) and row["status"] == "failed"
+        return row is not None and row["status"] == "failed"
 
     # -- pins ---------------------------------------------------------------------------
     def pin(self, deployment: str, version: str, *, by: str) -> None:
@@ -162,6 +162,7 @@ class UpdateHistory:
             " last_error=excluded.last_error, failures=failures + 1, retry_at=excluded.retry_at",
             (image, now, error, retry_at))
         row = self.store.execute("SELECT failures FROM watched_images WHERE image=?", (image,)).fetchone()
+        assert row is not None   # written just above, in the same call
         return int(row["failures"])
 
     def set_retry(self, image: str, retry_at: float) -> None:

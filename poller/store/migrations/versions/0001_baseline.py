@@ -19,7 +19,7 @@ depends_on = None
 #: 64-bit ids on PostgreSQL; on SQLite ``INTEGER PRIMARY KEY`` (the rowid) as before.
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 #: Timestamps: REAL on SQLite as before, DOUBLE PRECISION (not 4-byte REAL) on PostgreSQL.
-REAL = sa.Double().with_variant(sa.REAL(), "sqlite")
+REAL: sa.types.TypeEngine[float] = sa.Double().with_variant(sa.REAL(), "sqlite")
 TEXT, INT = sa.Text, sa.Integer
 
 

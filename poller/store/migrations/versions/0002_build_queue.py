@@ -23,4 +23,6 @@ def upgrade() -> None:
     from procrastinate.schema import SchemaManager
 
     # The driver's own execute: the script is run as written (no placeholder parsing).
-    bind.connection.driver_connection.execute(SchemaManager.get_schema())
+    driver = bind.connection.driver_connection
+    assert driver is not None
+    driver.execute(SchemaManager.get_schema())
