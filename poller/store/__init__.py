@@ -191,7 +191,8 @@ class Tx:
     def __init__(self, conn: sa.Connection, pg: bool):
         self.conn, self.pg = conn, pg
 
-    def execute(self, sql: str, params: tuple | dict = ()) -> Result:
+    def execute(self, sql: str, params: tuple | dict | list[tuple] = ()) -> Result:
+        """A list of parameter tuples runs the statement once per tuple (executemany)."""
         return Result(self.conn.exec_driver_sql(_portable(sql, self.pg), params), self.pg)
 
 

@@ -71,6 +71,15 @@ class _Pending:
     applied: dict
 
 
+@dataclass
+class _Snapshot:
+    """What a cycle reads from the store once for every deployment (not once per deployment)."""
+
+    pins: dict[str, tuple[str, str]]
+    skip: dict[str, set[str]]       # deployment -> versions a person rejected (or let expire)
+    pending: dict[str, set[str]]    # deployment -> versions waiting for a person
+
+
 class UpdateEngine:
     def __init__(self, updates: UpdatesConfig, store, *, watchers: dict, targets, bus: EventBus | None = None,
                  clock: Callable[[], float] = time.time):
@@ -101,12 +110,17 @@ class UpdateEngine:
         """One pass. ``settle=False`` (the periodic job) never waits for a rollout: what is
         still rolling is reported ``rolling`` and judged again next cycle."""
         self._settling = settle
-        offers = dict(zip(self.watchers, self.pool.map(lambda w: w.observe(), self.watchers.values())))
+        retry = self.history.retry_times()
+        offers = dict(zip(self.watchers, self.pool.map(
+            lambda w: w.observe(retry_at=retry.get(w.image), record=False), self.watchers.values())))
+        self.history.watched_ok([self.watchers[image].checked(o) for image, o in offers.items()
+                                 if o.offer is not None])
         outcomes = self._rollout_outcomes(settle)
         outcomes += self._close_aborted()
         outcomes += self._health()
         busy = {o.deployment for o in outcomes} | set(self.pending) | set(self._rollouts)
-        jobs = [(t, self.pool.submit(self._check_one, t, offers[t.cfg.image].offer))
+        snap = self._snapshot()
+        jobs = [(t, self.pool.submit(self._check_one, t, offers[t.cfg.image].offer, snap))
                 for t in self.tracked if t.cfg.name not in busy]
         outcomes += [f.result() for _, f in jobs]
         if settle:
@@ -127,13 +141,14 @@ class UpdateEngine:
                 self._limits[key] = threading.BoundedSemaphore(getattr(self.updates, "cluster_concurrency", 4))
             return self._limits[key]
 
-    def _check_one(self, t: _Tracked, offer: Offer | None) -> Outcome:
+    def _check_one(self, t: _Tracked, offer: Offer | None, snap: _Snapshot | None = None) -> Outcome:
         for attempt in range(3):
             try:
                 with self._limit(t):
-                    return self.check(t, offer)
+                    return self.check(t, offer, snap)
             except Conflict as exc:   # changed under us: decide again from fresh state
                 log.info("update.conflict", deployment=t.cfg.name, attempt=attempt + 1, error=str(exc))
+                snap = None
                 try:
                     self._target(t).fetch()
                 except SlipwayError as fexc:
@@ -233,16 +248,24 @@ class UpdateEngine:
             t.target = self.targets.target(t.cfg)
         return t.target
 
-    def _skip(self, name: str) -> set[str]:
-        return {a.to_version for a in self.approvals.list(status=None, kind=KIND)
-                if a.subject == name and a.status in ("rejected", "expired")}
+    def _snapshot(self) -> _Snapshot:
+        skip: dict[str, set[str]] = {}
+        pending: dict[str, set[str]] = {}
+        for a in self.approvals.list(status=None, kind=KIND):   # expires the overdue first
+            if a.status in ("rejected", "expired"):
+                skip.setdefault(a.subject, set()).add(a.to_version)
+            elif a.status == PENDING:
+                pending.setdefault(a.subject, set()).add(a.to_version)
+        return _Snapshot(pins=self.history.pins(), skip=skip, pending=pending)
 
-    def check(self, t: _Tracked, offer: Offer | None) -> Outcome:
+    def check(self, t: _Tracked, offer: Offer | None, snap: _Snapshot | None = None) -> Outcome:
+        """``snap``: the store state read once for the whole cycle (else read here)."""
         d = t.cfg
+        snap = snap or self._snapshot()
         target = self._target(t)
         running = target.current()
         from_ref = running.ref if running else None
-        pin = self.history.pinned(d.name) or ((d.pin, "config") if d.pin else None)
+        pin = snap.pins.get(d.name) or ((d.pin, "config") if d.pin else None)
         if pin is not None:
             version, who = pin
             if running is not None and running.tag == version:
@@ -253,17 +276,18 @@ class UpdateEngine:
             return self.apply(t, running, move, approved_by=f"pin:{who}")
         if offer is None:
             return Outcome(d.name, "no-offer", from_ref, detail="registry not readable this cycle")
-        out, waiting = self._decide(t, running, from_ref, offer)
+        out, waiting = self._decide(t, running, from_ref, offer, set(snap.skip.get(d.name, ())))
         # a request nobody answered that this cycle no longer proposes (a newer major came, or
-        # the deployment got there another way) leaves the pending list
-        self.approvals.supersede(kind=KIND, subject=d.name, keep=waiting)
+        # the deployment got there another way) leaves the pending list; a request made in this
+        # check is in ``waiting``, so with none pending before there is nothing to supersede
+        if snap.pending.get(d.name, set()) - waiting:
+            self.approvals.supersede(kind=KIND, subject=d.name, keep=waiting)
         return out
 
     def _decide(self, t: _Tracked, running: ImageRef | None, from_ref: str | None,
-                offer: Offer) -> tuple[Outcome, set[str]]:
-        """The outcome, and the refs now waiting for a person."""
+                offer: Offer, skip: set[str]) -> tuple[Outcome, set[str]]:
+        """The outcome, and the refs now waiting for a person (``skip``: refs a person refused)."""
         d = t.cfg
-        skip = self._skip(d.name)
         current = Running(tag=running.tag if running else None, digest=running.digest if running else None,
                           digests=running.digests if running else ())
         next_major = getattr(t.policy, "next_major", None)
@@ -440,8 +464,9 @@ class UpdateEngine:
     def _close_aborted(self) -> list[Outcome]:
         """A person aborted a rollout (from another process): its audit record says so."""
         out = []
+        recent = self.control.recent(20)
         for d in {t.cfg.name: t.cfg for t in self.tracked}.values():
-            for rec in self.control.recent(20):
+            for rec in recent:
                 if rec.deployment != d.name or rec.state != "aborted":
                     continue
                 uid = self._open_update(d.name, rec.to_ref)

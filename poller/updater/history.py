@@ -143,7 +143,26 @@ class UpdateHistory:
                                  (deployment,)).fetchone()
         return (row["version"], row["pinned_by"]) if row else None
 
+    def pins(self) -> dict[str, tuple[str, str]]:
+        """Every pin, by deployment (one query: an update cycle reads them once)."""
+        rows = self.store.execute("SELECT deployment, version, pinned_by FROM update_pins").fetchall()
+        return {r["deployment"]: (r["version"], r["pinned_by"]) for r in rows}
+
     # -- watchers -----------------------------------------------------------------------
+    def watched_ok(self, checks: builtins.list[tuple[str, int | None, dict]]) -> None:
+        """Record successful checks ``(image, tags, digests)`` of many images in one statement
+        (what :meth:`watched` with ``ok=True`` does for one)."""
+        if not checks:
+            return
+        now = self.clock()
+        with self.store.transaction() as tx:   # executemany: one round of the driver for all
+            tx.execute(
+                "INSERT INTO watched_images (image, last_check, last_ok, failures, tags, digests)"
+                " VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(image) DO UPDATE SET"
+                " last_check=excluded.last_check, last_ok=excluded.last_ok, last_error=NULL,"
+                " failures=0, retry_at=NULL, tags=excluded.tags, digests=excluded.digests",
+                [(image, now, now, tags, json.dumps(digests or {})) for image, tags, digests in checks])
+
     def watched(self, image: str, *, ok: bool, error: str | None = None, retry_at: float | None = None,
                 tags: int | None = None, digests: dict | None = None) -> int:
         """Record one check of ``image``; returns the consecutive failures so far."""
@@ -175,6 +194,11 @@ class UpdateHistory:
         d = dict(row)
         d["digests"] = json.loads(d["digests"] or "{}")
         return d
+
+    def retry_times(self) -> dict[str, float]:
+        """image -> ``retry_at`` of every watcher backing off (one query per cycle)."""
+        rows = self.store.execute("SELECT image, retry_at FROM watched_images WHERE retry_at IS NOT NULL").fetchall()
+        return {r["image"]: r["retry_at"] for r in rows}
 
     def watchers(self) -> builtins.list[dict]:
         rows = self.store.execute("SELECT * FROM watched_images ORDER BY image").fetchall()

@@ -49,15 +49,21 @@ class ImageWatcher:
         self.mutable_tags.update(mutable_tags)
         self.lists_tags = self.lists_tags or lists_tags
 
-    def backing_off(self) -> float | None:
-        state = self.history.watcher_state(self.image)
-        retry_at = state and state.get("retry_at")
+    def backing_off(self, retry_at: float | None | bool = False) -> float | None:
+        """When this watcher may ask the registry again, if it is backing off. ``retry_at``: the
+        stored ``retry_at`` already read for the whole cycle (``False``: read it here)."""
+        if retry_at is False:
+            state = self.history.watcher_state(self.image)
+            retry_at = state and state.get("retry_at")
         if retry_at and retry_at > self.clock():
-            return retry_at
+            return float(retry_at)
         return None
 
-    def observe(self) -> Observation:
-        retry_at = self.backing_off()
+    def observe(self, *, retry_at: float | None | bool = False, record: bool = True) -> Observation:
+        """One check. ``retry_at``: see :meth:`backing_off`; ``record=False``: a success is not
+        written here, the caller records the cycle's successes at once
+        (:meth:`UpdateHistory.watched_ok` with :meth:`checked`); failures are always written."""
+        retry_at = self.backing_off(retry_at)
         if retry_at is not None:
             return Observation(self.image, None, f"backing off until {retry_at:.0f}")
         try:
@@ -75,6 +81,12 @@ class ImageWatcher:
             log.warning("watch.failed", image=self.image, error=str(exc), failures=failures,
                         retry_in=round(delay, 1))
             return Observation(self.image, None, str(exc))
-        self.history.watched(self.image, ok=True, tags=len(tags) if self.lists_tags else None,
-                             digests=digests)
-        return Observation(self.image, Offer(tags=tags, digests=tuple(sorted(digests.items()))))
+        obs = Observation(self.image, Offer(tags=tags, digests=tuple(sorted(digests.items()))))
+        if record:
+            self.history.watched_ok([self.checked(obs)])
+        return obs
+
+    def checked(self, obs: Observation) -> tuple[str, int | None, dict]:
+        """What :meth:`UpdateHistory.watched_ok` records of a successful observation."""
+        assert obs.offer is not None
+        return (self.image, len(obs.offer.tags) if self.lists_tags else None, dict(obs.offer.digests))
