@@ -54,7 +54,7 @@ class ImageWatcher:
         stored ``retry_at`` already read for the whole cycle (``False``: read it here)."""
         if retry_at is False:
             state = self.history.watcher_state(self.image)
-            retry_at = state and state.get("retry_at")
+            retry_at = state.get("retry_at") if state else None
         if retry_at and retry_at > self.clock():
             return float(retry_at)
         return None
