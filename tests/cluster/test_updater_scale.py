@@ -9,6 +9,7 @@ import json
 import threading
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from poller.config import parse_config
@@ -69,6 +70,31 @@ def test_unchanged_cycle_makes_zero_api_server_requests(tmp_path, registry, kube
         # status PUTs on the same resources are not the updater's
         ours = {k: n for k, n in workload_requests(before, after).items() if k.split()[0] in ("GET", "LIST", "PATCH")}
         assert ours == {}, "an unchanged cycle made API-server requests"
+    finally:
+        eng.close()
+
+
+def test_unchanged_cycle_store_work_does_not_grow_with_deployments(tmp_path, registry, kube, namespace):
+    """Pins, approvals, watcher back-off and recent rollouts are read once per cycle and the
+    watchers' checks written in one statement: not a few store statements per deployment."""
+    n = 16
+    for i in range(n):
+        seed_tag(registry, f"each{i}", "1.0.0")
+        _apply(kube, namespace, workload("Deployment", f"e{i}", f"{registry.addr}/each{i}:1.0.0", "busybox:s",
+                                         replicas=0))
+    cfg = _config(tmp_path, registry, kube.kubeconfig,
+                  [_deployment(f"e{i}", f"{registry.addr}/each{i}", namespace) for i in range(n)])
+    store = Store(tmp_path / "s.db")
+    eng = build_engine(cfg, store)
+    statements: list[str] = []
+    try:
+        assert [o.action for o in eng.cycle(settle=False)] == ["up-to-date"] * n
+        sa.event.listen(store._engine, "before_cursor_execute",
+                        lambda conn, cursor, sql, params, context, many: statements.append(sql))
+        assert [o.action for o in eng.cycle(settle=False)] == ["up-to-date"] * n
+        assert len(statements) < n, f"{len(statements)} store statements for {n} deployments: {statements}"
+        state = UpdateHistory(store).watcher_state(f"{registry.addr}/each{n - 1}")
+        assert state is not None and state["failures"] == 0 and state["last_ok"] is not None
     finally:
         eng.close()
 
