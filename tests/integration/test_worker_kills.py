@@ -59,8 +59,9 @@ def test_workers_killed_mid_build_repeatedly_every_tag_is_built_exactly_once(
 
         def victim_of(target: tuple[str, str] | None) -> dict | None:
             live = {p.pid for p in workers if p.poll() is None}
-            return next((b for b in _running(store) if b["pid"] in live
-                         and (target is None or (b["ref"], b["sha"]) == target)), None)
+            wanted = (lambda b: (b["ref"], b["sha"]) == target) if target else (
+                lambda b: b["ref"].startswith("tag:"))
+            return next((b for b in _running(store) if b["pid"] in live and wanted(b)), None)
 
         # Kill the worker building some tag mid-build; then, each time, the worker the same
         # job was put back on: one job stalled again and again.
@@ -76,9 +77,8 @@ def test_workers_killed_mid_build_repeatedly_every_tag_is_built_exactly_once(
         killed_last = time.monotonic()
 
         assert target is not None
-        wait_until(lambda: (target[0], "succeeded") in
-                   [(b.ref, b.status) for b in store.builds(limit=500)],
-                   timeout=120, what=f"the job stalled {KILLS} times built once more")
+        wait_until(lambda: target[0].removeprefix("tag:v") in registry.tags(REPO), timeout=120,
+                   what=f"the tag whose build was killed {KILLS} times built once more")
         record_property("rebuilt_after_last_kill_seconds", round(time.monotonic() - killed_last, 2))
         wait_until(lambda: set(tags) <= set(registry.tags(REPO)), timeout=300,
                    what="every tag of the burst built")
@@ -86,8 +86,12 @@ def test_workers_killed_mid_build_repeatedly_every_tag_is_built_exactly_once(
                    what="push events for every tag")
         assert {t: len(registry.manifest_pushes(REPO, t)) for t in tags} == {t: 1 for t in tags}
         builds = store.builds(limit=500)
-        released = sorted(b.ref for b in builds if b.ref.startswith("tag:") and b.status == "succeeded")
-        assert released == sorted(f"tag:v{t}" for t in tags)
+        released = [b.ref for b in builds if b.ref.startswith("tag:") and b.status == "succeeded"]
+        assert len(released) == len(set(released))  # never recorded built twice
+        # A worker killed between its push and its record leaves the tag pushed (once) and the
+        # build ``interrupted``; the job put back finds the tag built and builds nothing.
+        ended = {b.ref for b in builds if b.status in ("succeeded", "interrupted")}
+        assert {f"tag:v{t}" for t in tags} <= ended
         assert [b.ref for b in builds if b.status == "interrupted"].count(target[0]) == KILLS
     finally:
         _stop(replica, *workers)
