@@ -67,7 +67,7 @@ def test_workers_killed_mid_build_repeatedly_every_tag_is_built_exactly_once(
         # job was put back on: one job stalled again and again.
         target: tuple[str, str] | None = None
         for n in range(KILLS):
-            build = wait_until(lambda: victim_of(target), timeout=120,
+            build = wait_until(lambda t=target: victim_of(t), timeout=120,
                                what=f"kill {n + 1}: a worker mid-build of {target or 'any tag'}")
             target = (build["ref"], build["sha"])
             [proc] = [p for p in workers if p.pid == build["pid"]]
