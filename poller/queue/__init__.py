@@ -5,8 +5,8 @@ machine with a Docker engine. The queue's locks make it at most one build per
 (image, ref, commit) across every process: a job's ``queueing_lock`` refuses a second
 waiting job for the same commit, its ``lock`` keeps a second one from starting while one
 runs. Workers send heartbeats; a worker that stops beating (killed mid-build) has its job
-put back once by whichever worker sweeps next (``lease`` seconds later), and failed for good
-if it stalls again: exactly one retry. A build that fails (a broken commit, the worker's
+put back by whichever worker sweeps next (``lease`` seconds later), however many times its
+workers die, or closed in favour of a job for the same commit queued meanwhile. A build that fails (a broken commit, the worker's
 engine gone) fails that job only, recorded in the store like an in-process build.
 
 With SQLite there is no queue: builds run in ``poller run`` as before.
@@ -105,30 +105,40 @@ class BuildQueue:
 
 
 def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
-    """Put back, once, the build jobs of workers silent for ``lease`` seconds; fail repeat stalls.
+    """Put back the build jobs of workers silent for ``lease`` seconds.
+
+    A lost worker is no fault of the build, so a stalled job is put back however many times its
+    workers died (its ``attempts`` count them). If a poller meanwhile queued the same commit again
+    (the stalled job no longer holds the ``queueing_lock``, only the ``lock``, which keeps that new
+    job from starting), the stalled job is superseded: it is closed, releasing the lock, and the
+    waiting job builds the commit. Either way exactly one job goes on to build it.
 
     One sweep at a time across processes (an advisory lock), reading the jobs fresh inside it,
     so a job another sweeper already put back (and a live worker took) is never touched.
     """
     from procrastinate import sql
+    from sqlalchemy.exc import IntegrityError
 
-    done = {"retried": 0, "failed": 0}
+    done = {"retried": 0, "superseded": 0}
     with store.transaction(lock=_SWEEP_LOCK) as tx:
         rows = tx.conn.exec_driver_sql(
             sql.queries["select_stalled_jobs_by_heartbeat"],
             {"queue": None, "task_name": TASK, "seconds_since_heartbeat": lease}).mappings().all()
         for row in rows:
-            if row["attempts"] == 0:
-                tx.conn.exec_driver_sql(sql.queries["retry_job"], {
-                    "job_id": row["id"], "retry_at": None, "new_priority": None,
-                    "new_queue_name": None, "new_lock": None})
-                done["retried"] += 1
-                log.warning("job.stalled_retried", job=row["id"], lock=row["lock"])
-            else:
+            try:
+                with tx.conn.begin_nested():  # a clash rolls back this job's retry only
+                    tx.conn.exec_driver_sql(sql.queries["retry_job"], {
+                        "job_id": row["id"], "retry_at": None, "new_priority": None,
+                        "new_queue_name": None, "new_lock": None})
+            except IntegrityError:  # the same commit is queued again: that job builds it
                 tx.conn.exec_driver_sql(sql.queries["finish_job"], {
                     "job_id": row["id"], "status": "failed", "delete_job": False})
-                done["failed"] += 1
-                log.error("job.stalled_again_failed", job=row["id"], lock=row["lock"])
+                done["superseded"] += 1
+                log.warning("job.stalled_superseded", job=row["id"], lock=row["lock"])
+            else:
+                done["retried"] += 1
+                log.warning("job.stalled_retried", job=row["id"], lock=row["lock"],
+                            attempts=row["attempts"] + 1)
     return done
 
 
