@@ -18,6 +18,9 @@ import requests
 
 from poller.artifacts.settings import ServerProbe
 from poller.docker_engine import http_address
+from poller.logs import get_logger
+
+log = get_logger(__name__)
 
 TYPE_LABEL = "slipway.server-type"
 ENV_LABEL = "slipway.env"
@@ -109,7 +112,19 @@ class Server:
             return True  # cannot tell: treat as having players
 
     def run(self, command: list[str]) -> None:
-        result = self.container.exec_run(command)
+        """Run ``command`` in the server's container. A container that is not running right now
+        (a fleet agent's image switch stopped or replaced it) has no players to drain and starts
+        undrained: nothing to do, so it is skipped rather than failing the cycle."""
+        if not self._reload() or self.container.status != "running":
+            log.info("plugins.exec_skipped", server=self._name, reason="not running")
+            return
+        try:
+            result = self.container.exec_run(command)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: stopped or restarting since the reload above
+                raise
+            log.info("plugins.exec_skipped", server=self._name, reason="stopped meanwhile")
+            return
         if result.exit_code != 0:
             raise docker.errors.APIError(f"{command!r} exited {result.exit_code}: {result.output!r}")
 

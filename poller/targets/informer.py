@@ -11,10 +11,12 @@ shares the informers between all targets on the same cluster.
 
 from __future__ import annotations
 
+import atexit
 import json
 import random
 import socket
 import threading
+import weakref
 from collections.abc import Callable
 
 from poller.errors import UpstreamError
@@ -53,6 +55,7 @@ class Informer:
         self.lists = 0
         self.watches = 0
         self._thread = threading.Thread(target=self._run, name=f"informer-{kind}-{namespace}", daemon=True)
+        _RUNNING.add(self)
         self._thread.start()
 
     # -- reading ------------------------------------------------------------------------------
@@ -193,6 +196,17 @@ class Informer:
                 need_list = need_list or isinstance(exc, UpstreamError)
                 self._stop.wait(delay)
                 delay = min(30.0, delay * 2)
+
+
+#: Every informer not yet stopped: stopped when the interpreter exits, so no watch thread is still
+#: reading or logging while the interpreter tears down its streams.
+_RUNNING: weakref.WeakSet[Informer] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for informer in list(_RUNNING):
+        informer.stop()
 
 
 def _rv(obj: dict) -> int:
