@@ -80,6 +80,11 @@ def _request(method: str, url: str, data: bytes | None = None, headers: dict | N
             return resp.status, dict(resp.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        base = url.split("/v2/", 1)[0]
+        raise ImagePushError(f"registry {base} does not answer ({reason}); the local one is started "
+                             "by `scripts/services up registry` (address: SLIPWAY_REGISTRY_ADDR)") from None
 
 
 def _push_blob(base: str, repo: str, data: bytes) -> None:

@@ -92,7 +92,8 @@ def test_deployment_update_pulls_and_runs_the_new_image_with_logs_and_exec(tmp_p
     assert "v=1.1.0" in out and "httpd" in out
 
 
-def test_down_removes_the_nodes_pods_containers_netns_mounts_and_cgroups(toolchain, tmp_path, registry):
+def test_down_removes_the_nodes_pods_containers_netns_mounts_and_cgroups(toolchain, tmp_path, registry,
+                                                                        shared_registry):
     c = st.Cluster(tmp_path / "c", toolchain._tc)
     try:
         info = c.up(nodes=1, node=True)

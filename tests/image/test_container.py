@@ -107,7 +107,7 @@ def lane(tmp_path_factory, pytestconfig):
     home.mkdir()
     lane = Lane(work, home, say)
     remove_containers()
-    for cmd in (command("scripts/base-image"), command("scripts/wheels"),
+    for cmd in (command("scripts/services up docker"), command("scripts/base-image"), command("scripts/wheels"),
                 command("docker build", "-t slipway")):
         lane.run(cmd)
     yield lane

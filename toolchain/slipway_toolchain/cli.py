@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from oci_push import ImagePushError
+
 from .base import ClusterStartError, ToolchainError
 from .buildkit import BuildKitd, build_buildkit
 from .cache import Toolchain, _okg, build
@@ -106,6 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(USAGE, file=sys.stderr)
             return 2
-    except (ToolchainError, ClusterStartError) as exc:
+    except (ToolchainError, ClusterStartError, ImagePushError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
