@@ -1,7 +1,8 @@
 """The updater at scale against the real API server: reads come from list+watch caches (an
 unchanged cycle costs zero API-server requests, counted at the API server), a hung rollout
-never delays another deployment, a broken watch resumes with a correct cache, and a write
-decided on a stale read is decided again from fresh state instead of overwriting."""
+never delays another deployment, a broken watch resumes with a correct cache, a watch answered
+``410 Gone`` lists again, and a write decided on a stale read is decided again from fresh state
+instead of overwriting."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import yaml
 from poller.config import parse_config
 from poller.store import Store
 from poller.targets.factory import TargetFactory
+from poller.targets.informer import Informer
+from poller.targets.kubernetes import api_client
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
 from poller.updater.jobs import jobs
@@ -205,6 +208,55 @@ def test_broken_watch_resumes_and_the_cache_stays_correct(tmp_path, registry, ku
             assert refs == {("a", "1.0.2", "1.0.0"), ("c", "1.0.1", "1.0.0")}
         finally:
             eng.close()
+
+
+def _view(objs: list[dict]) -> dict[str, tuple[str, str]]:
+    return {o["metadata"]["name"]: (images(o)["engine"], o["metadata"]["resourceVersion"]) for o in objs}
+
+
+@pytest.mark.parametrize("as_", ["event", "status"])
+def test_watch_answered_410_gone_lists_again_and_sees_what_changed_meanwhile(as_, tmp_path, kube, namespace):
+    """The informer is cut off; meanwhile a deployment changes, one is deleted and one created;
+    when it resumes, the API server no longer has its resourceVersion and answers 410 (an ERROR
+    event in a 200 stream, or the HTTP status). It must LIST once more (counted at the wire),
+    then hold exactly what the API server has, and go on watching from there."""
+    repo = "registry.invalid/game"
+    _apply(kube, namespace, workload("Deployment", "a", f"{repo}:1.0.0", "busybox:s", replicas=0))
+    _apply(kube, namespace, workload("Deployment", "b", f"{repo}:1.0.0", "busybox:s", replicas=0))
+
+    def server() -> dict:
+        return _view(json.loads(kube.kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"])
+
+    with ApiServerFront(kube.kubeconfig) as front:
+        informer = Informer(api_client(front.kubeconfig(str(tmp_path / "front.kubeconfig"))), "Deployment",
+                            namespace)
+        try:
+            assert set(_view(informer.list())) == {"a", "b"}
+            wait_until(lambda: front.watches_opened == 1, 30, what="the informer watching")
+            assert front.lists("deployments") == 1
+            front.hold_watches()
+            front.break_watches()
+            wait_until(lambda: front.watches_held == 1, 30, what="the watch resumed (held at the front)")
+            kube.kubectl("set", "image", "-n", namespace, "deployment/a", f"engine={repo}:1.0.2")
+            kube.kubectl("delete", "deployment", "b", "-n", namespace)
+            _apply(kube, namespace, workload("Deployment", "c", f"{repo}:1.0.1", "busybox:s", replicas=0))
+            now = int(json.loads(kube.kubectl("get", "--raw", f"/apis/apps/v1/namespaces/{namespace}/deployments")
+                                 .stdout)["metadata"]["resourceVersion"])
+            front.release_watches(expire_before=now, as_=as_)
+
+            wait_until(lambda: _view(informer.list()) == server(), 30, interval=0.2,
+                       what="the cache equal to the API server after the 410")
+            assert front.watches_expired == 1
+            assert front.lists("deployments") == 2, "not exactly one LIST after the 410"
+            # and it watches on from the new list: a later change arrives without another LIST
+            wait_until(lambda: front.watches_opened == 2, 30, what="the watch from the new list")
+            kube.kubectl("set", "image", "-n", namespace, "deployment/c", f"engine={repo}:1.0.3")
+            wait_until(lambda: _view(informer.list()) == server(), 30, interval=0.2,
+                       what="a change after the relist seen")
+            assert _view(informer.list())["c"][0] == f"{repo}:1.0.3"
+            assert front.lists("deployments") == 2
+        finally:
+            informer.stop()
 
 
 def test_write_on_a_stale_read_is_decided_again_not_overwritten(tmp_path, registry, kube, namespace):
