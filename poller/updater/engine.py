@@ -71,6 +71,7 @@ class _Pending:
     generation: int | None
     deadline: float
     applied: dict
+    note: str = ""   # what else the check that applied it said (a major waiting for a person)
 
 
 @dataclass
@@ -206,35 +207,39 @@ class UpdateEngine:
         """Judge each pending rollout without waiting (Kubernetes: from the cache, no API-server
         request)."""
         out = []
-        for name, p in list(self.pending.items()):
-            d = p.t.cfg
-            try:
-                done, why = self._target(p.t).health(p.generation)
-            except (TargetError, SlipwayError) as exc:
-                del self.pending[name]
-                out.append(self._finish(d, p.uid, ok=False, error=str(exc), from_ref=p.from_ref,
-                                        to_ref=p.to_ref, target=p.applied))
-                continue
-            except Exception as exc:  # noqa: BLE001 - not judged this time (say, engine unreachable): next cycle
-                log.warning("update.health_unknown", deployment=d.name, error=repr(exc))
-                done, why = False, f"{type(exc).__name__}: {exc}"
-            if done:
-                del self.pending[name]
-                p.applied["status"] = why
-                out.append(self._healthy(p))
-            elif time.monotonic() >= p.deadline:   # reported once; the version is then held
-                del self.pending[name]
-                target = self._target(p.t)
-                error = f"{target.description}: not healthy after {target.timeout:.0f}s: {why}"
-                try:
-                    target.expire()               # a Docker container: the old one comes back
-                except (TargetError, SlipwayError) as exc:
-                    error = f"{error}; {exc}"
-                out.append(self._finish(d, p.uid, ok=False, error=error, from_ref=p.from_ref,
-                                        to_ref=p.to_ref, target=p.applied))
-            else:
-                out.append(Outcome(d.name, "rolling", p.from_ref, p.to_ref, why, p.uid))
+        for p in list(self.pending.values()):
+            o = self._judge(p)
+            if p.note:
+                o.detail = "; ".join(x for x in (o.detail, p.note) if x)
+            out.append(o)
         return out
+
+    def _judge(self, p: _Pending) -> Outcome:
+        d = p.t.cfg
+        try:
+            done, why = self._target(p.t).health(p.generation)
+        except (TargetError, SlipwayError) as exc:
+            del self.pending[d.name]
+            return self._finish(d, p.uid, ok=False, error=str(exc), from_ref=p.from_ref, to_ref=p.to_ref,
+                                target=p.applied)
+        except Exception as exc:  # noqa: BLE001 - not judged this time (say, engine unreachable): next cycle
+            log.warning("update.health_unknown", deployment=d.name, error=repr(exc))
+            done, why = False, f"{type(exc).__name__}: {exc}"
+        if done:
+            del self.pending[d.name]
+            p.applied["status"] = why
+            return self._healthy(p)
+        if time.monotonic() >= p.deadline:   # reported once; the version is then held
+            del self.pending[d.name]
+            target = self._target(p.t)
+            error = f"{target.description}: not healthy after {target.timeout:.0f}s: {why}"
+            try:
+                target.expire()               # a Docker container: the old one comes back
+            except (TargetError, SlipwayError) as exc:
+                error = f"{error}; {exc}"
+            return self._finish(d, p.uid, ok=False, error=error, from_ref=p.from_ref, to_ref=p.to_ref,
+                                target=p.applied)
+        return Outcome(d.name, "rolling", p.from_ref, p.to_ref, why, p.uid)
 
     def _settle(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Wait for what this cycle started (one-shot use); later outcomes replace earlier."""
@@ -321,6 +326,8 @@ class UpdateEngine:
         if major is not None:
             waits = f"{major.to_ref}: {major.action} ({major.detail})"
             within.detail = "; ".join(x for x in (within.detail, waits) if x)
+            if within.action == "rolling" and d.name in self.pending:   # said again once it ends
+                self.pending[d.name].note = waits
         return within, waiting  # type: ignore[return-value]
 
     def _resolve(self, t: _Tracked, running: ImageRef | None, from_ref: str | None, skip: set[str],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from tests.fixtures.services import wait_until
 from tests.integration.updater_support import seed_tag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _deployment(name: str, image: str, namespace: str, policy: str = "patch") -> dict:
@@ -132,6 +134,49 @@ def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube,
         seed_tag(registry, "fast", "1.0.1")
         wait_until(lambda: images(get(kube, "Deployment", "fast", namespace))["engine"] == f"{fast}:1.0.1",
                    interval + 10, what="the other deployment patched while the first rollout hangs")
+        wait_until(lambda: any(r.deployment == "fast" and r.status == "succeeded"
+                               for r in UpdateHistory(Store(tmp_path / "s.db")).list()), 30,
+                   what="the other deployment's update recorded as succeeded")
+        assert [r.status for r in UpdateHistory(Store(tmp_path / "s.db")).list(deployment="stuck")] == ["running"]
+    finally:
+        stop.set()
+
+
+def test_hung_helm_upgrade_does_not_delay_other_deployments(tmp_path, registry, kube, namespace, helm):
+    """A helm release whose pods never schedule: ``helm upgrade --wait`` waits its whole 300 s
+    timeout. A release of another image pushed meanwhile is patched within the next cycles."""
+    chart = str(ROOT / "charts" / "game-server")
+    game, fast = f"{registry.addr}/game-server", f"{registry.addr}/fast"
+    seed_tag(registry, "game-server", "1.0.0")
+    seed_tag(registry, "game-server", "1.0.1")
+    seed_tag(registry, "fast", "1.0.0")
+    helm.run("install", "stuck", chart, "-n", namespace, "--set", f"engine.image.repository={game}",
+             "--set", "engine.image.tag=1.0.0", "--set", "hotUpdate.enabled=false",
+             "--set-string", "nodeSelector.no-such-node=true")
+    _apply(kube, namespace, workload("Deployment", "fast", f"{fast}:1.0.0", "busybox:s", replicas=1))
+    cfg = _config(tmp_path, registry, kube.kubeconfig, [
+        {"name": "stuck", "image": game, "policy": "patch",
+         "target": {"helm": {"release": "stuck", "namespace": namespace, "chart": chart,
+                             "value_path": "engine.image.tag"}}},
+        _deployment("fast", fast, namespace)], helm=helm.bin)
+    [(_, interval, job)] = jobs(cfg, Store(tmp_path / "s.db"))
+    stop = threading.Event()
+
+    def scheduler():               # what ``poller run`` does with the job
+        while not stop.is_set():
+            job()
+            stop.wait(interval)
+
+    def engines() -> set[str]:
+        items = json.loads(kube.kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"]
+        return {images(d)["engine"] for d in items}
+
+    threading.Thread(target=scheduler, daemon=True).start()
+    try:
+        wait_until(lambda: f"{game}:1.0.1" in engines(), 60, what="the stuck release upgraded (helm waiting)")
+        seed_tag(registry, "fast", "1.0.1")
+        wait_until(lambda: f"{fast}:1.0.1" in engines(), interval + 10,
+                   what="the other deployment patched while helm waits for the first release")
         wait_until(lambda: any(r.deployment == "fast" and r.status == "succeeded"
                                for r in UpdateHistory(Store(tmp_path / "s.db")).list()), 30,
                    what="the other deployment's update recorded as succeeded")
