@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 from poller.artifacts.channels import sync_channels
 from poller.artifacts.servers import Server, find_servers
-from poller.artifacts.settings import PluginsConfig, type_order
 from poller.artifacts.store import ArtifactStore
 from poller.logs import get_logger
+from poller.settings.plugins import PluginsConfig, type_order
 
 log = get_logger("poller.artifacts")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from poller.errors import PermanentError
 from poller.fleet.etcd import Compare, EtcdClient, delete_op, put_op
-from poller.fleet.settings import FleetConfig, dependencies, order_services
+from poller.settings.fleet import FleetConfig, dependencies, order_services
 
 ACTIVE, PAUSED, ABORTED, FAILED, DONE = "active", "paused", "aborted", "failed", "done"
 MOVING = (ACTIVE, PAUSED)

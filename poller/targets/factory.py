@@ -6,8 +6,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from poller.settings.updates import DeploymentConfig, UpdatesConfig
 from poller.targets.base import Target
-from poller.updater.settings import DeploymentConfig, UpdatesConfig
 
 OKG_OWNER_LABEL = "game.kruise.io/owner-gss"
 

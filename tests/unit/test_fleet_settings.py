@@ -4,12 +4,12 @@ import pytest
 
 from poller.artifacts.publish import plugin_name, publish
 from poller.artifacts.servers import parse_report
-from poller.artifacts.settings import channel_tag, type_order
 from poller.artifacts.store import ArtifactError, valid_version
 from poller.config import parse_config
 from poller.errors import ConfigError
 from poller.fleet.jobs import newest_release
-from poller.fleet.settings import dependencies, order_services
+from poller.settings.fleet import dependencies, order_services
+from poller.settings.plugins import channel_tag, type_order
 
 
 def cfg(**sections):
