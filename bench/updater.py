@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT))
 from poller.config import parse_config
 from poller.http import RequestCounter
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.targets.informer import Informer
 from poller.targets.kubernetes import api_client
 from poller.updater.build import build_engine
+from poller.updater.target_factory import TargetFactory
 from tests.fixtures.apiserver_metrics import request_totals, workload_requests
 from tests.fixtures.services import start_registry, stop_registry
 from tests.integration.updater_support import seed_tag

@@ -1,4 +1,10 @@
-"""Build a deployment's target (and, for game servers, its rollout and reloader) from settings."""
+"""Build a deployment's target (and, for game servers, its pod rollout and reloader) from its
+settings, caching one Kubernetes client and one informer set per cluster.
+
+It lives with the updater, its user, because it joins two domains below it: the places an
+image runs (:mod:`poller.targets`) and the staged pod rollouts and reloaders
+(:mod:`poller.rollout`, which itself reads :mod:`poller.targets.base`). Inside ``targets`` it
+made targets and rollout import each other."""
 
 from __future__ import annotations
 
