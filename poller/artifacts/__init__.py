@@ -3,8 +3,10 @@ restart of servers that run an outdated plugin (see :mod:`poller.artifacts.rollo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from poller.artifacts.slots import QuorumSlots
 from poller.artifacts.store import ArtifactStore
 
 FETCH_SCRIPT = Path(__file__).with_name("fetch-plugins.sh")
@@ -25,8 +27,10 @@ def docker_client(cfg):
     return client_factory(cfg.plugins.docker_url, cfg.docker.base_url)()
 
 
-def rollout_for(cfg, env: str):
-    """The plugin rollout that serves ``env``: Kubernetes when it names a namespace, else Docker."""
+def rollout_for(cfg, env: str, *, open_slots: Callable[[], QuorumSlots | None] | None = None):
+    """The plugin rollout that serves ``env``: Kubernetes when it names a namespace, else Docker.
+    ``open_slots``: the fleet's quorum slots for a Docker environment (see
+    :mod:`poller.artifacts.slots`; opened only when the environment runs on Docker)."""
     environment = cfg.plugins.environments.get(env)
     if environment is not None and environment.kubernetes_namespace:
         from poller.artifacts.kube import KubePluginRollout, apps_api
@@ -34,20 +38,5 @@ def rollout_for(cfg, env: str):
         return KubePluginRollout(cfg.plugins, open_store(cfg), apps_api(cfg.plugins.kubeconfig))
     from poller.artifacts.rollout import PluginRollout
 
-    return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg), fleet=fleet_state(cfg))
-
-
-def fleet_state(cfg):
-    """The fleet's etcd state when some server type shares a fleet service's quorum, else None."""
-    services = cfg.fleet.services
-    for name, t in cfg.plugins.server_types.items():
-        if t.fleet_service and t.fleet_service not in services:
-            from poller.errors import ConfigError
-
-            raise ConfigError(f"plugins.server_types.{name}.fleet_service: no service "
-                              f"'{t.fleet_service}' in fleet.services")
-    if not any((t.fleet_service or name) in services for name, t in cfg.plugins.server_types.items()):
-        return None
-    from poller.fleet import open_state
-
-    return open_state(cfg.fleet)
+    return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg),
+                         slots=open_slots() if open_slots else None)

@@ -135,6 +135,7 @@ def _periodic_jobs(cfg, store, bus) -> list:
     releases, plugin cycles, each ``(id, interval, fn)`` publishing on ``bus``."""
     from poller.artifacts.jobs import jobs as plugin_jobs
     from poller.fleet.jobs import jobs as fleet_jobs
+    from poller.fleet.slots import plugin_slots
     from poller.updater.jobs import jobs as update_jobs
 
     jobs = []
@@ -144,8 +145,9 @@ def _periodic_jobs(cfg, store, bus) -> list:
         for repo in cfg.charts.repos:
             watcher = ChartWatcher(repo, cfg.charts, store, bus=bus)
             jobs.append((f"charts:{repo.name}", repo.interval or cfg.poll.interval, watcher.reconcile))
-    for provider in (update_jobs, fleet_jobs, plugin_jobs):
+    for provider in (update_jobs, fleet_jobs):
         jobs.extend(provider(cfg, store, bus))
+    jobs.extend(plugin_jobs(cfg, store, bus, open_slots=lambda: plugin_slots(cfg.plugins, cfg.fleet)))
     return jobs
 
 
