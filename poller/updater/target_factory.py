@@ -70,13 +70,16 @@ class TargetFactory:
             s.stop()
 
     def kube_api(self, kubeconfig: str | None, context: str | None = None):
-        from poller.targets.kubernetes import api_client
+        """The cluster's client from :func:`poller.kube.api_client` (retries off, one timeout
+        policy; informer watches pass their own). No kubeconfig (neither the deployment's nor
+        ``updates.kubeconfig``): the pod's service account, never the user's default kubeconfig."""
+        from poller import kube
 
         path = kubeconfig or self.updates.kubeconfig
         path = os.path.expanduser(path) if path else None
         key = (path, context)
         if key not in self._apis:
-            self._apis[key] = api_client(path, context)
+            self._apis[key] = kube.api_client(path, context=context, in_cluster=path is None)
         return self._apis[key]
 
     def target(self, d: DeploymentConfig) -> Target:
