@@ -27,10 +27,10 @@ def docker_client(cfg):
     return client_factory(cfg.plugins.docker_url, cfg.docker.base_url)()
 
 
-def rollout_for(cfg, env: str, *, open_slots: Callable[[], QuorumSlots | None] | None = None):
+def rollout_for(cfg, env: str, *, open_fleet: Callable[[], QuorumSlots]):
     """The plugin rollout that serves ``env``: Kubernetes when it names a namespace, else Docker.
-    ``open_slots``: the fleet's quorum slots for a Docker environment (see
-    :mod:`poller.artifacts.slots`; opened only when the environment runs on Docker)."""
+    ``open_fleet``: the fleet's quorum slots (:mod:`poller.artifacts.slots`), opened when some
+    server type shares a fleet service's quorum (:func:`uses_fleet`)."""
     environment = cfg.plugins.environments.get(env)
     if environment is not None and environment.kubernetes_namespace:
         from poller.artifacts.kube import KubePluginRollout, apps_api
@@ -39,4 +39,18 @@ def rollout_for(cfg, env: str, *, open_slots: Callable[[], QuorumSlots | None] |
     from poller.artifacts.rollout import PluginRollout
 
     return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg),
-                         slots=open_slots() if open_slots else None)
+                         fleet=open_fleet() if uses_fleet(cfg) else None)
+
+
+def uses_fleet(cfg) -> bool:
+    """True when some server type shares a fleet service's quorum (``fleet_service``, or a
+    server type named like a fleet service); a ``fleet_service`` naming no service is a
+    :class:`~poller.errors.ConfigError`."""
+    services = cfg.fleet.services
+    for name, t in cfg.plugins.server_types.items():
+        if t.fleet_service and t.fleet_service not in services:
+            from poller.errors import ConfigError
+
+            raise ConfigError(f"plugins.server_types.{name}.fleet_service: no service "
+                              f"'{t.fleet_service}' in fleet.services")
+    return any((t.fleet_service or name) in services for name, t in cfg.plugins.server_types.items())

@@ -12,7 +12,7 @@ One :meth:`PluginRollout.cycle` per environment:
   HEALTHCHECK) within ``restart_timeout``, else the type stops for this cycle (the rest keeps
   the old plugins) and the error is reported;
 * with a fleet (``fleet.services`` holds the type's ``fleet_service``, default the service of the
-  same name), every restart also holds one of that service's quorum slots (``slots``, a
+  same name), every restart also holds one of that service's quorum slots (``fleet``, a
   :class:`~poller.artifacts.slots.QuorumSlots`: the fleet's etcd slots, taken with the agents'
   guard transaction under a lease, holder ``<machine>.plugins``), and never while that
   machine's agent holds its slot;
@@ -56,29 +56,29 @@ class CycleReport:
 
 class PluginRollout:
     def __init__(self, cfg: PluginsConfig, store: ArtifactStore, docker_client, *,
-                 stop: threading.Event | None = None, slots: QuorumSlots | None = None):
+                 stop: threading.Event | None = None, fleet: QuorumSlots | None = None):
         self.cfg = cfg
         self.store = store
         self.docker = docker_client
         self.stop = stop or threading.Event()
-        self.slots = slots  # the fleet's quorum slots, when the servers' machines run fleet agents
+        self.fleet = fleet  # the fleet's quorum slots, when the servers' machines run fleet agents
 
     def fleet_service(self, type_name: str) -> str | None:
         """The fleet service whose quorum slots a restart of this type takes (None: no fleet)."""
-        if self.slots is None:
+        if self.fleet is None:
             return None
         name = self.cfg.server_types[type_name].fleet_service or type_name
-        return name if name in self.slots.services() else None
+        return name if name in self.fleet.quorum_services() else None
 
     def _take_slot(self, service: str, server: Server) -> int | None:
         """A handle on ``service``'s slot held for ``server``, or None when no slot is free."""
-        assert self.slots is not None   # only called when fleet_service() named a service
+        assert self.fleet is not None   # only called when fleet_service() named a service
         ttl = math.ceil(self.cfg.probe.stop_timeout + self.cfg.probe.restart_timeout) + 10
-        return self.slots.take(service, f"{server.machine}.plugins", ttl=ttl, unless=(server.machine,))
+        return self.fleet.hold_slot(service, f"{server.machine}.plugins", ttl=ttl, unless=(server.machine,))
 
     def _release_slot(self, service: str, server: Server, handle: int) -> None:
-        assert self.slots is not None
-        self.slots.release(service, f"{server.machine}.plugins", handle)
+        assert self.fleet is not None
+        self.fleet.free_slot(service, f"{server.machine}.plugins", handle)
 
     def cycle(self, env: str) -> CycleReport:
         report = CycleReport(env)

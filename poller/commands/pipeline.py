@@ -134,8 +134,8 @@ def _periodic_jobs(cfg, store, bus) -> list:
     """Every domain's periodic work in ``poller run``: chart watches, deployment updates, fleet
     releases, plugin cycles, each ``(id, interval, fn)`` publishing on ``bus``."""
     from poller.artifacts.jobs import jobs as plugin_jobs
+    from poller.fleet import open_state
     from poller.fleet.jobs import jobs as fleet_jobs
-    from poller.fleet.slots import plugin_slots
     from poller.updater.jobs import jobs as update_jobs
 
     jobs = []
@@ -147,7 +147,7 @@ def _periodic_jobs(cfg, store, bus) -> list:
             jobs.append((f"charts:{repo.name}", repo.interval or cfg.poll.interval, watcher.reconcile))
     for provider in (update_jobs, fleet_jobs):
         jobs.extend(provider(cfg, store, bus))
-    jobs.extend(plugin_jobs(cfg, store, bus, open_slots=lambda: plugin_slots(cfg.plugins, cfg.fleet)))
+    jobs.extend(plugin_jobs(cfg, store, bus, open_fleet=lambda: open_state(cfg.fleet)))
     return jobs
 
 

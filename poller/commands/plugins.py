@@ -47,11 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cycle(cfg, env: str) -> dict:
     from poller.artifacts import rollout_for
     from poller.errors import SlipwayError
-    from poller.fleet.slots import plugin_slots
+    from poller.fleet import open_state
 
     if env not in cfg.plugins.environments:
         raise SlipwayError(f"no environment '{env}' in plugins.environments")
-    return rollout_for(cfg, env, open_slots=lambda: plugin_slots(cfg.plugins, cfg.fleet)).cycle(env).as_dict()
+    return rollout_for(cfg, env, open_fleet=lambda: open_state(cfg.fleet)).cycle(env).as_dict()
 
 
 def cmd_push(args) -> int:
