@@ -15,13 +15,13 @@ import sqlalchemy as sa
 import yaml
 
 from poller.config import parse_config
+from poller.kube import api_client
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.targets.informer import Informer
-from poller.targets.kubernetes import api_client
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
 from poller.updater.jobs import jobs
+from poller.updater.target_factory import TargetFactory
 from tests.cluster.test_updater_workloads import get, images, workload
 from tests.doubles.apiserver_front import ApiServerFront
 from tests.fixtures.apiserver_metrics import request_totals, workload_requests

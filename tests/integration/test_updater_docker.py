@@ -17,13 +17,13 @@ import pytest
 import yaml
 
 from poller.approvals import ApprovalQueue
-from poller.http import RequestCounter
 from poller.config import parse_config
+from poller.http import RequestCounter
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
 from poller.updater.jobs import jobs
+from poller.updater.target_factory import TargetFactory
 from tests.fixtures.services import wait_until
 from tests.integration.updater_support import (build_local_image, engine_for, push_base,
                                                     reload_server, retag)
