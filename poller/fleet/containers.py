@@ -4,7 +4,9 @@ A switch replaces the container with one of the same configuration on the new im
 settings the old container had on top of its image (command, env, labels, ports, mounts,
 restart policy) are carried over, the rest comes from the new image. The old container is
 kept (renamed ``<name>-old``) until the new one is healthy, so a failed health check puts it
-straight back; :meth:`ServiceContainer.recover` finishes a switch a killed agent left halfway.
+straight back, and the switch returns only once it is healthy again (the rollback is part of the
+machine's unavailability); :meth:`ServiceContainer.recover` finishes a switch a killed agent left
+halfway.
 """
 
 from __future__ import annotations
@@ -131,6 +133,12 @@ class ServiceContainer:
             new.remove(force=True)
         old.rename(self.name)
         old.start()
+        # The machine is still unavailable until the old version answers again: the caller holds
+        # its quorum slot until this returns, so wait for the rolled-back container's health too.
+        back, why = self.wait_healthy(old)
+        if not back:
+            log.error("fleet.rollback_unhealthy", container=self.name, reason=why)
+            reason = f"{reason}; the old version did not come back healthy: {why}"
         return False, reason
 
     def wait_healthy(self, container) -> tuple[bool, str]:
