@@ -72,7 +72,8 @@ class ServiceContainer:
             new.remove(force=True)
         old.rename(self.name)
         old.start()
-        log.warning("fleet.recovered", container=self.name)
+        ok, why = self.wait_healthy(old)  # the slot a killed switch left is freed after this
+        log.warning("fleet.recovered", container=self.name, healthy=ok, reason=why)
 
     # -- pulling --------------------------------------------------------------------
     def has_image(self, version: str) -> bool:
