@@ -60,20 +60,27 @@ class ServiceContainer:
         return version_of(c.attrs["Config"]["Image"])
 
     def recover(self) -> None:
-        """Undo a switch that stopped halfway: put ``<name>-old`` back when the new one is missing."""
+        """Finish a switch that stopped halfway (agent killed, engine error) with the same health
+        gate: keep the new container once it is healthy, else put ``<name>-old`` back and wait
+        for it. The agent frees a slot such a switch left only after this."""
         old = self._get(self.name + "-old")
-        if old is None:
+        if old is None or self.stop.is_set():
             return
         new = self._get(self.name)
         if new is not None and new.status == "running":
-            old.remove(force=True)
-            return
+            ok, why = self.wait_healthy(new)
+            if ok:
+                old.remove(force=True)
+                log.warning("fleet.recovered", container=self.name, kept="new")
+                return
+            if self.stop.is_set():
+                return  # shutting down: the next start finishes it
         if new is not None:
             new.remove(force=True)
         old.rename(self.name)
         old.start()
-        ok, why = self.wait_healthy(old)  # the slot a killed switch left is freed after this
-        log.warning("fleet.recovered", container=self.name, healthy=ok, reason=why)
+        ok, why = self.wait_healthy(old)
+        log.warning("fleet.recovered", container=self.name, kept="old", healthy=ok, reason=why)
 
     # -- pulling --------------------------------------------------------------------
     def has_image(self, version: str) -> bool:

@@ -85,16 +85,34 @@ class Servers:
                          "SLIPWAY_CHANNEL": channel,
                          "SLIPWAY_PLUGINS": " ".join(self.types[server_type]["plugins"])})
 
-    def get(self, name: str, path: str) -> requests.Response:
+    def _get(self, name: str, path: str) -> requests.Response:
         return requests.get(f"http://127.0.0.1:{self.ports[name]}{path}", timeout=3)
 
+    def get(self, name: str, path: str) -> requests.Response:
+        """The server's answer, whatever its status; a busy machine may take a while to give it."""
+        return wait_until(lambda: (self._get(name, path),), timeout=30, what=f"{name} to answer {path}")[0]
+
     def plugins(self, name: str) -> dict[str, str] | None:
-        """What the server itself says it runs: plugin -> version."""
+        """What the server itself says it runs right now: plugin -> version (None: no answer)."""
         try:
-            r = self.get(name, "/plugins/plugins.txt")
+            r = self._get(name, "/plugins/plugins.txt")
         except requests.RequestException:
             return None
         return {ln.split()[0]: ln.split()[1] for ln in r.text.splitlines()} if r.ok else None
+
+    def reported(self, name: str) -> dict[str, str]:
+        """What a server that is up says it runs (a slow answer on a busy machine is waited for)."""
+        return wait_until(lambda: self.plugins(name), timeout=30, what=f"{name} to report its plugins")
+
+    def down(self, name: str) -> bool:
+        """Refuses connections or has no full plugin set to show. A request that merely timed out
+        (a busy machine) says nothing either way, so it does not count as down."""
+        try:
+            return not self._get(name, "/plugins/plugins.txt").ok
+        except requests.Timeout:
+            return False
+        except requests.RequestException:
+            return True
 
     def exec(self, name: str, *cmd: str) -> None:
         res = self.docker.containers.get(f"slw{self.id}-{name}").exec_run(["/bin/busybox", *cmd])
@@ -144,7 +162,7 @@ class Quorum(threading.Thread):
     def run(self):
         while not self.halt.is_set():
             for t, names in self.members.items():
-                down = sum(1 for n in names if self.servers.plugins(n) is None)
+                down = sum(1 for n in names if self.servers.down(n))
                 self.worst[t] = max(self.worst[t], down)
             self.halt.wait(0.05)
 
@@ -159,8 +177,8 @@ def test_only_outdated_servers_restart_busy_ones_drain_first_types_in_order(serv
             servers.start(n, t, "production")
     wait_until(lambda: all(servers.plugins(n) for ns in members.values() for n in ns), timeout=60,
                what="servers to fetch their plugins and answer")
-    assert servers.plugins("lobby-1") == {"chat": "1.0.0", "perms": "1.0.0"}
-    assert servers.plugins("survival-1") == {"perms": "1.0.0", "world": "1.0.0"}
+    assert servers.reported("lobby-1") == {"chat": "1.0.0", "perms": "1.0.0"}
+    assert servers.reported("survival-1") == {"perms": "1.0.0", "world": "1.0.0"}
     quorum = Quorum(servers, members)
     quorum.start()
 
@@ -171,9 +189,9 @@ def test_only_outdated_servers_restart_busy_ones_drain_first_types_in_order(serv
     report = servers.cycle("production")
     after = servers.started_at()
     assert report.restarted == ["lobby-1"] and report.draining == ["lobby-2"]
-    assert servers.plugins("lobby-1")["chat"] == "1.1.0"
+    assert servers.reported("lobby-1")["chat"] == "1.1.0"
     assert after["lobby-2"] == before["lobby-2"], "a server with players was restarted"
-    assert servers.plugins("lobby-2")["chat"] == "1.0.0"
+    assert servers.reported("lobby-2")["chat"] == "1.0.0"
     assert servers.get("lobby-2", "/draining").ok, "the busy server was not asked to drain"
     assert {n: after[n] for n in members["survival"]} == {n: before[n] for n in members["survival"]}
     assert servers.cycle("production").restarted == []  # still busy: still not restarted
@@ -181,7 +199,7 @@ def test_only_outdated_servers_restart_busy_ones_drain_first_types_in_order(serv
     # the players leave: the next cycle restarts it and lets it take players again
     servers.exec("lobby-2", "rm", "/www/busy")
     assert servers.cycle("production").restarted == ["lobby-2"]
-    assert servers.plugins("lobby-2")["chat"] == "1.1.0"
+    assert servers.reported("lobby-2")["chat"] == "1.1.0"
     assert servers.get("lobby-2", "/draining").status_code == 404
 
     # perms is used by both types: lobbies first (survival depends on lobby), one at a time
@@ -190,7 +208,7 @@ def test_only_outdated_servers_restart_busy_ones_drain_first_types_in_order(serv
     assert report.restarted == ["lobby-1", "lobby-2", "survival-1", "survival-2"]
     started = servers.started_at()
     assert max(started[n] for n in members["lobby"]) < min(started[n] for n in members["survival"])
-    assert all(servers.plugins(n)["perms"] == "1.1.0" for ns in members.values() for n in ns)
+    assert all(servers.reported(n)["perms"] == "1.1.0" for ns in members.values() for n in ns)
 
     # world 2.0.0 is outside survival's rule "1.x": nothing moves
     servers.store.push("world", jar("world 2.0.0"), "2.0.0")
@@ -221,9 +239,9 @@ def test_fast_track_reaches_dev_within_one_cycle_and_production_refuses(servers,
     pushed = servers.cli("push", str(build), "--env", "dev")
     assert pushed.returncode == 0, pushed.stderr
     # the push ran the dev cycle: by the time it returns the dev server runs the new build
-    version = servers.plugins("dev-lobby")["chat"]
+    version = servers.reported("dev-lobby")["chat"]
     assert version.startswith("0.0.0-fast.dev."), version
-    assert servers.plugins("prod-lobby")["chat"] == "1.0.0"
+    assert servers.reported("prod-lobby")["chat"] == "1.0.0"
     assert servers.cycle("production").restarted == []
     assert servers.started_at()["prod-lobby"] == prod_before
 
@@ -266,7 +284,7 @@ def test_fast_track_on_first_use_moves_complete_channels_and_leaves_incomplete_o
         pushed = servers.cli("push", str(build), "--env", "dev")
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
         version = json.loads(pushed.stdout)["version"]
-        assert servers.plugins("s1") == {"chat": version}
+        assert servers.reported("s1") == {"chat": version}
         assert "dev-lobby" not in registry.tags("plugins/chat")
 
         # economy's first release completes lobby's set: its channel moves, whole
