@@ -57,6 +57,9 @@ class PluginFleet:
         self.tmp, self.docker, self.docker_host = tmp, docker_client, docker_host
         self.registry, self.etcd = registry, etcd_server
         self.prefix = f"/dc{self.id}"
+        # Servers are found by label on the shared Docker engine: an environment of this test's
+        # own, so a plugin cycle run by another test at the same time never restarts these.
+        self.env = f"production{self.id}"
         self.image = f"{registry.addr}/lobby{self.id}"
         self.ports: dict[str, int] = {}
         self.agents: dict[str, subprocess.Popen] = {}
@@ -83,7 +86,7 @@ class PluginFleet:
                                                  "health": {"kind": "docker", "timeout": 30}, "stop_timeout": 1}}},
                 "plugins": {"server_types": {"lobby": {"plugins": {"chat": "latest"},
                                                        "max_unavailable": MAX_UNAVAILABLE}},
-                            "environments": {"production": {"production": True}},
+                            "environments": {self.env: {"production": True}},
                             "probe": {"stop_timeout": 1, "restart_timeout": 30}}}
         if machine:
             data["fleet"]["agent"] = {"machine": machine, "lease_ttl": 3, "interval": 0.5,
@@ -97,10 +100,10 @@ class PluginFleet:
         self.ports[machine] = port
         self.docker.containers.run(
             f"{self.image}:1.0.0", name=self.name(machine), detach=True, network_mode="host",
-            labels={"slipway.test": self.id, "slipway.server-type": "lobby", "slipway.env": "production",
+            labels={"slipway.test": self.id, "slipway.server-type": "lobby", "slipway.env": self.env,
                     "slipway.port": str(port), "slipway.machine": machine},
             environment={"PORT": str(port), "SLIPWAY_REGISTRY": self.registry.url,
-                         "SLIPWAY_CHANNEL": "production-lobby", "SLIPWAY_PLUGINS": "chat"})
+                         "SLIPWAY_CHANNEL": f"{self.env}-lobby", "SLIPWAY_PLUGINS": "chat"})
 
     def start_agent(self, machine: str) -> None:
         log = open(self.tmp / f"agent-{machine}.log", "ab")  # noqa: SIM115  (the agent process keeps it)
@@ -193,7 +196,7 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     assert state is not None, "the lobby server type shares the lobby fleet service's slots"
     rollout = PluginRollout(cfg.plugins, store, f.docker, fleet=state)
     store.push("chat", jar("chat 1.0.0"), "1.0.0")
-    assert rollout.cycle("production").restarted == []  # channel exists; no servers yet
+    assert rollout.cycle(f.env).restarted == []  # channel exists; no servers yet
     for version in ("1.0.0", "2.0.0"):
         f.build(version)
     for m in MACHINES:
@@ -210,7 +213,7 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     lease = state.etcd.grant(60)
     assert state.take_slot("lobby", "m9", lease)
     store.push("chat", jar("chat 1.1.0"), "1.1.0")
-    held = rollout.cycle("production")
+    held = rollout.cycle(f.env)
     assert held.restarted == [] and held.waiting == ["lobby"], held
     assert {m: f.answered(f.chat, m) for m in MACHINES} == {m: "1.0.0" for m in MACHINES}
     state.release_slot("lobby", "m9")
@@ -225,7 +228,7 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     def plugin_cycles() -> None:
         while not finished.is_set():
             try:
-                report = rollout.cycle("production")
+                report = rollout.cycle(f.env)
             except Exception as exc:  # noqa: BLE001  (reported below, not swallowed)
                 errors.append(repr(exc))
                 return
