@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from poller.fleet.containers import ServiceContainer
-from poller.fleet.settings import HealthCheck
+from poller.settings.fleet import HealthCheck
 from tests.fixtures.services import wait_until
 from tests.integration.test_fleet_rollout import build_images
 
