@@ -22,6 +22,7 @@ alike:
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import re
@@ -31,6 +32,8 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
+
+from poller.errors import ConfigError
 
 #: Deepest JSON nesting a request body may have.
 MAX_JSON_DEPTH = 32
@@ -259,18 +262,42 @@ SERVER_LIMITS = {"threads": 8, "connection_limit": 100, "channel_timeout": 60,
                  "max_request_header_size": 64 * 1024}
 
 
+def _listen_error(listen: str, host: str, exc: Exception) -> ConfigError:
+    """Why ``listen`` can't be bound, as a :class:`ConfigError` whose key is the part at fault
+    (``port`` or ``host``); the caller puts its own file and setting name on it."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"cannot listen on {listen}: the address is already in use (another "
+                           "instance, or another service on that port?)", key="port")
+    if isinstance(exc, OSError) and exc.errno == errno.EACCES:
+        return ConfigError(f"cannot listen on {listen}: permission denied (ports below 1024 "
+                           "need root)", key="port")
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"cannot listen on {listen}: {host} is not an address of this "
+                           "machine", key="host")
+    if isinstance(exc, ValueError):  # waitress: the host does not resolve
+        return ConfigError(f"cannot listen on {listen}: {host!r} is not an address or a host "
+                           "name this machine can resolve", key="host")
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return ConfigError(f"cannot listen on {listen}: {reason}", key="host")
+
+
 def serve(app: Any, listen: str, *, max_body: int, name: str = "http",
           threads: int | None = None) -> Served:
     """Serve ``app`` on ``listen`` (``host:port``; port 0 picks one) with waitress from a
     daemon thread. Bodies over ``max_body`` are answered 413 by waitress before they are
-    read; idle connections close after ``channel_timeout`` seconds."""
+    read; idle connections close after ``channel_timeout`` seconds. An address that can't be
+    bound (in use, not this machine's, unresolvable) raises :class:`ConfigError`."""
     from waitress.server import create_server
 
     host, _, port = listen.rpartition(":")
     settings = dict(SERVER_LIMITS, max_request_body_size=max_body, ident=name)
     if threads is not None:
         settings["threads"] = threads
-    server = create_server(app, host=host.strip("[]") or "0.0.0.0", port=int(port), **settings)
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        server = create_server(app, host=host, port=int(port), **settings)
+    except (OSError, ValueError) as exc:
+        raise _listen_error(listen, host, exc) from None
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
     return Served(server, thread)

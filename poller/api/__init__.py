@@ -26,7 +26,7 @@ from flask import Flask, current_app, g
 
 from poller import httpapi
 from poller.config import Config
-from poller.errors import SlipwayError, UpstreamError
+from poller.errors import ConfigError, SlipwayError, UpstreamError
 from poller.httpapi import error_response
 from poller.logs import get_logger
 from poller.store import Store
@@ -121,6 +121,10 @@ def create_app(svc: Services) -> Flask:
 
 def serve_in_thread(app: Flask, listen: str) -> httpapi.Served:
     """Serve ``app`` on ``listen`` (host:port) with waitress from a daemon thread."""
-    api = app.extensions["slipway"].config.api
-    return httpapi.serve(app, listen, name="slipway-api", threads=api.threads,
-                         max_body=max(api.max_body_bytes, api.max_upload_bytes))
+    config = app.extensions["slipway"].config
+    api = config.api
+    try:
+        return httpapi.serve(app, listen, name="slipway-api", threads=api.threads,
+                             max_body=max(api.max_body_bytes, api.max_upload_bytes))
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, file=config.path, key="api.listen") from None

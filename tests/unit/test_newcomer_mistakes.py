@@ -1,0 +1,61 @@
+"""What someone new to Slipway gets wrong on the first day, through the real ``poller``
+command: each mistake is one line on stderr naming the setting and the reason, never a
+traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def poller(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "poller", "--log-level", "warning", *args],
+                          cwd=ROOT, text=True, capture_output=True, timeout=timeout,
+                          env={**os.environ, "HOME": tempfile.gettempdir()})
+
+
+def config(tmp_path: Path, **extra) -> Path:
+    path = tmp_path / "slipway.yaml"
+    path.write_text(yaml.safe_dump({
+        "registry": {"url": "127.0.0.1:5000", "insecure": True},
+        "store": {"path": str(tmp_path / "slipway.db")}, "state_dir": str(tmp_path / "state"),
+        "sources": [{"name": "game-server", "git": {"url": "file:///nowhere.git"},
+                     "branch": "master", "image": "127.0.0.1:5000/game-server"}], **extra}))
+    return path
+
+
+def assert_one_line(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_poller_run_on_a_port_already_in_use_is_one_line_naming_api_listen(tmp_path):
+    # The demo's closing hint is `poller run`; a second one (or anything else on 8081) is the
+    # most common first-day mistake.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        path = config(tmp_path, api={"listen": listen})
+        res = poller("run", "--config", str(path))
+    assert res.returncode == 2
+    assert_one_line(res, "poller: config error:", str(path), "api.listen", listen, "already in use")
+
+
+def test_poller_run_on_an_address_of_another_machine_is_one_line_naming_api_listen(tmp_path):
+    path = config(tmp_path, api={"listen": "192.0.2.1:8081"})  # TEST-NET-1: never local
+    res = poller("run", "--config", str(path))
+    assert res.returncode == 2
+    assert_one_line(res, "poller: config error:", str(path), "api.listen", "192.0.2.1:8081")
