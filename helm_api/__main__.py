@@ -9,7 +9,6 @@ Settings are checked before the server starts: a bad one is one line on stderr a
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,11 +18,11 @@ from poller.errors import ConfigError
 
 def build_app():
     from helm_api import create_app
-    from helm_api.config import load_settings
+    from helm_api.config import load_log_settings, load_settings
     from poller.logs import register_secret, setup_logging
 
-    setup_logging(level=os.environ.get("HELM_API_LOG_LEVEL", "info"),
-                  fmt=os.environ.get("HELM_API_LOG_FORMAT", "auto"))
+    logs = load_log_settings()
+    setup_logging(level=logs.log_level, fmt=logs.log_format)
     config = load_settings()
     if config.token:
         register_secret(config.token.get_secret_value())
@@ -53,7 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from poller.httpapi import serve
 
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    served = serve(app, f"{host}:{listen.port}", max_body=MAX_BODY, name="helm-api")
+    try:
+        served = serve(app, f"{host}:{listen.port}", max_body=MAX_BODY, name="helm-api")
+    except ConfigError as exc:  # the address can't be bound: name the setting at fault
+        app.extensions["helm_api"]["runner"].stop()
+        given = args.port if exc.key == "port" else args.host
+        where = f"--{exc.key}" if given is not None else f"HELM_API_{(exc.key or 'host').upper()}"
+        print(f"helm-api: config error: {'command line' if given is not None else '<environment>'}: "
+              f"{where}: {exc.reason}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _stop)
     try:
         served.wait()

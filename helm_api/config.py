@@ -8,7 +8,7 @@ below them gets a :class:`HelmApiConfig` passed in. Tests build one directly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +71,14 @@ class HelmApiConfig(BaseModel):
             if len(name) > 20:
                 raise ValueError(f"environment '{name}' must be a short DNS label (at most 20)")
             check_file_name(dss, f"environment '{name}': DSS file")
+        return v
+
+    @field_validator("default_environment")
+    @classmethod
+    def _known_default(cls, v: str | None, info: ValidationInfo) -> str | None:
+        environments = info.data.get("environments")
+        if v and environments is not None and v not in environments:
+            raise ValueError(f"'{v}' is not one of the environments ({', '.join(sorted(environments))})")
         return v
 
     @property
@@ -142,11 +151,35 @@ def load_settings() -> HelmApiConfig:
     }
     if raw.environments is not None:
         data["environments"] = raw.environments
+    if raw.kubeconfig and not raw.in_cluster and not Path(raw.kubeconfig).is_file():
+        raise ConfigError(f"{raw.kubeconfig} is not a file (a kubeconfig: give its path, or set "
+                          "HELM_API_IN_CLUSTER=true inside the cluster)", file="<environment>",
+                          key="HELM_API_KUBECONFIG")
     try:
         return HelmApiConfig(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(err["msg"].removeprefix("Value error, "), file="<environment>",
+                          key="HELM_API_" + str(err["loc"][0]).upper()) from None
+
+
+class LogSettings(BaseSettings):
+    """``HELM_API_LOG_LEVEL`` and ``HELM_API_LOG_FORMAT`` (the same choices as ``poller``'s
+    ``--log-level`` and ``--log-format``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HELM_API_", extra="ignore")
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+
+def load_log_settings() -> LogSettings:
+    """How to log, from the environment. Raises ConfigError."""
+    try:
+        return LogSettings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(err["msg"], file="<environment>",
                           key="HELM_API_" + str(err["loc"][0]).upper()) from None
 
 

@@ -3,6 +3,7 @@ one-line config errors, through the real console entry point."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -26,6 +27,11 @@ def _helm_api(*args, env=None, **kw):
     (["--port", "70000"], {}, "--port"),
     ([], {"HELM_API_NAMESPACE": "Not_A_Label"}, "HELM_API_NAMESPACE"),
     ([], {"HELM_API_TOKEN_FILE": "/nonexistent/token"}, "HELM_API_TOKEN_FILE"),
+    ([], {"HELM_API_LOG_LEVEL": "loud"}, "HELM_API_LOG_LEVEL"),
+    ([], {"HELM_API_LOG_FORMAT": "xml"}, "HELM_API_LOG_FORMAT"),
+    ([], {"HELM_API_DEFAULT_ENVIRONMENT": "qa"}, "HELM_API_DEFAULT_ENVIRONMENT"),
+    ([], {"HELM_API_KUBECONFIG": "/nonexistent/kubeconfig"}, "HELM_API_KUBECONFIG"),
+    (["--host", "192.0.2.1"], {}, "--host"),  # TEST-NET-1: never an address of this machine
 ])
 def test_a_bad_setting_at_start_up_is_one_line_and_exit_2(args, env, where):
     proc = _helm_api(*args, env=env)
@@ -52,3 +58,17 @@ def test_serves_on_the_port_given_by_flag_or_environment(how):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_a_port_already_in_use_is_one_line_naming_the_port_setting(how):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        args, env = (["--port", port], {}) if how == "flag" else ([], {"HELM_API_PORT": port})
+        proc = _helm_api("--host", "127.0.0.1", *args, env=env)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert err.count("\n") == 1 and err.startswith("helm-api: config error: "), err
+    assert ("--port" if how == "flag" else "HELM_API_PORT") in err and "already in use" in err

@@ -11,7 +11,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def poller(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "poller", "--log-level", "warning", *args],
-                          cwd=ROOT, text=True, capture_output=True, timeout=timeout,
+                          check=False, cwd=ROOT, text=True, capture_output=True, timeout=timeout,
                           env={**os.environ, "HOME": tempfile.gettempdir()})
 
 
