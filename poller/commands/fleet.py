@@ -8,7 +8,7 @@ import signal
 import threading
 
 from poller.config import load_config
-from poller.errors import SlipwayError
+from poller.errors import ConfigError, SlipwayError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,10 +35,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=cmd_control, action=action)
 
 
+def _fleet(args):
+    """The fleet settings of ``--config``; a config without ``fleet.services`` is a config error
+    (not an etcd error: there is nothing to ask etcd about)."""
+    cfg = load_config(args.config)
+    if not cfg.fleet.services:
+        raise ConfigError("no fleet is configured: add the services the fleet runs",
+                          file=cfg.path, key="fleet.services")
+    return cfg.fleet
+
+
 def cmd_agent(args) -> int:
     from poller.fleet.runner import build_agent
 
     cfg = load_config(args.config)
+    if cfg.fleet.agent is None:
+        raise ConfigError("poller agent needs this machine's settings (machine, containers)",
+                          file=cfg.path, key="fleet.agent")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -50,7 +63,7 @@ def cmd_status(args) -> int:
     from poller.commands.tables import table
     from poller.fleet import open_state, snapshot
 
-    snap = snapshot(open_state(load_config(args.config).fleet))
+    snap = snapshot(open_state(_fleet(args)))
     if args.json:
         print(json.dumps(snap, indent=2))
         return 0
@@ -70,7 +83,7 @@ def cmd_rollout(args) -> int:
     if len(args.pairs) % 2:
         raise SlipwayError("give SERVICE VERSION pairs")
     versions = dict(zip(args.pairs[::2], args.pairs[1::2]))
-    for ro in open_state(load_config(args.config).fleet).start_rollouts(versions, paused=args.paused).values():
+    for ro in open_state(_fleet(args)).start_rollouts(versions, paused=args.paused).values():
         print(f"rollout {ro.id}: {ro.service} -> {ro.version} ({ro.state})")
     return 0
 
@@ -78,7 +91,7 @@ def cmd_rollout(args) -> int:
 def cmd_control(args) -> int:
     from poller.fleet import open_state
 
-    state = open_state(load_config(args.config).fleet)
+    state = open_state(_fleet(args))
     ro = getattr(state, args.action)(args.service)
     print(f"rollout {ro.id}: {ro.service} -> {ro.version} ({ro.state})")
     return 0

@@ -58,3 +58,20 @@ def test_poller_run_on_an_address_of_another_machine_is_one_line_naming_api_list
     res = poller("run", "--config", str(path))
     assert res.returncode == 2
     assert_one_line(res, "poller: config error:", str(path), "api.listen", "192.0.2.1:8081")
+
+
+def test_fleet_commands_without_a_fleet_say_so_instead_of_asking_etcd(tmp_path):
+    # Without this, `poller fleet status` reported an etcd connection error (or empty tables
+    # when some etcd answered on the default endpoint).
+    path = config(tmp_path)
+    for args in (["fleet", "status"], ["fleet", "rollout", "lobby", "1.2.0"], ["fleet", "pause", "lobby"]):
+        res = poller(*args, "--config", str(path))
+        assert res.returncode == 2, res
+        assert_one_line(res, "poller: config error:", str(path), "fleet.services", "no fleet")
+
+
+def test_poller_agent_without_fleet_agent_is_one_line_naming_it(tmp_path):
+    path = config(tmp_path)
+    res = poller("agent", "--config", str(path), timeout=30)
+    assert res.returncode == 2, res
+    assert_one_line(res, "poller: config error:", str(path), "fleet.agent")
