@@ -135,6 +135,16 @@ def query_int(name: str, default: int, *, minimum: int, maximum: int) -> int:
     return int(raw)
 
 
+def query_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A query parameter that must be one of ``choices``; anything else is a 400 listing them."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise ApiError(400, "bad_request", f"'{name}' must be one of: {', '.join(choices)}")
+    return raw
+
+
 def _depth(value: Any, limit: int) -> bool:
     """True when ``value`` nests no deeper than ``limit`` (iterative: no recursion)."""
     stack = [(value, 1)]

@@ -6,8 +6,8 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from poller.api import body_as, error, read_access, require_token, services
 from poller.api.models import Decision
-from poller.approvals import ApprovalNotFound, ApprovalQueue
-from poller.httpapi import query_int
+from poller.approvals import STATUSES, ApprovalNotFound, ApprovalQueue
+from poller.httpapi import query_choice, query_int
 
 blueprint = Blueprint("core", __name__)
 
@@ -21,7 +21,7 @@ def healthz():
 def metrics():
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)  # it names its charset
 
 
 @blueprint.get("/api/v1/status")
@@ -59,7 +59,7 @@ def build(build_id: int):
 @blueprint.get("/api/v1/approvals")
 @read_access
 def approvals():
-    status = request.args.get("status", "pending")
+    status = query_choice("status", "pending", (*STATUSES, "all"))
     return jsonify([a.__dict__ for a in ApprovalQueue(services().store).list(
         status=None if status == "all" else status)])
 

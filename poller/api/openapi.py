@@ -14,6 +14,7 @@ from flask import Blueprint, jsonify
 from pydantic.json_schema import models_json_schema
 
 from poller.api import models as m
+from poller.approvals import STATUSES
 from poller.names import PLUGIN_NAME_SCHEMA, TAG_SCHEMA
 
 blueprint = Blueprint("openapi", __name__)
@@ -127,7 +128,7 @@ def openapi_document() -> dict[str, Any]:
             params=[_path("build_id", _ID)], **not_found),
         "/api/v1/approvals": _get(
             "Approvals", _json({"type": "array", "items": _ref("Approval")}),
-            params=[_query("status", {"type": "string"})]),
+            params=[_query("status", {"enum": [*STATUSES, "all"]})], **{"400": _err("bad status")}),
         "/api/v1/approvals/{approval_id}/{decision}": _post(
             "Approve or reject a pending approval", "200", _json(_ref("Approval")),
             body="Decision", params=[_path("approval_id", _ID),

@@ -17,6 +17,8 @@ from poller.store import Store
 
 PENDING, APPROVED, REJECTED, EXPIRED, APPLIED = "pending", "approved", "rejected", "expired", "applied"
 SUPERSEDED = "superseded"
+#: Every status an approval can have.
+STATUSES = (PENDING, APPROVED, REJECTED, EXPIRED, APPLIED, SUPERSEDED)
 
 
 class ApprovalNotFound(SlipwayError):

@@ -54,3 +54,18 @@ def test_bad_json_is_a_400(app):
 def test_unknown_route_is_json_404(app):
     r = app.test_client().get("/nope")
     assert r.status_code == 404 and r.json["error"] == "not_found"
+
+
+def test_an_unknown_approval_status_filter_is_a_400_naming_the_choices(app):
+    # A typo ("?status=aproved") used to answer 200 [] - indistinguishable from "none".
+    c = app.test_client()
+    r = c.get("/api/v1/approvals?status=aproved")
+    assert r.status_code == 400 and r.json["error"] == "bad_request"
+    assert "'status'" in r.json["message"] and "approved" in r.json["message"]
+    for ok in ("pending", "approved", "rejected", "expired", "superseded", "applied", "all"):
+        assert c.get(f"/api/v1/approvals?status={ok}").status_code == 200, ok
+
+
+def test_metrics_content_type_names_its_charset_once(app):
+    content_type = app.test_client().get("/metrics").headers["Content-Type"]
+    assert content_type.startswith("text/plain") and content_type.count("charset") == 1, content_type
