@@ -36,16 +36,47 @@ State: --state-dir or $SLIPWAY_STATE_DIR (default /tmp/slipway-cluster)
 """
 
 
+#: command -> (the words it may take as its one argument, the flags it accepts)
+_SHAPES: dict[str, tuple[set[str], set[str]]] = {
+    "build": ({"all", "kube", "buildkit"}, set()), "build-okg": (set(), set()),
+    "buildkitd": ({"up", "down", "env"}, set()), "up": (set(), {"--node", "--okg"}),
+    "down": (set(), set()), "env": (set(), set()), "where": (set(), set()),
+}
+
+
+def _misuse(argv: list[str]) -> str | None:
+    """What is wrong with ``argv`` (without --state-dir), or None: checked before anything
+    starts, so a typo (``up --nodes``) never runs the command without it."""
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in _SHAPES:
+        return f"unknown command {cmd!r}"
+    words, flags = _SHAPES[cmd]
+    for arg in rest:
+        if arg.startswith("-") and arg not in flags:
+            return f"{cmd}: unknown option {arg!r}"
+    extra = [a for a in rest if not a.startswith("-")]
+    if len(extra) > 1 or any(a not in words for a in extra):
+        return f"{cmd}: unexpected argument {' '.join(extra)!r}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     state_dir = None
     if "--state-dir" in argv:
         i = argv.index("--state-dir")
+        if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+            print(USAGE + "\nerror: --state-dir needs a directory", file=sys.stderr)
+            return 2
         state_dir = argv[i + 1]
         del argv[i:i + 2]
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if argv and argv[0] in ("-h", "--help", "help"):
         print(USAGE)
-        return 0 if argv else 2
+        return 0
+    problem = "a command is needed" if not argv else _misuse(argv)
+    if problem:
+        print(USAGE + f"\nerror: {problem}", file=sys.stderr)
+        return 2
     cmd = argv[0]
     try:
         if cmd == "build":
