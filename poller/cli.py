@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"poller: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("poller: interrupted", file=sys.stderr)
         return 130
 
 

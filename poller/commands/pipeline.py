@@ -88,6 +88,12 @@ def cmd_once(args) -> int:
             cfg.source(name)
         reports = pipeline.run_once(args.source)
         extra = _charts_once(cfg, pipeline.store)
+    except KeyboardInterrupt:
+        if running := pipeline.running_builds():
+            print(f"poller: interrupted; letting {running} running build{'s' * (running > 1)} finish "
+                  "(Ctrl-C again to stop now: a build cut off is built again next time)",
+                  file=sys.stderr, flush=True)
+        raise
     finally:
         pipeline.shutdown(wait=True)
     # A plan in back-off is a build that failed before and is not retried yet: still a failure.
