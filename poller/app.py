@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from poller.builds.builder import BuildPlan
 from poller.builds.factory import make_builder
 from poller.config import Config
 from poller.docker_engine import client_factory, engine_url
+from poller.errors import ConfigError
 from poller.events import EventBus
 from poller.http import RequestCounter
 from poller.pipeline import Pipeline
@@ -22,6 +24,19 @@ from poller.store import Store
 
 def open_store(cfg: Config) -> Store:
     return Store(cfg.store_target, log_limit=cfg.build.log_limit_kb * 1024)
+
+
+def open_state_dir(cfg: Config) -> Path:
+    """``state_dir``, created if missing (git sources keep their mirrors and locks there); one
+    that can't be created is a config error naming it, before any build starts."""
+    path = cfg.state_path
+    if any(s.git for s in cfg.sources):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {path}: {exc.strerror or exc}", file=cfg.path,
+                              key="state_dir") from None
+    return path
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -46,7 +61,8 @@ def build_pipeline(cfg: Config, *, store: Store | None = None,
     registry = RegistryClient(cfg.registry, counter=counter) if cfg.registry is not None else None
     builder = make_builder(cfg, client_factory(cfg.docker.base_url),
                            docker_engine=engine_url(cfg.docker.base_url))
-    sources = {s.name: make_source(s, cache_dir=cfg.state_path, counter=counter) for s in cfg.sources}
+    state_dir = open_state_dir(cfg)
+    sources = {s.name: make_source(s, cache_dir=state_dir, counter=counter) for s in cfg.sources}
     # without a registry there are no sources, so the pipeline never reaches for it
     pipeline = Pipeline(cfg, store=store, registry=registry, builder=builder,  # type: ignore[arg-type]
                         sources=sources, on_build_log=on_build_log, bus=bus)

@@ -75,3 +75,16 @@ def test_poller_agent_without_fleet_agent_is_one_line_naming_it(tmp_path):
     res = poller("agent", "--config", str(path), timeout=30)
     assert res.returncode == 2, res
     assert_one_line(res, "poller: config error:", str(path), "fleet.agent")
+
+
+def test_a_state_dir_that_cannot_be_created_is_one_line_naming_state_dir(tmp_path):
+    # It used to fail every build of the pass with "internal error: FileNotFoundError(2, ...)",
+    # naming neither the setting nor the path.
+    (tmp_path / "a-file").write_text("")
+    path = config(tmp_path, api={"listen": None})
+    data = yaml.safe_load(path.read_text())
+    data["state_dir"] = str(tmp_path / "a-file" / "state")
+    path.write_text(yaml.safe_dump(data))
+    res = poller("once", "--config", str(path))
+    assert res.returncode == 2, res
+    assert_one_line(res, "poller: config error:", str(path), "state_dir", str(tmp_path / "a-file"))
