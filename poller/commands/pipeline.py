@@ -112,6 +112,10 @@ def cmd_once(args) -> int:
         for r in reports:
             if r.error:
                 rows.append([r.source, "-", "-", "error", r.error])
+            elif r.head is None and not r.skipped_registry:  # polled, and the branch is not there
+                branch = cfg.source(r.source).branch
+                rows.append([r.source, f"branch:{branch}", "-", "missing",
+                             f"the repository has no branch '{branch}' (names are case-sensitive)"])
             for a in r.actions:
                 detail = a.error or (a.digest or "")
                 rows.append([r.source, a.ref, a.sha[:12], f"{a.action}/{a.status}", detail])

@@ -88,3 +88,22 @@ def test_a_state_dir_that_cannot_be_created_is_one_line_naming_state_dir(tmp_pat
     res = poller("once", "--config", str(path))
     assert res.returncode == 2, res
     assert_one_line(res, "poller: config error:", str(path), "state_dir", str(tmp_path / "a-file"))
+
+
+def test_once_says_when_the_configured_branch_is_not_in_the_repository(tmp_path):
+    # `branch: main` on a repository whose branch is `master`: the pass used to print nothing
+    # about the branch at all (and build no staging image), leaving a newcomer guessing.
+    work = tmp_path / "work"
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q", "-b", "master", str(work)],
+                 ["-C", str(work), "commit", "-q", "--allow-empty", "-m", "first"]):
+        subprocess.run(["git", *args], check=True, env=env)
+    path = config(tmp_path, api={"listen": None})
+    data = yaml.safe_load(path.read_text())
+    data["sources"][0].update(git={"url": f"file://{work}"}, branch="main")
+    path.write_text(yaml.safe_dump(data))
+    res = poller("once", "--config", str(path))
+    assert "Traceback" not in res.stderr, res.stderr
+    row = [line for line in res.stdout.splitlines() if "branch:main" in line]
+    assert row and "no branch 'main'" in row[0], res.stdout
