@@ -120,7 +120,10 @@ def load_settings() -> HelmApiConfig:
         raw = _EnvSettings()
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(err["msg"], file="<environment>",
+        reason = err["msg"]
+        if err["loc"][:1] == ("environments",) and err["type"] == "dict_type":
+            reason = 'must be a JSON object of environment -> DSS file, e.g. {"staging": "staging.yaml"}'
+        raise ConfigError(reason, file="<environment>",
                           key="HELM_API_" + "_".join(map(str, err["loc"])).upper()) from None
     token = raw.token
     if token is None and raw.token_file:

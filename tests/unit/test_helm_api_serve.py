@@ -72,3 +72,10 @@ def test_a_port_already_in_use_is_one_line_naming_the_port_setting(how):
     assert proc.returncode == 2, err
     assert err.count("\n") == 1 and err.startswith("helm-api: config error: "), err
     assert ("--port" if how == "flag" else "HELM_API_PORT") in err and "already in use" in err
+
+
+def test_environments_that_are_not_a_json_object_say_what_is_expected():
+    proc = _helm_api(env={"HELM_API_ENVIRONMENTS": "staging=staging.yaml"})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.count("\n") == 1, err
+    assert "HELM_API_ENVIRONMENTS" in err and "JSON object" in err, err
