@@ -53,5 +53,7 @@ def build_pipeline(cfg: Config, *, store: Store | None = None,
     if queue and store.pg:  # builds are jobs for `poller worker` processes (poller.queue)
         from poller.queue import BuildQueue
 
-        pipeline.enqueue = BuildQueue(cfg.store_target, queue=cfg.store.queue.name).enqueue
+        build_queue = BuildQueue(cfg.store_target, queue=cfg.store.queue.name)
+        pipeline.enqueue = build_queue.enqueue
+        pipeline.close_on_shutdown(build_queue.close)  # its connection pool's threads end with it
     return pipeline

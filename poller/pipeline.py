@@ -161,6 +161,8 @@ class Pipeline:
         #: With a PostgreSQL store, builds go to the queue (``poller.queue``) instead of the
         #: executor here: ``enqueue(plan, action)`` returns the action as decided.
         self.enqueue: Callable[[BuildPlan, Action], Action] | None = None
+        #: Closed by :meth:`shutdown`: what the pipeline was given to own (the queue's connections).
+        self._closers: list[Callable[[], None]] = []
 
     # -- one source -------------------------------------------------------------------
     def reconcile_source(self, name: str, *, force: bool = False) -> SourceReport:
@@ -433,9 +435,23 @@ class Pipeline:
         with self._inflight_lock:
             return sum(1 for f in self._inflight.values() if not f.done())
 
+    def close_on_shutdown(self, close: Callable[[], None]) -> None:
+        """Have :meth:`shutdown` call ``close`` (a part this pipeline owns, e.g. the build queue)."""
+        self._closers.append(close)
+
     def shutdown(self, *, wait: bool = True) -> None:
+        """Stop building and end every thread and connection this pipeline started: the build
+        executor, the claims heartbeat and the parts given to :meth:`close_on_shutdown`."""
         self._shutting_down.set()
         self._executor.shutdown(wait=wait, cancel_futures=True)
+        if self._heartbeat is not None:
+            self._heartbeat.join(5.0)  # it waits on _shutting_down: ends at once
+        while self._closers:
+            close = self._closers.pop()
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - shutting down: the others still close
+                log.warning("pipeline.close_failed", error=repr(exc))
 
     # -- whole passes -----------------------------------------------------------------
     def run_once(self, names: list[str] | None = None) -> list[SourceReport]:
