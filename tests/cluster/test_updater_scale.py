@@ -77,6 +77,24 @@ def test_unchanged_cycle_makes_zero_api_server_requests(tmp_path, registry, kube
         eng.close()
 
 
+def test_a_closed_engine_has_ended_its_watch_threads(tmp_path, registry, kube, namespace):
+    """A watch thread still reading or logging while the interpreter exits can abort it."""
+    repo = f"{registry.addr}/game"
+    seed_tag(registry, "game", "1.0.0")
+    _apply(kube, namespace, workload("Deployment", "g0", f"{repo}:1.0.0", "busybox:s", replicas=0))
+    eng = build_engine(_config(tmp_path, registry, kube.kubeconfig, [_deployment("g0", repo, namespace)]),
+                       Store(tmp_path / "s.db"))
+
+    def watching() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.endswith(f"-{namespace}") and t.is_alive()]
+    try:
+        assert [o.action for o in eng.cycle(settle=False)] == ["up-to-date"]
+        assert watching()
+    finally:
+        eng.close()
+    assert watching() == []
+
+
 def test_unchanged_cycle_store_work_does_not_grow_with_deployments(tmp_path, registry, kube, namespace):
     """Pins, approvals, watcher back-off and recent rollouts are read once per cycle and the
     watchers' checks written in one statement: not a few store statements per deployment."""
