@@ -246,12 +246,22 @@ class Served:
             self._thread.join(1.0)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every connection and let the worker threads end."""
-        from waitress import wasyncore
+        """Let the running requests end, then close every socket and wait for the server thread.
 
+        The sockets are closed by the server's own thread (woken through waitress's trigger):
+        closed from here they would vanish under that thread's ``select()``, which then fails
+        with EBADF or, once the numbers are reused, waits on whatever this process opens next."""
+        from waitress import trigger, wasyncore
+
+        sockets = getattr(self._server, "map", None) or self._server._map
         self._server.task_dispatcher.shutdown(timeout=timeout)
-        wasyncore.close_all(getattr(self._server, "map", None) or self._server._map)
-        self._thread.join(timeout)
+        wake = next((d for d in list(sockets.values()) if isinstance(d, trigger.trigger)), None)
+        if wake is not None and self._thread.is_alive():
+            wake.pull_trigger(lambda: wasyncore.close_all(sockets))
+            self._thread.join(timeout)
+        if sockets:  # the loop was not running (or did not answer): close them here
+            wasyncore.close_all(sockets)
+            self._thread.join(timeout)
 
 
 #: waitress settings both services use (see README "Operating it").
