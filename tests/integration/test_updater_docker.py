@@ -232,7 +232,8 @@ class _EngineRelay:
         self._server.bind(str(path))
         self._server.listen(16)
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, name="engine-relay", daemon=True)
+        self._thread.start()
 
     def _accept(self):
         import socket
@@ -267,7 +268,14 @@ class _EngineRelay:
                     pass
 
     def close(self):
+        import socket
+
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept(); a close alone would not
+        except OSError:
+            pass
         self._server.close()
+        self._thread.join(5)
 
 
 def test_updates_once_acts_on_the_engine_docker_host_names(tmp_path, registry, docker_client, docker_host,
