@@ -96,7 +96,7 @@ def _read_target(factory: Any, d: Any) -> tuple[str | None, str | None, str | No
 def release_board(cfg: Config, store: Store, *, targets: Any = None,
                   clock: Callable[[], float] = time.time) -> list[ServiceBoard]:
     if targets is None and cfg.updates.deployments:
-        from poller.targets.factory import TargetFactory
+        from poller.updater.target_factory import TargetFactory
 
         targets = TargetFactory(cfg.updates, docker_base_url=cfg.docker.base_url)
     history = UpdateHistory(store)

@@ -3,8 +3,10 @@ restart of servers that run an outdated plugin (see :mod:`poller.artifacts.rollo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from poller.artifacts.slots import QuorumSlots
 from poller.artifacts.store import ArtifactStore
 
 FETCH_SCRIPT = Path(__file__).with_name("fetch-plugins.sh")
@@ -25,8 +27,10 @@ def docker_client(cfg):
     return client_factory(cfg.plugins.docker_url, cfg.docker.base_url)()
 
 
-def rollout_for(cfg, env: str):
-    """The plugin rollout that serves ``env``: Kubernetes when it names a namespace, else Docker."""
+def rollout_for(cfg, env: str, *, open_fleet: Callable[[], QuorumSlots]):
+    """The plugin rollout that serves ``env``: Kubernetes when it names a namespace, else Docker.
+    ``open_fleet``: the fleet's quorum slots (:mod:`poller.artifacts.slots`), opened when some
+    server type shares a fleet service's quorum (:func:`uses_fleet`)."""
     environment = cfg.plugins.environments.get(env)
     if environment is not None and environment.kubernetes_namespace:
         from poller.artifacts.kube import KubePluginRollout, apps_api
@@ -34,11 +38,14 @@ def rollout_for(cfg, env: str):
         return KubePluginRollout(cfg.plugins, open_store(cfg), apps_api(cfg.plugins.kubeconfig))
     from poller.artifacts.rollout import PluginRollout
 
-    return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg), fleet=fleet_state(cfg))
+    return PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg),
+                         fleet=open_fleet() if uses_fleet(cfg) else None)
 
 
-def fleet_state(cfg):
-    """The fleet's etcd state when some server type shares a fleet service's quorum, else None."""
+def uses_fleet(cfg) -> bool:
+    """True when some server type shares a fleet service's quorum (``fleet_service``, or a
+    server type named like a fleet service); a ``fleet_service`` naming no service is a
+    :class:`~poller.errors.ConfigError`."""
     services = cfg.fleet.services
     for name, t in cfg.plugins.server_types.items():
         if t.fleet_service and t.fleet_service not in services:
@@ -46,8 +53,4 @@ def fleet_state(cfg):
 
             raise ConfigError(f"plugins.server_types.{name}.fleet_service: no service "
                               f"'{t.fleet_service}' in fleet.services")
-    if not any((t.fleet_service or name) in services for name, t in cfg.plugins.server_types.items()):
-        return None
-    from poller.fleet import open_state
-
-    return open_state(cfg.fleet)
+    return any((t.fleet_service or name) in services for name, t in cfg.plugins.server_types.items())

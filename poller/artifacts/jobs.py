@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 
-def jobs(cfg, store, bus=None) -> list:
-    """``bus``: unused so far (plugin cycles report in the store's events)."""
+from poller.artifacts.slots import QuorumSlots
+
+
+def jobs(cfg, store, bus=None, *, open_fleet: Callable[[], QuorumSlots]) -> list:
+    """``bus``: unused so far (plugin cycles report in the store's events). ``open_fleet``: the
+    fleet's quorum slots (:mod:`poller.artifacts.slots`), opened when some environment runs on
+    Docker and some server type shares a fleet service's quorum."""
     if not cfg.plugins.server_types or not cfg.plugins.environments:
         return []
-    from poller.artifacts import docker_client, fleet_state, open_store
+    from poller.artifacts import docker_client, open_store, uses_fleet
     from poller.artifacts.rollout import PluginRollout
     from poller.logs import get_logger
 
     log = get_logger("poller.artifacts")
     docker_envs = [env for env, e in cfg.plugins.environments.items() if e.kubernetes_namespace is None]
     rollout = PluginRollout(cfg.plugins, open_store(cfg), docker_client(cfg),
-                            fleet=fleet_state(cfg)) if docker_envs else None
+                            fleet=open_fleet() if uses_fleet(cfg) else None) if docker_envs else None
 
     def make(env: str, runner):
         def run() -> dict:

@@ -134,6 +134,7 @@ def _periodic_jobs(cfg, store, bus) -> list:
     """Every domain's periodic work in ``poller run``: chart watches, deployment updates, fleet
     releases, plugin cycles, each ``(id, interval, fn)`` publishing on ``bus``."""
     from poller.artifacts.jobs import jobs as plugin_jobs
+    from poller.fleet import open_state
     from poller.fleet.jobs import jobs as fleet_jobs
     from poller.updater.jobs import jobs as update_jobs
 
@@ -144,8 +145,9 @@ def _periodic_jobs(cfg, store, bus) -> list:
         for repo in cfg.charts.repos:
             watcher = ChartWatcher(repo, cfg.charts, store, bus=bus)
             jobs.append((f"charts:{repo.name}", repo.interval or cfg.poll.interval, watcher.reconcile))
-    for provider in (update_jobs, fleet_jobs, plugin_jobs):
+    for provider in (update_jobs, fleet_jobs):
         jobs.extend(provider(cfg, store, bus))
+    jobs.extend(plugin_jobs(cfg, store, bus, open_fleet=lambda: open_state(cfg.fleet)))
     return jobs
 
 

@@ -47,10 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cycle(cfg, env: str) -> dict:
     from poller.artifacts import rollout_for
     from poller.errors import SlipwayError
+    from poller.fleet import open_state
 
     if env not in cfg.plugins.environments:
         raise SlipwayError(f"no environment '{env}' in plugins.environments")
-    return rollout_for(cfg, env).cycle(env).as_dict()
+    return rollout_for(cfg, env, open_fleet=lambda: open_state(cfg.fleet)).cycle(env).as_dict()
 
 
 def cmd_push(args) -> int:
@@ -71,8 +72,8 @@ def cmd_push(args) -> int:
 
 def cmd_fetch(args) -> int:
     from poller.artifacts import FETCH_SCRIPT, open_store
-    from poller.artifacts.settings import channel_tag
     from poller.errors import SlipwayError
+    from poller.settings.plugins import channel_tag
 
     if args.script:
         sys.stdout.write(FETCH_SCRIPT.read_text())

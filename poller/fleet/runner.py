@@ -8,7 +8,7 @@ from poller.docker_engine import client_factory
 from poller.fleet import open_state
 from poller.fleet.agent import Agent
 from poller.fleet.containers import ServiceContainer
-from poller.fleet.settings import FleetConfig
+from poller.settings.fleet import FleetConfig
 
 
 def build_agent(cfg: FleetConfig, *, docker_url: str | None, stop: threading.Event) -> Agent:

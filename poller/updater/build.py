@@ -11,9 +11,9 @@ from poller.events import EventBus
 from poller.http import RequestCounter
 from poller.notify import subscribe_notifications
 from poller.registry.client import RegistryClient
-from poller.targets.factory import TargetFactory
 from poller.updater.engine import UpdateEngine
 from poller.updater.history import UpdateHistory
+from poller.updater.target_factory import TargetFactory
 from poller.updater.watcher import ImageWatcher
 
 

@@ -14,10 +14,10 @@ import yaml
 
 from poller.config import parse_config
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
 from poller.updater.jobs import jobs
+from poller.updater.target_factory import TargetFactory
 from tests.cluster.test_updater_workloads import get, images, workload
 from tests.doubles.apiserver_front import ApiServerFront
 from tests.fixtures.apiserver_metrics import request_totals, workload_requests
