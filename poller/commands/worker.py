@@ -30,6 +30,9 @@ def cmd_worker(args) -> int:
         raise ConfigError("poller worker needs a PostgreSQL store (store.url: postgresql://...); "
                           "with SQLite, builds run inside poller run", file=cfg.path, key="store.url")
     pipeline = build_pipeline(cfg, store=store, queue=False)
-    run_worker(pipeline, cfg.store_target, queues=args.queue or [cfg.store.queue.name],
-               concurrency=args.concurrency or cfg.build.concurrency, lease=cfg.store.queue.lease)
+    try:
+        run_worker(pipeline, cfg.store_target, queues=args.queue or [cfg.store.queue.name],
+                   concurrency=args.concurrency or cfg.build.concurrency, lease=cfg.store.queue.lease)
+    finally:
+        pipeline.shutdown(wait=False)  # its claims heartbeat ends before the interpreter does
     return 0

@@ -158,7 +158,8 @@ def run_worker(pipeline: Pipeline, url: str, *, queues: list[str], concurrency: 
             except SQLAlchemyError as exc:  # the database is away: the next sweep tries again
                 log.warning("sweep.failed", error=repr(exc))
 
-    threading.Thread(target=sweeper, name="queue-sweeper", daemon=True).start()
+    sweeping = threading.Thread(target=sweeper, name="queue-sweeper", daemon=True)
+    sweeping.start()
     app = make_app(url)
 
     async def main() -> None:
@@ -182,3 +183,4 @@ def run_worker(pipeline: Pipeline, url: str, *, queues: list[str], concurrency: 
                     return
     finally:
         stop.set()
+        sweeping.join(10)  # not left sweeping (or logging) while the interpreter exits
