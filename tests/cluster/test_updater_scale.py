@@ -120,7 +120,7 @@ def test_unchanged_cycle_store_work_does_not_grow_with_deployments(tmp_path, reg
         eng.close()
 
 
-def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube, namespace):
+def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube, namespace, closing):
     """One rollout hangs (its default 300 s deadline); a release of another image pushed
     meanwhile is patched within the next cycles, by the periodic job ``poller run`` runs."""
     stuck, fast = f"{registry.addr}/stuck", f"{registry.addr}/fast"
@@ -132,6 +132,7 @@ def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube,
     cfg = _config(tmp_path, registry, kube.kubeconfig,
                   [_deployment("stuck", stuck, namespace), _deployment("fast", fast, namespace)])
     [(_, interval, job)] = jobs(cfg, Store(tmp_path / "s.db"))
+    closing(job.func.__self__)     # the engine behind the job: its watches end with the test
     stop = threading.Event()
 
     def scheduler():               # what ``poller run`` does with the job
