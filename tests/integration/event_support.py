@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from poller.api import Services, create_app
+from poller.api import create_app
 from poller.events import Event, EventBus
 from poller.metrics import install as install_metrics
 from poller.notify import subscribe_notifications
+from poller.runtime import Runtime
 
 
 class Observed:
@@ -24,7 +25,7 @@ class Observed:
 
     def metric(self, line_start: str) -> float:
         """The value of the sample on ``/metrics`` (served by the API) starting with ``line_start``."""
-        app = create_app(Services(config=self.cfg, store=self.store))
+        app = create_app(Runtime(config=self.cfg, store=self.store))
         text = app.test_client().get("/metrics").get_data(as_text=True)
         for line in text.splitlines():
             if line.startswith(line_start + " "):

@@ -10,10 +10,10 @@ import secrets
 
 import pytest
 
-from poller.app import build_pipeline
 from poller.charts.watcher import ApplyFailed, ChartWatcher
 from poller.config import parse_config
 from poller.events import BuildFinished, BuildStarted, ChartApplied, UpdateFinished
+from poller.runtime import build_pipeline
 from poller.store import Store
 from poller.updater.build import build_engine
 from tests.integration.chart_servers import IndexServer, RecordingHelmApi

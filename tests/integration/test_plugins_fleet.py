@@ -23,11 +23,12 @@ import pytest
 import requests
 import yaml
 
-from poller.artifacts import FETCH_SCRIPT, fleet_state
+from poller.artifacts import FETCH_SCRIPT, uses_fleet
 from poller.artifacts.rollout import PluginRollout
 from poller.artifacts.store import ArtifactStore
 from poller.config import load_config
 from poller.registry.client import RegistryClient
+from poller.runtime import Runtime
 from tests.fixtures.services import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -185,8 +186,8 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     f = plugin_fleet
     cfg = load_config(f.config(None))
     store = ArtifactStore(RegistryClient(cfg.registry), "plugins")
-    state = fleet_state(cfg)
-    assert state is not None, "the lobby server type shares the lobby fleet service's slots"
+    assert uses_fleet(cfg), "the lobby server type shares the lobby fleet service's slots"
+    state = Runtime(cfg).fleet
     rollout = PluginRollout(cfg.plugins, store, f.docker, fleet=state)
     store.push("chat", jar("chat 1.0.0"), "1.0.0")
     assert rollout.cycle("production").restarted == []  # channel exists; no servers yet

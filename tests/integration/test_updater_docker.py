@@ -179,10 +179,11 @@ def test_minor_applies_major_waits_rejected_never_returns_pin_holds(
     retag(registry, REPO, "1.0.0", "3.0.0", label="3.0.0")
     [o] = engine.cycle()
     assert o.action == "waiting-approval"
-    from poller.api import Services, create_app
+    from poller.api import create_app
+from poller.runtime import Runtime
     from poller.config import parse_config
 
-    app = create_app(Services(config=parse_config(data, file="t", env={}), store=engine.store))
+    app = create_app(Runtime(config=parse_config(data, file="t", env={}), store=engine.store))
     client = app.test_client()
     appr_id = int(o.detail.split()[-1])
     resp = client.post(f"/api/v1/approvals/{appr_id}/reject", json={"by": "bob"},

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 
 from helm_api import create_app as create_helm_app
 from helm_api.config import HelmApiConfig, load_settings
-from poller.api import Services, create_app, serve_in_thread
+from poller.api import create_app, serve_in_thread
 from poller.api.webhooks import github_signature
 from poller.approvals import ApprovalQueue
 from poller.config import parse_config
+from poller.runtime import Runtime
 from poller.store import Store
 from tests.unit.test_helm_api_auth import unreachable_kube
 
@@ -40,7 +41,7 @@ def poller_app(tmp_path, api: dict | None = None, env: dict | None = None, **ext
                     {"name": "match", "github": {"repo": "studio/matchmaker"}, "branch": "main",
                      "image": "127.0.0.1:5000/matchmaker"}],
         **extra}, env=env or {})
-    return create_app(Services(config=cfg, store=Store(tmp_path / "s.db")))
+    return create_app(Runtime(config=cfg, store=Store(tmp_path / "s.db")))
 
 
 def pending_approval(app) -> int:
