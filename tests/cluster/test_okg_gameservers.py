@@ -377,7 +377,7 @@ def test_hot_update_without_restart_reloads_through_exec_and_abort_spares_the_bu
     [o] = eng.cycle()
     assert o.action == "rolling" and "busy" in o.detail
     from poller.api import create_app
-from poller.runtime import Runtime
+    from poller.runtime import Runtime
 
     data["api"]["token"] = "t0ken"
     app = create_app(Runtime(config=parse_config(data, file="t", env={}), store=eng.store))

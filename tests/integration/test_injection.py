@@ -104,7 +104,8 @@ def api_server(tmp_path, registry):
     from werkzeug.serving import make_server
 
     from poller.api import create_app
-from poller.runtime import Runtime
+
+    from poller.runtime import Runtime
     from poller.store import Store
 
     cfg = parse_config({"registry": {"url": registry.addr, "insecure": True},

@@ -188,7 +188,7 @@ def test_production_rollback_creates_the_tag_through_the_hosted_api(
 def test_staging_rollback_over_the_http_api_needs_the_token_and_is_audited(
         tmp_path, registry, git_repo, docker_host):
     from poller.api import create_app
-from poller.runtime import Runtime
+    from poller.runtime import Runtime
     from poller.config import parse_config
 
     first = git_repo.seed_scratch_app("v1\n")

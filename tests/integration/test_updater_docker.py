@@ -180,7 +180,7 @@ def test_minor_applies_major_waits_rejected_never_returns_pin_holds(
     [o] = engine.cycle()
     assert o.action == "waiting-approval"
     from poller.api import create_app
-from poller.runtime import Runtime
+    from poller.runtime import Runtime
     from poller.config import parse_config
 
     app = create_app(Runtime(config=parse_config(data, file="t", env={}), store=engine.store))
