@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app, g
 
 from poller import httpapi
-from poller.errors import SlipwayError, UpstreamError
 from poller.httpapi import error_response
 from poller.logs import get_logger
 
@@ -93,15 +92,6 @@ def create_app(rt: Runtime) -> Flask:
     app.extensions["slipway"] = rt
     app.config["JSON_SORT_KEYS"] = False
     httpapi.install(app, realm=REALM, max_body=rt.config.api.max_body_bytes, log=log)
-
-    @app.errorhandler(UpstreamError)
-    def _upstream(exc):
-        log.warning("api.upstream_unavailable", error=str(exc))
-        return error(503, "upstream_unavailable", str(exc))
-
-    @app.errorhandler(SlipwayError)
-    def _slipway(exc):
-        return error(409, type(exc).__name__, str(exc))
 
     from poller.api import artifacts, core, dashboard, fleet, openapi, releases, rollbacks, updates, webhooks
 
