@@ -256,9 +256,10 @@ class Runtime:
     @property
     def artifacts(self) -> ArtifactStore:
         def build() -> ArtifactStore:
-            from poller.artifacts import open_store as open_artifacts
+            from poller.artifacts.store import ArtifactStore
 
-            return open_artifacts(self.config)
+            # plugin artifacts live in the build registry (plugins.repository)
+            return ArtifactStore(self.registry, self.config.plugins.repository)  # type: ignore[arg-type]
         return self._part("artifacts", build)
 
     def plugin_rollout(self, env: str) -> Any:
@@ -304,7 +305,7 @@ class Runtime:
             (f"charts:{w.repo.name}", w.repo.interval or cfg.poll.interval, w.reconcile)
             for w in self.chart_watchers]
         jobs += update_jobs(cfg, lambda: self.engine)
-        jobs += fleet_jobs(cfg, lambda: self.fleet, self.store, self.bus)
+        jobs += fleet_jobs(cfg, lambda: self.fleet, self.registry, self.store, self.bus)
         jobs += plugin_jobs(cfg, self.store, self.plugin_rollout)
         if self.notifications is not None:
             jobs.append(("notify", min(15.0, cfg.poll.interval), self.notifications.announce))

@@ -5,16 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from poller.artifacts.store import ArtifactStore
-
 FETCH_SCRIPT = Path(__file__).with_name("fetch-plugins.sh")
-
-
-def open_store(cfg) -> ArtifactStore:
-    """The artifact store for a loaded :class:`~poller.config.Config`."""
-    from poller.registry.client import RegistryClient
-
-    return ArtifactStore(RegistryClient(cfg.registry), cfg.plugins.repository)
 
 
 def uses_fleet(cfg) -> bool:

@@ -13,11 +13,11 @@ import sqlalchemy as sa
 import yaml
 
 from poller.config import parse_config
+from poller.runtime import Runtime
 from poller.store import Store
 from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
-from poller.updater.jobs import jobs
 from tests.cluster.test_updater_workloads import get, images, workload
 from tests.doubles.apiserver_front import ApiServerFront
 from tests.fixtures.apiserver_metrics import request_totals, workload_requests
@@ -113,7 +113,7 @@ def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube,
     _apply(kube, namespace, workload("Deployment", "fast", f"{fast}:1.0.0", "busybox:s", replicas=1))
     cfg = _config(tmp_path, registry, kube.kubeconfig,
                   [_deployment("stuck", stuck, namespace), _deployment("fast", fast, namespace)])
-    [(_, interval, job)] = jobs(cfg, Store(tmp_path / "s.db"))
+    [(_, interval, job)] = Runtime(cfg, store=Store(tmp_path / "s.db")).periodic_jobs()
     stop = threading.Event()
 
     def scheduler():               # what ``poller run`` does with the job
