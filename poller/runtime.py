@@ -185,6 +185,17 @@ class Runtime:
             return True
         self._part("correlation", build)
 
+    def observe(self) -> None:
+        """Subscribe what ``poller run`` follows the bus with: log correlation, metrics,
+        notifications and (when set) the dashboard's live logs."""
+        with self._lock:
+            self.correlate_logs()
+            self.metrics  # noqa: B018 - follows the bus from now on
+            self.notifications  # noqa: B018 - None without notify.webhooks
+            if self.live_logs is not None and "live_logs" not in self._parts:
+                self.live_logs.subscribe(self.bus)
+                self._parts["live_logs"] = True
+
     # -- domains -------------------------------------------------------------------------------
     def build_pipeline(self, *, on_build_log: Callable[[BuildPlan, str], None] | None = None,
                        queue: bool = True) -> Pipeline:

@@ -137,9 +137,7 @@ def cmd_run(args) -> int:
     printer = _log_printer("auto")
     runtime = Runtime(cfg, live_logs=LiveLogs())
     runtime.build_pipeline(on_build_log=tee(printer, runtime.live_logs.on_log))
-    runtime.correlate_logs()
-    runtime.live_logs.subscribe(runtime.bus)
-    runtime.metrics  # noqa: B018 - follows the bus from now on
+    runtime.observe()
     if isinstance(printer, ProgressDisplay):
         printer.subscribe(runtime.bus)
     scheduler = runtime.build_scheduler()
