@@ -38,13 +38,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from poller import kube
 from poller.config import parse_config
 from poller.http import RequestCounter
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.targets.informer import Informer
-from poller.targets.kubernetes import api_client
 from poller.updater.build import build_engine
+from poller.updater.target_factory import TargetFactory
 from tests.fixtures.apiserver_metrics import request_totals, workload_requests
 from tests.fixtures.services import start_registry, stop_registry
 from tests.integration.updater_support import seed_tag
@@ -111,7 +111,7 @@ def _run_size(n: int, args, kubeconfig: str, registry, tmp: Path, ns: str) -> di
     counter = RequestCounter()
     engine = build_engine(cfg, Store(tmp / f"s{n}.db"), counter=counter,
                           targets=TargetFactory(cfg.updates, rollout_timeout=args.hang))
-    api = api_client(kubeconfig)
+    api = kube.api_client(kubeconfig)
     out: dict = {"N": n}
     try:
         t0 = cpu()
@@ -154,7 +154,7 @@ def latency(n: int, args, engine, kubeconfig: str, registry, ns: str, images: li
             hang_image: str) -> dict:
     """Detection-to-patch latency of releases pushed while another rollout hangs."""
     seen: dict[str, float] = {}
-    watch = Informer(api_client(kubeconfig), "Deployment", ns)   # the observer's own watch
+    watch = Informer(kube.api_client(kubeconfig), "Deployment", ns)   # the observer's own watch
     watch.wait_synced()
     stop = threading.Event()
 

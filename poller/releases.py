@@ -95,7 +95,7 @@ def _read_target(factory: Any, d: Any) -> tuple[str | None, str | None, str | No
 
 def release_board(cfg: Config, store: Store, *, targets: Any = None,
                   clock: Callable[[], float] = time.time) -> list[ServiceBoard]:
-    """``targets``: the runtime's :class:`~poller.targets.factory.TargetFactory` (read when
+    """``targets``: the runtime's :class:`~poller.updater.target_factory.TargetFactory` (read when
     deployments are configured)."""
     history = UpdateHistory(store)
     control = RolloutControl(store)

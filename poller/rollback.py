@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from poller.builds.builder import LABEL_REVISION
+from poller.builds.plans import STAGING_TAG, sha_tag
 from poller.config import Config, SourceConfig
 from poller.errors import ConfigError, NotFound, RollbackRefused
 from poller.logs import get_logger
-from poller.policy.plans import STAGING_TAG, sha_tag
 from poller.registry.client import RegistryClient
 from poller.sources.base import Source
 from poller.store import Store

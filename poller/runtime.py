@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from poller.registry.client import RegistryClient
     from poller.rollback import Rollbacks
     from poller.scheduler import Scheduler
-    from poller.targets.factory import TargetFactory
     from poller.updater.engine import UpdateEngine
+    from poller.updater.target_factory import TargetFactory
 
 T = TypeVar("T")
 
@@ -140,7 +140,7 @@ class Runtime:
     @property
     def targets(self) -> TargetFactory:
         def build() -> TargetFactory:
-            from poller.targets.factory import TargetFactory
+            from poller.updater.target_factory import TargetFactory
 
             return TargetFactory(self.config.updates, docker_base_url=self.config.docker.base_url)
         return self._part("targets", build)

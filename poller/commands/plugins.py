@@ -71,8 +71,8 @@ def cmd_push(args) -> int:
 
 def cmd_fetch(args) -> int:
     from poller.artifacts import FETCH_SCRIPT
-    from poller.artifacts.settings import channel_tag
     from poller.errors import SlipwayError
+    from poller.settings.plugins import channel_tag
 
     if args.script:
         sys.stdout.write(FETCH_SCRIPT.read_text())

@@ -23,9 +23,9 @@ import time
 
 from poller.errors import SlipwayError
 from poller.fleet.containers import ServiceContainer
-from poller.fleet.settings import FleetConfig
 from poller.fleet.state import ACTIVE, MOVING, FleetState
 from poller.logs import get_logger
+from poller.settings.fleet import FleetConfig
 
 log = get_logger("poller.fleet.agent")
 

@@ -18,9 +18,9 @@ import requests
 
 from poller.docker_engine import http_address
 from poller.errors import UpstreamError
-from poller.fleet.settings import HealthCheck
 from poller.imageref import ImageRef
 from poller.logs import get_logger
+from poller.settings.fleet import HealthCheck
 
 log = get_logger("poller.fleet")
 

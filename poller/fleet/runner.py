@@ -7,8 +7,8 @@ from typing import Any
 
 from poller.fleet.agent import Agent
 from poller.fleet.containers import ServiceContainer
-from poller.fleet.settings import FleetConfig
 from poller.fleet.state import FleetState
+from poller.settings.fleet import FleetConfig
 
 
 def build_agent(cfg: FleetConfig, state: FleetState, client: Any, *, stop: threading.Event) -> Agent:

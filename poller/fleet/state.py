@@ -18,11 +18,12 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from poller.errors import PermanentError
 from poller.fleet.etcd import Compare, EtcdClient, delete_op, put_op
-from poller.fleet.settings import FleetConfig, dependencies, order_services
+from poller.settings.fleet import FleetConfig, dependencies, order_services
 
 ACTIVE, PAUSED, ABORTED, FAILED, DONE = "active", "paused", "aborted", "failed", "done"
 MOVING = (ACTIVE, PAUSED)
@@ -220,6 +221,23 @@ class FleetState:
 
     def release_slot(self, service: str, machine: str) -> None:
         self.etcd.delete(self.key("slots", service, machine))
+
+    # -- the quorum slots as other holders see them (poller.artifacts.slots.QuorumSlots) ----------
+    def quorum_services(self) -> Collection[str]:
+        return self.cfg.services.keys()
+
+    def hold_slot(self, service: str, holder: str, *, ttl: int, unless: tuple[str, ...] = ()) -> int | None:
+        """:meth:`take_named_slot` under a lease of its own (``ttl`` seconds); the lease, or None
+        when no slot is free."""
+        lease = self.etcd.grant(ttl)
+        if self.take_named_slot(service, holder, lease, unless=unless):
+            return lease
+        self.etcd.revoke(lease)
+        return None
+
+    def free_slot(self, service: str, holder: str, handle: int) -> None:
+        self.release_slot(service, holder)
+        self.etcd.revoke(handle)
 
     def take_named_slot(self, service: str, holder: str, lease: int, *, unless: tuple[str, ...] = ()) -> bool:
         """Like :meth:`take_slot`, for a holder that is not a machine's agent (e.g. the poller

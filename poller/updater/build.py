@@ -10,9 +10,9 @@ from poller.config import Config, RegistryConfig
 from poller.events import EventBus
 from poller.http import RequestCounter
 from poller.registry.client import RegistryClient
-from poller.targets.factory import TargetFactory
 from poller.updater.engine import UpdateEngine
 from poller.updater.history import UpdateHistory
+from poller.updater.target_factory import TargetFactory
 from poller.updater.watcher import ImageWatcher
 
 

@@ -30,9 +30,9 @@ from poller.logs import get_logger
 from poller.policy.base import Move, Offer, Policy, Running
 from poller.policy.factory import make_policy
 from poller.rollout.control import RolloutControl
+from poller.settings.updates import DeploymentConfig, UpdatesConfig
 from poller.targets.base import ImageRef, TargetError
 from poller.updater.history import UpdateHistory
-from poller.updater.settings import DeploymentConfig, UpdatesConfig
 
 log = get_logger(__name__)
 KIND = "deployment"

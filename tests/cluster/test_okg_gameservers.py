@@ -27,9 +27,9 @@ from poller.config import parse_config
 from poller.events import RolloutFinished, RolloutProgress, RolloutStarted, UpdateFinished
 from poller.rollout.control import RolloutControl
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
+from poller.updater.target_factory import TargetFactory
 from tests.fixtures.cluster import st
 from tests.fixtures.services import wait_until
 from tests.integration.event_support import Observed

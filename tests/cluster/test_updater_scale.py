@@ -15,7 +15,7 @@ import yaml
 from poller.config import parse_config
 from poller.runtime import Runtime
 from poller.store import Store
-from poller.targets.factory import TargetFactory
+from poller.updater.target_factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
 from tests.cluster.test_updater_workloads import get, images, workload

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from poller.fleet.containers import ServiceContainer
-from poller.fleet.settings import HealthCheck
+from poller.settings.fleet import HealthCheck
 from tests.integration.test_fleet_rollout import build_images
 
 pytestmark = pytest.mark.integration
