@@ -19,14 +19,13 @@ import yaml
 from poller.approvals import ApprovalQueue
 from poller.config import parse_config
 from poller.http import RequestCounter
+from poller.runtime import Runtime
 from poller.store import Store
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
-from poller.updater.jobs import jobs
 from poller.updater.target_factory import TargetFactory
 from tests.fixtures.services import wait_until
-from tests.integration.updater_support import (build_local_image, engine_for, push_base,
-                                                    reload_server, retag)
+from tests.integration.updater_support import build_local_image, engine_for, push_base, reload_server, retag
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,8 +186,8 @@ def test_minor_applies_major_waits_rejected_never_returns_pin_holds(
     [o] = engine.cycle()
     assert o.action == "waiting-approval"
     from poller.api import create_app
-    from poller.runtime import Runtime
     from poller.config import parse_config
+    from poller.runtime import Runtime
 
     app = create_app(Runtime(config=parse_config(data, file="t", env={}), store=engine.store))
     client = app.test_client()
@@ -399,7 +398,8 @@ def test_container_that_never_turns_healthy_does_not_delay_another_images_update
         {**deployment("stuck", stuck.name, "patch", registry), "image": f"{registry.addr}/stuck"},
         {**deployment("fast", fast.name, "patch", registry), "image": f"{registry.addr}/fast"}],
         docker_host, interval=interval)
-    [(_, _, job)] = jobs(parse_config(data, file="t.yaml", env={}), Store(tmp_path / "slipway.db"))
+    runtime = Runtime(parse_config(data, file="t.yaml", env={}), store=Store(tmp_path / "slipway.db"))
+    [(_, _, job)] = runtime.periodic_jobs()
     stop = threading.Event()
 
     def scheduler():               # what ``poller run`` does with the job
