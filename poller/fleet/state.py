@@ -7,7 +7,8 @@ Under the prefix ``P`` (``fleet.etcd.prefix``, default ``/dc``):
 * ``P/deploy/<service>``: the queue of services being upgraded; the view orders it by dependencies.
 * ``P/rollout/<service>``: the rollout itself: version, image, state (active, paused, aborted,
   failed, done) and an id.
-* ``P/slots/<service>/<machine>``: a machine switching right now (leased, so a dead agent's slot
+* ``P/slots/<service>/<machine>``: a machine switching right now (under a lease of its own that
+  covers a whole switch, so an agent stalled mid-switch keeps it and a dead agent's slot
   expires); ``P/guard/<service>`` is bumped by every taker so a slot is only taken by a
   transaction that saw the latest count: two machines can never both take the last slot.
 """
@@ -214,8 +215,11 @@ class FleetState:
     def take_slot(self, service: str, machine: str, lease: int) -> bool:
         """Atomically claim one of the service's ``max_unavailable`` switching slots for a
         machine's agent. Refused while the poller restarts that machine's server for a plugin
-        change (holder ``<machine>.plugins``), checked in the same transaction."""
+        change (holder ``<machine>.plugins``), checked in the same transaction. A slot the machine
+        already holds is kept, under ``lease`` from now on."""
         if machine in self.slots(service):
+            self.etcd.put(self.key("slots", service, machine),
+                          json.dumps({"at": _now(), "holder": machine}), lease=lease)
             return True
         return self.take_named_slot(service, machine, lease, unless=(f"{machine}.plugins",))
 

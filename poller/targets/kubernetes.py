@@ -147,6 +147,9 @@ class KubernetesWorkload:
         """(healthy, why not) from the cache; :class:`TargetError` when the rollout is stuck."""
         return self.rollout_state(self.read(), generation)
 
+    def expire(self) -> None:
+        """Past the deadline the patch stays as it is (its version is held): nothing to undo."""
+
     def rollout_state(self, obj: dict, generation: int | None) -> tuple[bool, str]:
         """(done, why not) from a workload's status, as ``kubectl rollout status`` judges it."""
         spec, status = obj.get("spec") or {}, obj.get("status") or {}
