@@ -385,6 +385,24 @@ class Store:
                 n += 1
         return n
 
+    def settle_pushed(self, *, image: str, ref: str, sha: str, digest: str) -> int | None:
+        """Record as succeeded the newest build of ``(image, ref, sha)`` if its process stopped
+        (``running`` or ``interrupted``) after pushing ``digest``, which the registry shows for
+        that commit. Returns the build's id, or ``None`` when there is no such build."""
+        now = time.time()
+        with self.transaction(immediate=True) as tx:
+            row = tx.execute("SELECT id, status, log FROM builds WHERE image=? AND ref=? AND sha=?"
+                             " ORDER BY id DESC LIMIT 1", (image, ref, sha)).fetchone()
+            if row is None or row["status"] not in ("running", "interrupted"):
+                return None
+            note = (f"--> {image}@{digest} was pushed before the process running this build "
+                    "stopped; a later job found it in the registry\n")
+            tx.execute("UPDATE builds SET status='succeeded', digest=?, error=NULL, log=?,"
+                       " finished_at=?, duration=? - started_at"
+                       " WHERE id=? AND status IN ('running', 'interrupted')",
+                       (digest, (row["log"] or "") + note, now, now, row["id"]))
+        return int(row["id"])
+
     def _build(self, row: Row) -> BuildRecord:
         d = dict(row)
         d.pop("pid", None)
