@@ -3,11 +3,14 @@
 The poller that decides a build enqueues it; ``poller worker`` processes run it on any
 machine with a Docker engine. The queue's locks make it at most one build per
 (image, ref, commit) across every process: a job's ``queueing_lock`` refuses a second
-waiting job for the same commit, its ``lock`` keeps a second one from starting while one
-runs. Workers send heartbeats; a worker that stops beating (killed mid-build) has its job
-put back by whichever worker sweeps next (``lease`` seconds later), however many times its
-workers die, or closed in favour of a job for the same commit queued meanwhile. A build that fails (a broken commit, the worker's
-engine gone) fails that job only, recorded in the store like an in-process build.
+waiting job for the same commit, a job waiting or being built keeps the poller from
+queueing another, and its ``lock`` keeps a second one from starting while one runs.
+Workers send heartbeats; a worker that stops beating (killed mid-build) has its job put
+back by whichever worker sweeps next (``lease`` seconds later), however many times its
+workers die, or closed in favour of a job for the same commit queued meanwhile; a worker
+killed after its push has its build recorded succeeded by the retry, which finds the
+commit in the registry. A build that fails (a broken commit, the worker's engine gone)
+fails that job only, recorded in the store like an in-process build.
 
 With SQLite there is no queue: builds run in ``poller run`` as before.
 """
@@ -89,6 +92,17 @@ class BuildQueue:
         key = job_key(plan)
         try:
             with self._lock:  # one sync connection; defers are quick
+                # A job of this commit waiting or being built keeps the decision from queueing
+                # a second one that would only wait for it. Two pollers deciding at once are
+                # kept to one waiting job by the ``queueing_lock``; a job queued, taken and
+                # started between this look and the defer (milliseconds) leaves a job that finds
+                # the commit pushed when its turn comes (no second build, no second push).
+                live = [j.status for j in self.app.job_manager.list_jobs(task=TASK, lock=key)
+                        if j.status in ("todo", "doing")]
+                if live:
+                    act.action, act.status = "in-flight", "pending"
+                    act.error = "being built by a worker" if "doing" in live else "already queued"
+                    return act
                 job_id = self.app.configure_task(TASK, queue=self.queue, lock=key,
                                                  queueing_lock=key).defer(plan=asdict(plan))
         except AlreadyEnqueued:

@@ -124,6 +124,41 @@ def test_worker_killed_mid_build_is_built_exactly_once_more_by_another_worker(
         _stop(first, *([second] if second else []))
 
 
+def test_a_commit_queued_or_being_built_is_not_queued_again(
+        tmp_path, registry, git_repo, docker_host, pg_url):
+    sha = _slow_app(git_repo, 6)
+    cfg = _config(tmp_path, registry, git_repo, pg_url, lease=120)
+    store = Store(pg_url)
+    assert poller("once", "--config", str(cfg)).returncode == 0
+    assert poller("once", "--config", str(cfg)).returncode == 0  # the jobs wait: none added
+    assert _jobs(store) == [(0, "todo"), (0, "todo")]
+    worker = _worker(cfg, docker_host, "--concurrency", "2")
+    try:
+        _wait(store, lambda: [s for _, s in _statuses(store)] == ["running", "running"],
+              timeout=120, what="both builds running on the worker")
+        # Held mid-build (before its pushes) for as long as the next decision takes.
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            assert (_pushes(registry, "1.0.0"), _pushes(registry, "staging")) == (0, 0)
+            res = poller("once", "--config", str(cfg), "--json")
+            assert res.returncode == 0, res.stderr
+            assert _jobs(store) == [(0, "doing"), (0, "doing")]
+            assert res.stdout.count('"in-flight"') == 2, res.stdout
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        _wait(store, lambda: _statuses(store) == [("branch:master", "succeeded"),
+                                                  ("tag:v1.0.0", "succeeded")],
+              timeout=240, what="both builds succeeded")
+        _wait(store, lambda: not {"todo", "doing"} & {s for _, s in _jobs(store)}, timeout=60,
+              what="the worker closed both jobs")
+        assert _jobs(store) == [(1, "succeeded"), (1, "succeeded")]
+        wait_until(lambda: _pushes(registry, "1.0.0") and _pushes(registry, "staging"),
+                   what="push events")
+        assert [_pushes(registry, t) for t in ("1.0.0", f"sha-{sha[:12]}", "staging")] == [1, 1, 1]
+    finally:
+        _stop(worker)
+
+
 def _finishes_waiting_on_a_lock(pg_url: str) -> int:
     """How many ``finish_build`` statements wait on a row lock (pushed, not yet recorded)."""
     import psycopg
