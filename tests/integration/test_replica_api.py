@@ -85,8 +85,5 @@ def test_an_approval_given_on_a_follower_is_applied_at_once_by_the_leader_only(
         assert store.execute("SELECT count(*) AS n FROM leader_triggers").fetchone()["n"] == 0
     finally:
         _stop(*replicas)
-        for n in (name, f"{name}-slipway-old"):
-            try:
-                docker_client.containers.get(n).remove(force=True, v=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        for c in docker_client.containers.list(all=True, filters={"name": name}):
+            c.remove(force=True, v=True)
