@@ -18,6 +18,8 @@ With SQLite there is no queue: builds run in ``poller run`` as before.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -118,6 +120,20 @@ class BuildQueue:
         self.app.close()
 
 
+def _worker_gone(host: str, pid: int) -> bool:
+    """Whether the process of a stalled job is gone: on this host its pid says so; on another,
+    the queue's lease (it sent no heartbeat for that long) is the word."""
+    if host != socket.gethostname() or not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
 def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
     """Put back the build jobs of workers silent for ``lease`` seconds.
 
@@ -126,6 +142,11 @@ def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
     (the stalled job no longer holds the ``queueing_lock``, only the ``lock``, which keeps that new
     job from starting), the stalled job is superseded: it is closed, releasing the lock, and the
     waiting job builds the commit. Either way exactly one job goes on to build it.
+
+    In the same transaction the stalled job's build, if it started one, is marked
+    ``interrupted`` and its build claim released when its worker is gone (by its pid on this
+    host; on another host the claim's own lease is longer than the queue's, and would otherwise
+    hold the retry back until it lapsed).
 
     One sweep at a time across processes (an advisory lock), reading the jobs fresh inside it,
     so a job another sweeper already put back (and a live worker took) is never touched.
@@ -139,6 +160,11 @@ def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
             sql.queries["select_stalled_jobs_by_heartbeat"],
             {"queue": None, "task_name": TASK, "seconds_since_heartbeat": lease}).mappings().all()
         for row in rows:
+            # Its worker is gone: its build (if it started one) is over, and its build claim,
+            # judged by a lease longer than the queue's on another host, must not hold the retry.
+            if row["lock"]:
+                image, ref, sha = row["lock"].rsplit("|", 2)
+                store.release_lost_build(tx, image=image, ref=ref, sha=sha, gone=_worker_gone)
             try:
                 with tx.conn.begin_nested():  # a clash rolls back this job's retry only
                     tx.conn.exec_driver_sql(sql.queries["retry_job"], {

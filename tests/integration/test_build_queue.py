@@ -26,13 +26,17 @@ def _config(tmp_path, registry, git_repo, pg_url, *, lease: float = 30.0):
     return write_config(tmp_path, data)
 
 
-def _worker(cfg, docker_host, *extra: str) -> subprocess.Popen:
+def _worker(cfg, docker_host, *extra: str, host: str | None = None) -> subprocess.Popen:
     """A ``poller worker`` logging to a file next to ``cfg`` (a pipe nobody reads would fill and
-    stall it mid-build)."""
+    stall it mid-build). ``host``: it runs under that host name (its own UTS namespace), as a
+    worker on another machine would."""
     fd, _ = tempfile.mkstemp(dir=Path(cfg).parent, prefix="worker-", suffix=".log")
+    argv = [sys.executable, "-m", "poller", "--log-format", "json", "worker", "--config", str(cfg),
+            *extra]
+    if host is not None:
+        argv = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh", *argv]
     with os.fdopen(fd, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "poller", "--log-format", "json", "worker",
-                                 "--config", str(cfg), *extra], cwd=ROOT, stdout=out, stderr=out,
+        return subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=out,
                                 env={**os.environ, "DOCKER_HOST": docker_host})
 
 
@@ -92,15 +96,18 @@ def test_two_workers_build_each_commit_exactly_once_from_the_queue(
         _stop(*workers)
 
 
+@pytest.mark.parametrize("first_host", [None, "builder-a"], ids=["same-host", "other-host"])
 def test_worker_killed_mid_build_is_built_exactly_once_more_by_another_worker(
-        tmp_path, registry, git_repo, docker_host, pg_url):
+        tmp_path, registry, git_repo, docker_host, pg_url, first_host):
+    """On another host the killed worker's build claim is not judged by its pid but by its
+    lease, longer than the queue's: the sweep that puts the job back releases it."""
     sha = _slow_app(git_repo, 8)
     cfg = _config(tmp_path, registry, git_repo, pg_url, lease=4)
     # The jobs are queued before the worker starts: a slow machine's slow ``poller once`` exit
     # must not let the builds finish before the test looks.
     assert poller("once", "--config", str(cfg)).returncode == 0
     store = Store(pg_url)
-    first = _worker(cfg, docker_host, "--concurrency", "2")
+    first = _worker(cfg, docker_host, "--concurrency", "2", host=first_host)
     second = None
     try:
         _wait(store, lambda: [s for _, s in _statuses(store)] == ["running", "running"],
