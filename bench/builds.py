@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,6 +137,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--log", action="store_true", help="print the build logs, with elapsed seconds")
     args = ap.parse_args()
+    # A stopped run (SIGTERM) still takes down its buildkitd daemons and registry (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     tmp = Path(tempfile.mkdtemp(prefix="slipway-bench-builds-"))
     bk_dirs = [tempfile.mkdtemp(prefix="bk-bench-", dir="/tmp") for _ in range(2 * args.repeat)]

@@ -229,7 +229,7 @@ def test_schemathesis_against_the_live_api(kube, namespace, serve, who):
 
 
 def test_apply_runs_the_real_helmsman_job_pod_on_the_real_node(kube, node, helm, chartmuseum, namespace, serve,
-                                                               registry, tmp_path):
+                                                               registry, base_image, tmp_path):
     """POST /apply -> a Job whose pod really runs the helmsman job image (scripts/helmsman-image:
     the local Python base, the toolchain's helm and kubectl, and the helmsman STAND-IN
     toolchain/helmsman_compat.py — the module proxy refuses helmsman) on the real node; the
@@ -241,10 +241,6 @@ def test_apply_runs_the_real_helmsman_job_pod_on_the_real_node(kube, node, helm,
 
     from tests.cluster.test_toolchain import make_chart, push_chart
 
-    base = subprocess.run(["docker", "image", "inspect", "slipway/bookworm-python:local"], capture_output=True,
-                          check=False)
-    if base.returncode != 0:
-        pytest.skip("the helmsman job image needs the local base image: run scripts/base-image")
     image = f"{registry.addr}/slipway-helmsman:test"
     root = Path(__file__).resolve().parents[2]
     built = subprocess.run([str(root / "scripts" / "helmsman-image"), image], capture_output=True, text=True,
