@@ -38,6 +38,13 @@ def _events(log: Path, event: str) -> list[dict]:
     return out
 
 
+def _answers(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/api/v1/approvals", timeout=5).ok
+    except requests.ConnectionError:
+        return False
+
+
 def test_an_approval_given_on_a_follower_is_applied_at_once_by_the_leader_only(
         tmp_path, registry, docker_client, docker_host, pg_url):
     build_local_image(docker_client, tmp_path)
@@ -69,6 +76,7 @@ def test_an_approval_given_on_a_follower_is_applied_at_once_by_the_leader_only(
                                what="the leader's first check asking for approval")
         assert (pending.subject, pending.to_version) == ("prod", "2.0.0")
 
+        wait_until(lambda: _answers(ports[follower]), timeout=90, what="the follower's API up")
         resp = requests.post(
             f"http://127.0.0.1:{ports[follower]}/api/v1/approvals/{pending.id}/approve",
             json={"by": "alice"}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
