@@ -33,18 +33,19 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from poller import kube
 from poller.config import parse_config
 from poller.http import RequestCounter
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.targets.informer import Informer
-from poller.targets.kubernetes import api_client
 from poller.updater.build import build_engine
+from poller.updater.target_factory import TargetFactory
 from tests.fixtures.apiserver_metrics import request_totals, workload_requests
 from tests.fixtures.services import start_registry, stop_registry
 from tests.integration.updater_support import seed_tag
@@ -111,7 +112,7 @@ def _run_size(n: int, args, kubeconfig: str, registry, tmp: Path, ns: str) -> di
     counter = RequestCounter()
     engine = build_engine(cfg, Store(tmp / f"s{n}.db"), counter=counter,
                           targets=TargetFactory(cfg.updates, rollout_timeout=args.hang))
-    api = api_client(kubeconfig)
+    api = kube.api_client(kubeconfig)
     out: dict = {"N": n}
     try:
         t0 = cpu()
@@ -144,17 +145,55 @@ def _run_size(n: int, args, kubeconfig: str, registry, tmp: Path, ns: str) -> di
                    api_requests_per_cycle=max(api_reqs), api_requests_seen=breakdown,
                    api_watch_ends_per_cycle=max(watches), cpu_per_cycle=statistics.mean(cpus),
                    cpu_per_cycle_max=max(cpus))
-        out.update(latency(n, args, engine, kubeconfig, registry, ns, images, hang_image))
+        if args.profile:
+            out["cpu_per_cycle_profiled_inline"] = profile(engine, args, f"{args.profile}.{n}")
+        if not args.no_latency:
+            out.update(latency(n, args, engine, kubeconfig, registry, ns, images, hang_image))
     finally:
         engine.close()
     return out
+
+
+class _Inline(Executor):
+    """Runs what is submitted at once, in the caller's thread (so one profiler sees it all)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - the future carries it
+            fut.set_exception(exc)
+        return fut
+
+
+def profile(engine, args, path: str) -> float:
+    """``args.cycles`` unchanged cycles under cProfile, the pool's work run inline; the stats go
+    to ``path`` and the top of them to stderr. Returns the CPU seconds per cycle (profiler included)."""
+    import cProfile
+    import pstats
+
+    pool, engine.pool = engine.pool, _Inline()
+    prof = cProfile.Profile(time.process_time)   # CPU, not time spent waiting on sockets
+    try:
+        c0 = cpu()
+        prof.enable()
+        for _ in range(args.cycles):
+            engine.cycle(settle=False)
+        prof.disable()
+        spent = (cpu() - c0) / args.cycles
+    finally:
+        engine.pool = pool
+    prof.dump_stats(path)
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(30)
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    return spent
 
 
 def latency(n: int, args, engine, kubeconfig: str, registry, ns: str, images: list[str],
             hang_image: str) -> dict:
     """Detection-to-patch latency of releases pushed while another rollout hangs."""
     seen: dict[str, float] = {}
-    watch = Informer(api_client(kubeconfig), "Deployment", ns)   # the observer's own watch
+    watch = Informer(kube.api_client(kubeconfig), "Deployment", ns)   # the observer's own watch
     watch.wait_synced()
     stop = threading.Event()
 
@@ -208,6 +247,8 @@ def main() -> int:
     p.add_argument("--releases", type=int, default=10)
     p.add_argument("--hang", type=float, default=300.0, help="deadline of the hanging rollout, s")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", metavar="PATH", help="also profile the unchanged cycles (pstats to PATH.N)")
+    p.add_argument("--no-latency", action="store_true", help="skip the release-latency part")
     args = p.parse_args()
     sizes = [10, 100] if args.quick else [int(x) for x in args.sizes.split(",")]
     kubeconfig = os.environ.get("SLIPWAY_KUBECONFIG")
@@ -241,7 +282,7 @@ def main() -> int:
           f"while one rollout hangs (deadline {args.hang:.0f} s)")
     print(" | ".join(c[0] for c in cols))
     for r in rows:
-        print(" | ".join(fmt.format(r[key]) for _, key, fmt in cols))
+        print(" | ".join(fmt.format(r[key]) if key in r else "-" for _, key, fmt in cols))
     return 0
 
 

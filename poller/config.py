@@ -29,18 +29,20 @@ from pydantic import (
 
 from poller.errors import ConfigError
 from poller.logs import register_secret
-
-_REF = re.compile(r"\$\{([^}]+)\}")
-
-
-from poller.buildkit_settings import BuildKitConfig
-from poller.config_base import (
+from poller.names import check_git_ref, check_git_url, check_project_path
+from poller.settings.base import (
     _Model,
     check_image_repository,
     check_name,
     split_url_credentials,
 )
-from poller.names import check_git_ref, check_git_url, check_project_path
+from poller.settings.buildkit import BuildKitConfig
+from poller.settings.fleet import FleetConfig
+from poller.settings.notify import NotifyConfig
+from poller.settings.plugins import PluginsConfig
+from poller.settings.updates import UpdatesConfig
+
+_REF = re.compile(r"\$\{([^}]+)\}")
 
 
 class RegistryConfig(_Model):
@@ -301,12 +303,6 @@ class ApiConfig(_Model):
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port, e.g. 127.0.0.1:8081")
         return v
-
-
-from poller.artifacts.settings import PluginsConfig
-from poller.fleet.settings import FleetConfig
-from poller.notify_settings import NotifyConfig
-from poller.updater.settings import UpdatesConfig
 
 
 class Config(_Model):

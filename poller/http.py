@@ -108,13 +108,35 @@ def read_bounded(resp: requests.Response, upstream: str, *, max_body: int = MAX_
 
 
 class _BoundedSession(requests.Session):
-    """Default timeout, and every body read through :func:`read_bounded` unless streamed."""
+    """Default timeout, and every body read through :func:`read_bounded` unless streamed.
+
+    The environment's proxy and CA-bundle settings (``HTTPS_PROXY``, ``NO_PROXY``,
+    ``REQUESTS_CA_BUNDLE``...) are honoured as by any ``requests`` session, but read once per
+    session and host instead of on every request (scanning the environment twice per request
+    was a large part of an update cycle's CPU time at a thousand images)."""
+
+    _ENV_HOSTS = 256   #: hosts whose environment settings are kept, per session
 
     def __init__(self, timeout, upstream: str, max_body: int) -> None:
         super().__init__()
         self._default_timeout = timeout
         self.upstream = upstream
         self.max_body = max_body
+        self._env_settings: dict[tuple, dict] = {}
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        if not self.trust_env or proxies:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        scheme, _, rest = url.partition("://")
+        key = (scheme.lower(), rest.split("/", 1)[0].split("?", 1)[0], stream, verify, cert,
+               self.stream, self.verify, self.cert, tuple(sorted(self.proxies.items())))
+        settings = self._env_settings.get(key)
+        if settings is None:
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if len(self._env_settings) >= self._ENV_HOSTS:
+                self._env_settings.clear()
+            self._env_settings[key] = settings
+        return {**settings, "proxies": dict(settings["proxies"])}
 
     def request(self, method, url, **kwargs):
         kwargs.setdefault("timeout", self._default_timeout)

@@ -19,7 +19,7 @@ from poller.events import (
 )
 from poller.http import make_session, request
 from poller.logs import get_logger
-from poller.notify_settings import NotifyConfig
+from poller.settings.notify import NotifyConfig
 
 log = get_logger(__name__)
 

@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from poller.builds.builder import LABEL_REVISION, Builder, BuildPlan
+from poller.builds.plans import STAGING_TAG, desired_plans, sha_tag
 from poller.config import Config, SourceConfig
 from poller.errors import BuildError, NotFound, SlipwayError, UpstreamError
 from poller.events import (
@@ -40,7 +41,6 @@ from poller.events import (
 )
 from poller.http import backoff_delay
 from poller.logs import correlation, get_logger
-from poller.policy.plans import STAGING_TAG, desired_plans, sha_tag
 from poller.registry.client import RegistryClient
 from poller.rollback import release_hold, staging_hold
 from poller.sources.base import RefSnapshot, Source

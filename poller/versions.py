@@ -88,6 +88,11 @@ def parse_version(text: str) -> Version | None:
     """Parse ``X.Y.Z`` or ``vX.Y.Z`` (semver 2.0.0). Returns ``None`` for anything else."""
     if not isinstance(text, str) or len(text) > MAX_VERSION_LENGTH:
         return None
+    return _parse_version(text)
+
+
+@functools.lru_cache(maxsize=8192)   # every cycle parses the same tags again; a Version is immutable
+def _parse_version(text: str) -> Version | None:
     m = _SEMVER.match(text.strip())
     if not m or any(len(m.group(k)) > _MAX_NUMBER_DIGITS for k in ("major", "minor", "patch")):
         return None

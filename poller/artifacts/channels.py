@@ -7,9 +7,9 @@ never reads the fast-track tag.
 
 from __future__ import annotations
 
-from poller.artifacts.settings import PluginsConfig, channel_tag, fast_track_tag
 from poller.artifacts.store import Artifact, ArtifactStore
 from poller.logs import get_logger
+from poller.settings.plugins import PluginsConfig, channel_tag, fast_track_tag
 
 log = get_logger("poller.artifacts")
 

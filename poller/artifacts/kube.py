@@ -41,9 +41,9 @@ import time
 from poller import kube
 from poller.artifacts.channels import sync_channels
 from poller.artifacts.rollout import CycleReport
-from poller.artifacts.settings import PluginsConfig, type_order
 from poller.artifacts.store import ArtifactStore
 from poller.logs import get_logger
+from poller.settings.plugins import PluginsConfig, type_order
 
 log = get_logger("poller.artifacts")
 

@@ -6,9 +6,9 @@ import re
 import time
 from pathlib import Path
 
-from poller.artifacts.settings import PluginsConfig, fast_track_tag
 from poller.artifacts.store import Artifact, ArtifactError, ArtifactStore
 from poller.names import check_plugin_name
+from poller.settings.plugins import PluginsConfig, fast_track_tag
 
 _VERSION_SUFFIX = re.compile(r"[-_]v?\d+\.\d+\.\d+.*$")
 

@@ -12,9 +12,10 @@ One :meth:`PluginRollout.cycle` per environment:
   HEALTHCHECK) within ``restart_timeout``, else the type stops for this cycle (the rest keeps
   the old plugins) and the error is reported;
 * with a fleet (``fleet.services`` holds the type's ``fleet_service``, default the service of the
-  same name), every restart also holds one of that service's etcd quorum slots
-  (:meth:`~poller.fleet.state.FleetState.take_named_slot`: the agents' guard transaction, under
-  a lease, holder ``<machine>.plugins``), and never while that machine's agent holds its slot;
+  same name), every restart also holds one of that service's quorum slots (``fleet``, a
+  :class:`~poller.artifacts.slots.QuorumSlots`: the fleet's etcd slots, taken with the agents'
+  guard transaction under a lease, holder ``<machine>.plugins``), and never while that
+  machine's agent holds its slot;
   so plugin restarts and image switches of the same service together never exceed its
   ``max_unavailable``. No free slot: the server waits for a later cycle.
 
@@ -30,9 +31,10 @@ from dataclasses import dataclass, field
 
 from poller.artifacts.channels import sync_channels
 from poller.artifacts.servers import Server, find_servers
-from poller.artifacts.settings import PluginsConfig, type_order
+from poller.artifacts.slots import QuorumSlots
 from poller.artifacts.store import ArtifactStore
 from poller.logs import get_logger
+from poller.settings.plugins import PluginsConfig, type_order
 
 log = get_logger("poller.artifacts")
 
@@ -54,32 +56,29 @@ class CycleReport:
 
 class PluginRollout:
     def __init__(self, cfg: PluginsConfig, store: ArtifactStore, docker_client, *,
-                 stop: threading.Event | None = None, fleet=None):
+                 stop: threading.Event | None = None, fleet: QuorumSlots | None = None):
         self.cfg = cfg
         self.store = store
         self.docker = docker_client
         self.stop = stop or threading.Event()
-        self.fleet = fleet  # a FleetState, when the servers' machines run fleet agents
+        self.fleet = fleet  # the fleet's quorum slots, when the servers' machines run fleet agents
 
     def fleet_service(self, type_name: str) -> str | None:
         """The fleet service whose quorum slots a restart of this type takes (None: no fleet)."""
         if self.fleet is None:
             return None
         name = self.cfg.server_types[type_name].fleet_service or type_name
-        return name if name in self.fleet.cfg.services else None
+        return name if name in self.fleet.quorum_services() else None
 
     def _take_slot(self, service: str, server: Server) -> int | None:
-        """A lease holding ``service``'s slot for ``server``, or None when no slot is free."""
+        """A handle on ``service``'s slot held for ``server``, or None when no slot is free."""
+        assert self.fleet is not None   # only called when fleet_service() named a service
         ttl = math.ceil(self.cfg.probe.stop_timeout + self.cfg.probe.restart_timeout) + 10
-        lease = self.fleet.etcd.grant(ttl)
-        if self.fleet.take_named_slot(service, f"{server.machine}.plugins", lease, unless=(server.machine,)):
-            return lease
-        self.fleet.etcd.revoke(lease)
-        return None
+        return self.fleet.hold_slot(service, f"{server.machine}.plugins", ttl=ttl, unless=(server.machine,))
 
-    def _release_slot(self, service: str, server: Server, lease: int) -> None:
-        self.fleet.release_slot(service, f"{server.machine}.plugins")
-        self.fleet.etcd.revoke(lease)
+    def _release_slot(self, service: str, server: Server, handle: int) -> None:
+        assert self.fleet is not None
+        self.fleet.free_slot(service, f"{server.machine}.plugins", handle)
 
     def cycle(self, env: str) -> CycleReport:
         report = CycleReport(env)

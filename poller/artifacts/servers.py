@@ -16,9 +16,9 @@ import docker
 import docker.errors
 import requests
 
-from poller.artifacts.settings import ServerProbe
 from poller.docker_engine import http_address
 from poller.logs import get_logger
+from poller.settings.plugins import ServerProbe
 
 log = get_logger(__name__)
 

@@ -39,7 +39,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from poller.buildkit_settings import BuildKitConfig, BuildKitEndpoint
 from poller.builds.builder import (
     LABEL_CREATED,
     LABEL_REF,
@@ -53,6 +52,7 @@ from poller.builds.context import make_context
 from poller.config import RegistryConfig, SourceConfig
 from poller.errors import BuildError, PushError, UpstreamError
 from poller.logs import get_logger
+from poller.settings.buildkit import BuildKitConfig, BuildKitEndpoint
 from poller.sources.base import Source
 
 log = get_logger(__name__)

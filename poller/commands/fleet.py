@@ -36,21 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_agent(args) -> int:
-    from poller.fleet.runner import build_agent
+    from poller.runtime import Runtime
 
-    cfg = load_config(args.config)
+    runtime = Runtime(load_config(args.config))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    build_agent(cfg.fleet, docker_url=cfg.docker.base_url, stop=stop).run()
+    runtime.fleet_agent(stop).run()
     return 0
 
 
 def cmd_status(args) -> int:
     from poller.commands.tables import table
-    from poller.fleet import open_state, snapshot
+    from poller.fleet import snapshot
 
-    snap = snapshot(open_state(load_config(args.config).fleet))
+    snap = snapshot(_state(args))
     if args.json:
         print(json.dumps(snap, indent=2))
         return 0
@@ -65,20 +65,21 @@ def cmd_status(args) -> int:
 
 
 def cmd_rollout(args) -> int:
-    from poller.fleet import open_state
-
     if len(args.pairs) % 2:
         raise SlipwayError("give SERVICE VERSION pairs")
     versions = dict(zip(args.pairs[::2], args.pairs[1::2]))
-    for ro in open_state(load_config(args.config).fleet).start_rollouts(versions, paused=args.paused).values():
+    for ro in _state(args).start_rollouts(versions, paused=args.paused).values():
         print(f"rollout {ro.id}: {ro.service} -> {ro.version} ({ro.state})")
     return 0
 
 
 def cmd_control(args) -> int:
-    from poller.fleet import open_state
-
-    state = open_state(load_config(args.config).fleet)
-    ro = getattr(state, args.action)(args.service)
+    ro = getattr(_state(args), args.action)(args.service)
     print(f"rollout {ro.id}: {ro.service} -> {ro.version} ({ro.state})")
     return 0
+
+
+def _state(args):
+    from poller.runtime import Runtime
+
+    return Runtime(load_config(args.config)).fleet

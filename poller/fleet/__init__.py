@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from poller.fleet.etcd import EtcdClient
-from poller.fleet.settings import FleetConfig
 from poller.fleet.state import FleetState
+from poller.settings.fleet import FleetConfig
 
 
 def open_state(cfg: FleetConfig) -> FleetState:

@@ -9,23 +9,29 @@ etcd outage or an agent restart only delays it):
 3. during an active rollout it waits for the service's dependencies to leave the deploy queue,
    pre-pulls the image, registers under ``staging``, takes a slot by transaction, switches
    its container, checks health, registers the new version and frees the slot. A failed health
-   check rolls its own container back and marks the rollout failed, which stops the others.
+   check rolls its own container back and marks the rollout failed, which stops the others; the
+   slot is freed once the old version is healthy again.
 
-Between passes it watches the prefix, so a new rollout is seen at once. One lease carries all
-of the machine's keys, refreshed from a thread; when it expired (etcd unreachable for longer
-than its TTL) the agent takes a new one and counts as rejoining.
+Between passes it watches the prefix, so a new rollout is seen at once. One lease carries the
+machine's presence (``current``, ``staging``), refreshed from a thread; when it expired (etcd
+unreachable, or the agent starved of CPU, for longer than its TTL) the agent takes a new one and
+counts as rejoining. A slot has a lease of its own, refreshed by the same thread, whose TTL
+covers a whole switch (stop, start, health check, rollback): an agent that stalls mid-switch
+still holds its slot, so no other machine goes down meanwhile; a dead agent's slot still
+expires, that much later.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
 from poller.errors import SlipwayError
 from poller.fleet.containers import ServiceContainer
-from poller.fleet.settings import FleetConfig
 from poller.fleet.state import ACTIVE, MOVING, FleetState
 from poller.logs import get_logger
+from poller.settings.fleet import FleetConfig
 
 log = get_logger("poller.fleet.agent")
 
@@ -45,7 +51,9 @@ class Agent:
         self._lease_lost = threading.Event()
         self._rejoin = set(containers)
         self._published: dict[str, str | None] = {}
-        self._stale_slots: set[str] = set()
+        # a slot a previous run of this agent left (killed mid-switch) is freed on the first pass
+        self._stale_slots: set[str] = set(containers)
+        self._slot_leases: dict[str, int] = {}  # service -> the lease of the slot held right now
 
     # -- lease ----------------------------------------------------------------------
     def _ensure_lease(self) -> None:
@@ -60,6 +68,12 @@ class Agent:
     def _keepalive_loop(self) -> None:
         period = max(0.5, self.agent.lease_ttl / 3)
         while not self.stop.wait(period):
+            for service, slot_lease in list(self._slot_leases.items()):
+                try:
+                    if self.state.etcd.keepalive(slot_lease) <= 0:
+                        log.error("agent.slot_lease_expired", machine=self.machine, service=service)
+                except SlipwayError:
+                    pass  # told below, once per period
             lease = self.lease
             if not lease or self._lease_lost.is_set():
                 continue
@@ -69,6 +83,12 @@ class Agent:
                     self._lease_lost.set()
             except SlipwayError as exc:
                 log.warning("agent.etcd_unreachable", machine=self.machine, error=str(exc))
+
+    def slot_ttl(self, service: str) -> int:
+        """Seconds a slot outlives a silent agent: the longest a switch can take (stop, health
+        check of the new version, rollback and health check of the old one) plus the agent's TTL."""
+        svc = self.cfg.services[service]
+        return math.ceil(self.agent.lease_ttl + svc.stop_timeout + 2 * svc.health.timeout)
 
     # -- main loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -106,11 +126,11 @@ class Agent:
         self._published[service] = version
 
     def step(self, service: str) -> None:
-        if service in self._stale_slots:  # a release etcd did not take (it was down)
-            self.state.release_slot(service, self.machine)
-            self._stale_slots.discard(service)
         container = self.containers[service]
         container.recover()  # a switch cut short (agent killed, engine error) is undone first
+        if service in self._stale_slots:  # a release etcd did not take (it was down), or a slot
+            self.state.release_slot(service, self.machine)  # a killed run of this agent left
+            self._stale_slots.discard(service)
         if not container.exists():  # nothing to switch: this machine does not run it (yet)
             self._publish(service, None)
             return
@@ -146,8 +166,15 @@ class Agent:
         """Switch under a slot: True healthy, False rolled back, None when it did not start."""
         container = self.containers[service]
         container.pull(version)
-        if not self.state.take_slot(service, self.machine, self.lease):
+        holders = self.state.slots(service)
+        if self.machine not in holders and (len(holders) >= self.cfg.services[service].max_unavailable
+                                            or f"{self.machine}.plugins" in holders):
+            return None  # no free slot: not worth a lease
+        slot_lease = self.state.etcd.grant(self.slot_ttl(service))
+        if not self.state.take_slot(service, self.machine, slot_lease):
+            self._revoke(slot_lease)
             return None
+        self._slot_leases[service] = slot_lease
         try:
             if rollout_id is not None:
                 ro = self.state.rollout(service)
@@ -156,19 +183,27 @@ class Agent:
             before = container.version()
             log.info("agent.switching", machine=self.machine, service=service, version=version)
             ok, reason = container.switch(version)
-            self._publish(service, container.version())
             if ok:
                 log.info("agent.switched", machine=self.machine, service=service, version=version)
             else:
                 log.error("agent.switch_failed", machine=self.machine, service=service,
                           version=version, kept=before, reason=reason)
-                if rollout_id is not None:
+                if rollout_id is not None:  # first: publishing fails when the presence lease expired
                     self.state.mark_failed(service, rollout_id, machine=self.machine, reason=reason)
+            self._publish(service, container.version())
             self.state.unregister("staging", service, self.machine)
             return ok
         finally:
+            self._slot_leases.pop(service, None)  # no longer refreshed: it expires if etcd is away
             self._stale_slots.add(service)
             self.state.release_slot(service, self.machine)
             self._stale_slots.discard(service)
+            self._revoke(slot_lease)
             if rollout_id is not None:
                 self.state.finish_if_complete(service)
+
+    def _revoke(self, lease: int) -> None:
+        try:
+            self.state.etcd.revoke(lease)
+        except SlipwayError as exc:  # it expires on its own
+            log.warning("agent.revoke_failed", machine=self.machine, lease=lease, error=str(exc))

@@ -4,7 +4,9 @@ A switch replaces the container with one of the same configuration on the new im
 settings the old container had on top of its image (command, env, labels, ports, mounts,
 restart policy) are carried over, the rest comes from the new image. The old container is
 kept (renamed ``<name>-old``) until the new one is healthy, so a failed health check puts it
-straight back; :meth:`ServiceContainer.recover` finishes a switch a killed agent left halfway.
+straight back, and the switch returns only once it is healthy again (the rollback is part of the
+machine's unavailability); :meth:`ServiceContainer.recover` finishes a switch a killed agent left
+halfway.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import requests
 
 from poller.docker_engine import http_address
 from poller.errors import UpstreamError
-from poller.fleet.settings import HealthCheck
 from poller.imageref import ImageRef
 from poller.logs import get_logger
+from poller.settings.fleet import HealthCheck
 
 log = get_logger("poller.fleet")
 
@@ -58,19 +60,27 @@ class ServiceContainer:
         return version_of(c.attrs["Config"]["Image"])
 
     def recover(self) -> None:
-        """Undo a switch that stopped halfway: put ``<name>-old`` back when the new one is missing."""
+        """Finish a switch that stopped halfway (agent killed, engine error) with the same health
+        gate: keep the new container once it is healthy, else put ``<name>-old`` back and wait
+        for it. The agent frees a slot such a switch left only after this."""
         old = self._get(self.name + "-old")
-        if old is None:
+        if old is None or self.stop.is_set():
             return
         new = self._get(self.name)
         if new is not None and new.status == "running":
-            old.remove(force=True)
-            return
+            ok, why = self.wait_healthy(new)
+            if ok:
+                old.remove(force=True)
+                log.warning("fleet.recovered", container=self.name, kept="new")
+                return
+            if self.stop.is_set():
+                return  # shutting down: the next start finishes it
         if new is not None:
             new.remove(force=True)
         old.rename(self.name)
         old.start()
-        log.warning("fleet.recovered", container=self.name)
+        ok, why = self.wait_healthy(old)
+        log.warning("fleet.recovered", container=self.name, kept="old", healthy=ok, reason=why)
 
     # -- pulling --------------------------------------------------------------------
     def has_image(self, version: str) -> bool:
@@ -131,6 +141,12 @@ class ServiceContainer:
             new.remove(force=True)
         old.rename(self.name)
         old.start()
+        # The machine is still unavailable until the old version answers again: the caller holds
+        # its quorum slot until this returns, so wait for the rolled-back container's health too.
+        back, why = self.wait_healthy(old)
+        if not back:
+            log.error("fleet.rollback_unhealthy", container=self.name, reason=why)
+            reason = f"{reason}; the old version did not come back healthy: {why}"
         return False, reason
 
     def wait_healthy(self, container) -> tuple[bool, str]:

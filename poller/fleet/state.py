@@ -7,7 +7,8 @@ Under the prefix ``P`` (``fleet.etcd.prefix``, default ``/dc``):
 * ``P/deploy/<service>``: the queue of services being upgraded; the view orders it by dependencies.
 * ``P/rollout/<service>``: the rollout itself: version, image, state (active, paused, aborted,
   failed, done) and an id.
-* ``P/slots/<service>/<machine>``: a machine switching right now (leased, so a dead agent's slot
+* ``P/slots/<service>/<machine>``: a machine switching right now (under a lease of its own that
+  covers a whole switch, so an agent stalled mid-switch keeps it and a dead agent's slot
   expires); ``P/guard/<service>`` is bumped by every taker so a slot is only taken by a
   transaction that saw the latest count: two machines can never both take the last slot.
 """
@@ -18,11 +19,12 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from poller.errors import PermanentError
 from poller.fleet.etcd import Compare, EtcdClient, delete_op, put_op
-from poller.fleet.settings import FleetConfig, dependencies, order_services
+from poller.settings.fleet import FleetConfig, dependencies, order_services
 
 ACTIVE, PAUSED, ABORTED, FAILED, DONE = "active", "paused", "aborted", "failed", "done"
 MOVING = (ACTIVE, PAUSED)
@@ -213,13 +215,33 @@ class FleetState:
     def take_slot(self, service: str, machine: str, lease: int) -> bool:
         """Atomically claim one of the service's ``max_unavailable`` switching slots for a
         machine's agent. Refused while the poller restarts that machine's server for a plugin
-        change (holder ``<machine>.plugins``), checked in the same transaction."""
+        change (holder ``<machine>.plugins``), checked in the same transaction. A slot the machine
+        already holds is kept, under ``lease`` from now on."""
         if machine in self.slots(service):
+            self.etcd.put(self.key("slots", service, machine),
+                          json.dumps({"at": _now(), "holder": machine}), lease=lease)
             return True
         return self.take_named_slot(service, machine, lease, unless=(f"{machine}.plugins",))
 
     def release_slot(self, service: str, machine: str) -> None:
         self.etcd.delete(self.key("slots", service, machine))
+
+    # -- the quorum slots as other holders see them (poller.artifacts.slots.QuorumSlots) ----------
+    def quorum_services(self) -> Collection[str]:
+        return self.cfg.services.keys()
+
+    def hold_slot(self, service: str, holder: str, *, ttl: int, unless: tuple[str, ...] = ()) -> int | None:
+        """:meth:`take_named_slot` under a lease of its own (``ttl`` seconds); the lease, or None
+        when no slot is free."""
+        lease = self.etcd.grant(ttl)
+        if self.take_named_slot(service, holder, lease, unless=unless):
+            return lease
+        self.etcd.revoke(lease)
+        return None
+
+    def free_slot(self, service: str, holder: str, handle: int) -> None:
+        self.release_slot(service, holder)
+        self.etcd.revoke(handle)
 
     def take_named_slot(self, service: str, holder: str, lease: int, *, unless: tuple[str, ...] = ()) -> bool:
         """Like :meth:`take_slot`, for a holder that is not a machine's agent (e.g. the poller

@@ -29,8 +29,8 @@ from poller.logs import get_logger
 from poller.rollout.control import RolloutControl
 from poller.rollout.plan import Server, next_batch, resolve, step_targets
 from poller.rollout.reload import Reloader
+from poller.settings.updates import RolloutConfig
 from poller.targets.base import ImageRef, TargetError
-from poller.updater.settings import RolloutConfig
 
 log = get_logger(__name__)
 _JSON_PATCH = "application/json-patch+json"

@@ -17,7 +17,7 @@ from typing import Protocol
 import requests
 
 from poller.http import make_session
-from poller.updater.settings import ExecReload, HttpReload
+from poller.settings.updates import ExecReload, HttpReload
 
 
 @dataclass(frozen=True)

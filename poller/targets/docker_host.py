@@ -3,7 +3,10 @@
 Pull the new image, then replace the container with the same configuration: name, command,
 environment, labels, volumes/mounts, port bindings, restart policy and networks. The old
 container is renamed aside first and removed only once the new one runs (and is healthy when
-it has a health check); if the new one fails, the old one is put back.
+it has a health check); if the new one exits, turns unhealthy or is not healthy by the
+deadline, it is removed and the old one is put back. With ``apply(wait=False)`` the new
+container is started and its health judged by later :meth:`DockerContainer.health` calls
+(one inspect each), so nobody waits on a container that takes long to become healthy.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class DockerContainer:
         self._client_factory = client_factory
         self.container = container
         self.timeout, self.poll = timeout, poll
+        self._swap: dict | None = None   # the replacement started by the last apply, until judged
         self.description = f"docker container {container}"
 
     def _client(self):
@@ -68,24 +72,78 @@ class DockerContainer:
                 "tty": cfg.get("Tty", False), "stdin_open": cfg.get("OpenStdin", False),
                 "host_config": {k: host[k] for k in _KEEP_HOST if host.get(k) not in (None, [], {}, "")}}
 
-    def _wait_running(self, client, cid: str) -> str:
+    def _judge(self, state: dict) -> tuple[bool, str]:
+        """(running and healthy, status) of the new container; :class:`TargetError` once it failed."""
+        health = (state.get("Health") or {}).get("Status")
+        if state.get("Status") == "exited" or state.get("Restarting") and state.get("ExitCode"):
+            raise TargetError(f"{self.description}: new container exited with code {state.get('ExitCode')}")
+        if state.get("Running") and health in (None, "healthy"):
+            return True, health or "running"
+        if health == "unhealthy":
+            raise TargetError(f"{self.description}: new container is unhealthy")
+        return False, f"status {state.get('Status')}, health {health}"
+
+    def health(self, generation: int | None = None) -> tuple[bool, str]:
+        """Judge the container the last ``apply(wait=False)`` started: once it runs (healthy, when
+        it has a health check) the old one is removed; once it failed the old one is put back."""
+        import docker
+
+        swap = self._swap
+        if swap is None:
+            return True, "nothing rolling"
+        api = swap["client"].api
+        try:
+            done, why = self._judge(api.inspect_container(swap["new_id"])["State"])
+        except TargetError:
+            self._restore(api, swap)
+            raise
+        except docker.errors.NotFound as exc:
+            self._restore(api, swap)
+            raise TargetError(f"{self.description}: the new container was removed") from exc
+        except docker.errors.APIError as exc:
+            raise TargetError(f"{self.description}: {exc.explanation or exc}") from exc
+        if done:
+            try:
+                api.remove_container(swap["old_id"], force=True, v=False)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                raise TargetError(f"{self.description}: removing the old container: "
+                                  f"{exc.explanation or exc}") from exc
+            self._swap = None
+            swap["detail"]["health"] = why
+        return done, why
+
+    def expire(self) -> None:
+        """Not healthy by the deadline: the new container goes, the old one comes back."""
+        swap, self._swap = self._swap, None
+        if swap is not None:
+            self._restore(swap["client"].api, swap)
+
+    def _restore(self, api, swap: dict) -> None:
+        self._swap = None
+        try:
+            _put_back(api, swap["new_id"], swap["old_id"], swap["name"], swap["was_running"])
+        except Exception as exc:   # the engine's errors are reported as this target's
+            raise TargetError(f"{self.description}: putting the old container back failed: {exc}") from exc
+
+    def apply(self, image: ImageRef, *, wait: bool = True) -> Applied:
+        """Replace the container. ``wait=False``: return once the new one is started; then
+        :meth:`health` on later calls (and :meth:`expire` past :attr:`timeout`)."""
+        applied = self._start(image)
+        if not wait:
+            return applied
         deadline = time.monotonic() + self.timeout
         while True:
-            attrs = client.api.inspect_container(cid)
-            state = attrs["State"]
-            health = (state.get("Health") or {}).get("Status")
-            if state.get("Status") == "exited" or state.get("Restarting") and state.get("ExitCode"):
-                raise TargetError(f"{self.description}: new container exited with code {state.get('ExitCode')}")
-            if state.get("Running") and health in (None, "healthy"):
-                return health or "running"
-            if health == "unhealthy":
-                raise TargetError(f"{self.description}: new container is unhealthy")
+            done, why = self.health()
+            if done:
+                return applied
             if time.monotonic() >= deadline:
-                raise TargetError(f"{self.description}: not running/healthy after {self.timeout:.0f}s "
-                                  f"(status {state.get('Status')}, health {health})")
+                self.expire()
+                raise TargetError(f"{self.description}: not running/healthy after {self.timeout:.0f}s ({why})")
             time.sleep(self.poll)
 
-    def apply(self, image: ImageRef) -> Applied:
+    def _start(self, image: ImageRef) -> Applied:
         import docker
 
         client = self._client()
@@ -142,19 +200,25 @@ class DockerContainer:
                     continue
                 api.connect_container_to_network(new_id, net, aliases=conf.get("Aliases"))
             api.start(new_id)
-            health = self._wait_running(client, new_id)
         except Exception as exc:
-            if new_id:
-                api.remove_container(new_id, force=True)
-            api.rename(old["Id"], name)
-            if was_running:
-                api.start(old["Id"])
-            if isinstance(exc, TargetError):
-                raise
+            _put_back(api, new_id, old["Id"], name, was_running)
             raise TargetError(f"{self.description}: {exc}") from exc
-        api.remove_container(old["Id"], force=True, v=False)
-        return Applied({"container": name, "from_image": old["Config"]["Image"], "to_image": ref,
-                        "old_id": old["Id"][:12], "new_id": new_id[:12], "health": health})
+        detail = {"container": name, "from_image": old["Config"]["Image"], "to_image": ref,
+                  "old_id": old["Id"][:12], "new_id": new_id[:12]}
+        self._swap = {"client": client, "new_id": new_id, "old_id": old["Id"], "name": name,
+                      "was_running": was_running, "detail": detail}
+        return Applied(detail)
+
+
+def _put_back(api, new_id: str | None, old_id: str, name: str, was_running: bool) -> None:
+    """Remove the new container (if any) and give the old one its name (and start) back."""
+    if new_id:
+        api.remove_container(new_id, force=True)
+    api.rename(old_id, name)
+    if was_running:
+        api.start(old_id)
+
+
 
 
 def _live_port(live: dict, port: str, index: int) -> str:

@@ -23,17 +23,6 @@ GSS = ("game.kruise.io", "v1alpha1", "gameserversets")
 _JSON_PATCH = "application/json-patch+json"
 
 
-def api_client(kubeconfig: str | None = None, context: str | None = None):
-    from kubernetes import config
-
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
-    config.load_incluster_config()
-    from kubernetes import client
-
-    return client.ApiClient()
-
-
 def containers_path(kind: str) -> str:
     return "/spec/gameServerTemplate/spec/containers" if kind == "GameServerSet" \
         else "/spec/template/spec/containers"
@@ -157,6 +146,9 @@ class KubernetesWorkload:
     def health(self, generation: int | None) -> tuple[bool, str]:
         """(healthy, why not) from the cache; :class:`TargetError` when the rollout is stuck."""
         return self.rollout_state(self.read(), generation)
+
+    def expire(self) -> None:
+        """Past the deadline the patch stays as it is (its version is held): nothing to undo."""
 
     def rollout_state(self, obj: dict, generation: int | None) -> tuple[bool, str]:
         """(done, why not) from a workload's status, as ``kubectl rollout status`` judges it."""

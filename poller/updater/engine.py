@@ -7,9 +7,11 @@ checks the deployments concurrently on a bounded worker pool (``updates.workers`
 deployment). The running version is read from the target every time (for Kubernetes from
 the list+watch cache), never remembered: the store only holds history, pins and approvals.
 
-Waiting for health never holds a worker: a patched Kubernetes workload is put on the
-``pending`` list and its health is judged from the cache on later cycles until its
-deadline (then reported once as failed, and its version is held as today). Gradual pod
+Waiting for health never holds a worker: a patched Kubernetes workload, a replaced Docker
+container or an upgraded Helm release (any :class:`~poller.targets.base.Watched` target) is
+put on the ``pending`` list and its health is judged on later cycles (Kubernetes: from the
+cache; Docker: one inspect; Helm: whether ``helm upgrade --wait``, on its own thread, ended)
+until its deadline (then reported once as failed, and its version is held as today). Gradual pod
 rollouts run on their own rollout threads. ``cycle(settle=True)`` (the one-shot command)
 returns only when what it started has finished, as a sequential cycle did.
 """
@@ -30,9 +32,9 @@ from poller.logs import get_logger
 from poller.policy.base import Move, Offer, Policy, Running
 from poller.policy.factory import make_policy
 from poller.rollout.control import RolloutControl
+from poller.settings.updates import DeploymentConfig, UpdatesConfig
 from poller.targets.base import ImageRef, TargetError
 from poller.updater.history import UpdateHistory
-from poller.updater.settings import DeploymentConfig, UpdatesConfig
 
 log = get_logger(__name__)
 KIND = "deployment"
@@ -60,7 +62,7 @@ class _Tracked:
 
 @dataclass
 class _Pending:
-    """A patched workload whose rollout health is watched (from the cache) on later cycles."""
+    """An applied target whose rollout health is judged on later cycles."""
 
     t: _Tracked
     uid: int | None
@@ -69,6 +71,7 @@ class _Pending:
     generation: int | None
     deadline: float
     applied: dict
+    note: str = ""   # what else the check that applied it said (a major waiting for a person)
 
 
 @dataclass
@@ -201,30 +204,42 @@ class UpdateEngine:
             fut.set_exception(exc)
 
     def _health(self) -> list[Outcome]:
-        """Judge each pending rollout from the cache (no API-server request)."""
+        """Judge each pending rollout without waiting (Kubernetes: from the cache, no API-server
+        request)."""
         out = []
-        for name, p in list(self.pending.items()):
-            d = p.t.cfg
-            try:
-                done, why = self._target(p.t).health(p.generation)
-            except (TargetError, SlipwayError) as exc:
-                del self.pending[name]
-                out.append(self._finish(d, p.uid, ok=False, error=str(exc), from_ref=p.from_ref,
-                                        to_ref=p.to_ref, target=p.applied))
-                continue
-            if done:
-                del self.pending[name]
-                p.applied["status"] = why
-                out.append(self._healthy(p))
-            elif time.monotonic() >= p.deadline:   # reported once; the version is then held
-                del self.pending[name]
-                target = self._target(p.t)
-                error = f"{target.description}: not healthy after {target.timeout:.0f}s: {why}"
-                out.append(self._finish(d, p.uid, ok=False, error=error, from_ref=p.from_ref,
-                                        to_ref=p.to_ref, target=p.applied))
-            else:
-                out.append(Outcome(d.name, "rolling", p.from_ref, p.to_ref, why, p.uid))
+        for p in list(self.pending.values()):
+            o = self._judge(p)
+            if p.note:
+                o.detail = "; ".join(x for x in (o.detail, p.note) if x)
+            out.append(o)
         return out
+
+    def _judge(self, p: _Pending) -> Outcome:
+        d = p.t.cfg
+        try:
+            done, why = self._target(p.t).health(p.generation)
+        except (TargetError, SlipwayError) as exc:
+            del self.pending[d.name]
+            return self._finish(d, p.uid, ok=False, error=str(exc), from_ref=p.from_ref, to_ref=p.to_ref,
+                                target=p.applied)
+        except Exception as exc:  # noqa: BLE001 - not judged this time (say, engine unreachable): next cycle
+            log.warning("update.health_unknown", deployment=d.name, error=repr(exc))
+            done, why = False, f"{type(exc).__name__}: {exc}"
+        if done:
+            del self.pending[d.name]
+            p.applied["status"] = why
+            return self._healthy(p)
+        if time.monotonic() >= p.deadline:   # reported once; the version is then held
+            del self.pending[d.name]
+            target = self._target(p.t)
+            error = f"{target.description}: not healthy after {target.timeout:.0f}s: {why}"
+            try:
+                target.expire()               # a Docker container: the old one comes back
+            except (TargetError, SlipwayError) as exc:
+                error = f"{error}; {exc}"
+            return self._finish(d, p.uid, ok=False, error=error, from_ref=p.from_ref, to_ref=p.to_ref,
+                                target=p.applied)
+        return Outcome(d.name, "rolling", p.from_ref, p.to_ref, why, p.uid)
 
     def _settle(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Wait for what this cycle started (one-shot use); later outcomes replace earlier."""
@@ -311,6 +326,8 @@ class UpdateEngine:
         if major is not None:
             waits = f"{major.to_ref}: {major.action} ({major.detail})"
             within.detail = "; ".join(x for x in (within.detail, waits) if x)
+            if within.action == "rolling" and d.name in self.pending:   # said again once it ends
+                self.pending[d.name].note = waits
         return within, waiting  # type: ignore[return-value]
 
     def _resolve(self, t: _Tracked, running: ImageRef | None, from_ref: str | None, skip: set[str],

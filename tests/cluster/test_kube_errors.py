@@ -9,8 +9,8 @@ import yaml
 from poller.errors import AuthError, NotFound, UpstreamError
 from poller.rollout.control import RolloutControl
 from poller.rollout.pods import PodRollout
+from poller.settings.updates import RolloutConfig
 from poller.store import Store
-from poller.updater.settings import RolloutConfig
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 

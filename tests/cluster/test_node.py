@@ -13,8 +13,8 @@ import yaml
 
 from poller.config import parse_config
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
+from poller.updater.target_factory import TargetFactory
 from tests.fixtures.cluster import st
 from tests.fixtures.services import wait_until
 

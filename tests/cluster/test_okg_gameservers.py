@@ -27,9 +27,9 @@ from poller.config import parse_config
 from poller.events import RolloutFinished, RolloutProgress, RolloutStarted, UpdateFinished
 from poller.rollout.control import RolloutControl
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
+from poller.updater.target_factory import TargetFactory
 from tests.fixtures.cluster import st
 from tests.fixtures.services import wait_until
 from tests.integration.event_support import Observed
@@ -376,10 +376,11 @@ def test_hot_update_without_restart_reloads_through_exec_and_abort_spares_the_bu
     eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates))
     [o] = eng.cycle()
     assert o.action == "rolling" and "busy" in o.detail
-    from poller.api import Services, create_app
+    from poller.api import create_app
+    from poller.runtime import Runtime
 
     data["api"]["token"] = "t0ken"
-    app = create_app(Services(config=parse_config(data, file="t", env={}), store=eng.store))
+    app = create_app(Runtime(config=parse_config(data, file="t", env={}), store=eng.store))
     resp = app.test_client().post("/api/v1/updates/deployments/gss/rollout/abort", json={"by": "erin"},
                                   headers={"Authorization": "Bearer t0ken"})
     assert resp.status_code == 200 and resp.json["state"] == "aborted", resp.json

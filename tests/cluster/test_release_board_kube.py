@@ -9,8 +9,8 @@ import yaml
 from poller.config import parse_config
 from poller.releases import release_board
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
+from poller.updater.target_factory import TargetFactory
 from tests.cluster.test_updater_workloads import workload
 from tests.integration.updater_support import seed_tag
 

@@ -1,23 +1,27 @@
 """The updater at scale against the real API server: reads come from list+watch caches (an
 unchanged cycle costs zero API-server requests, counted at the API server), a hung rollout
-never delays another deployment, a broken watch resumes with a correct cache, and a write
-decided on a stale read is decided again from fresh state instead of overwriting."""
+never delays another deployment, a broken watch resumes with a correct cache, a watch answered
+``410 Gone`` lists again, and a write decided on a stale read is decided again from fresh state
+instead of overwriting."""
 
 from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 import yaml
 
 from poller.config import parse_config
+from poller.kube import api_client
+from poller.runtime import Runtime
 from poller.store import Store
-from poller.targets.factory import TargetFactory
+from poller.targets.informer import Informer
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
-from poller.updater.jobs import jobs
+from poller.updater.target_factory import TargetFactory
 from tests.cluster.test_updater_workloads import get, images, workload
 from tests.doubles.apiserver_front import ApiServerFront
 from tests.fixtures.apiserver_metrics import request_totals, workload_requests
@@ -25,6 +29,7 @@ from tests.fixtures.services import wait_until
 from tests.integration.updater_support import seed_tag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _deployment(name: str, image: str, namespace: str, policy: str = "patch") -> dict:
@@ -113,7 +118,7 @@ def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube,
     _apply(kube, namespace, workload("Deployment", "fast", f"{fast}:1.0.0", "busybox:s", replicas=1))
     cfg = _config(tmp_path, registry, kube.kubeconfig,
                   [_deployment("stuck", stuck, namespace), _deployment("fast", fast, namespace)])
-    [(_, interval, job)] = jobs(cfg, Store(tmp_path / "s.db"))
+    [(_, interval, job)] = Runtime(cfg, store=Store(tmp_path / "s.db")).periodic_jobs()
     stop = threading.Event()
 
     def scheduler():               # what ``poller run`` does with the job
@@ -129,6 +134,49 @@ def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube,
         seed_tag(registry, "fast", "1.0.1")
         wait_until(lambda: images(get(kube, "Deployment", "fast", namespace))["engine"] == f"{fast}:1.0.1",
                    interval + 10, what="the other deployment patched while the first rollout hangs")
+        wait_until(lambda: any(r.deployment == "fast" and r.status == "succeeded"
+                               for r in UpdateHistory(Store(tmp_path / "s.db")).list()), 30,
+                   what="the other deployment's update recorded as succeeded")
+        assert [r.status for r in UpdateHistory(Store(tmp_path / "s.db")).list(deployment="stuck")] == ["running"]
+    finally:
+        stop.set()
+
+
+def test_hung_helm_upgrade_does_not_delay_other_deployments(tmp_path, registry, kube, namespace, helm):
+    """A helm release whose pods never schedule: ``helm upgrade --wait`` waits its whole 300 s
+    timeout. A release of another image pushed meanwhile is patched within the next cycles."""
+    chart = str(ROOT / "charts" / "game-server")
+    game, fast = f"{registry.addr}/game-server", f"{registry.addr}/fast"
+    seed_tag(registry, "game-server", "1.0.0")
+    seed_tag(registry, "game-server", "1.0.1")
+    seed_tag(registry, "fast", "1.0.0")
+    helm.run("install", "stuck", chart, "-n", namespace, "--set", f"engine.image.repository={game}",
+             "--set", "engine.image.tag=1.0.0", "--set", "hotUpdate.enabled=false",
+             "--set-string", "nodeSelector.no-such-node=true")
+    _apply(kube, namespace, workload("Deployment", "fast", f"{fast}:1.0.0", "busybox:s", replicas=1))
+    cfg = _config(tmp_path, registry, kube.kubeconfig, [
+        {"name": "stuck", "image": game, "policy": "patch",
+         "target": {"helm": {"release": "stuck", "namespace": namespace, "chart": chart,
+                             "value_path": "engine.image.tag"}}},
+        _deployment("fast", fast, namespace)], helm=helm.bin)
+    [(_, interval, job)] = Runtime(cfg, store=Store(tmp_path / "s.db")).periodic_jobs()
+    stop = threading.Event()
+
+    def scheduler():               # what ``poller run`` does with the job
+        while not stop.is_set():
+            job()
+            stop.wait(interval)
+
+    def engines() -> set[str]:
+        items = json.loads(kube.kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"]
+        return {images(d)["engine"] for d in items}
+
+    threading.Thread(target=scheduler, daemon=True).start()
+    try:
+        wait_until(lambda: f"{game}:1.0.1" in engines(), 60, what="the stuck release upgraded (helm waiting)")
+        seed_tag(registry, "fast", "1.0.1")
+        wait_until(lambda: f"{fast}:1.0.1" in engines(), interval + 10,
+                   what="the other deployment patched while helm waits for the first release")
         wait_until(lambda: any(r.deployment == "fast" and r.status == "succeeded"
                                for r in UpdateHistory(Store(tmp_path / "s.db")).list()), 30,
                    what="the other deployment's update recorded as succeeded")
@@ -205,6 +253,55 @@ def test_broken_watch_resumes_and_the_cache_stays_correct(tmp_path, registry, ku
             assert refs == {("a", "1.0.2", "1.0.0"), ("c", "1.0.1", "1.0.0")}
         finally:
             eng.close()
+
+
+def _view(objs: list[dict]) -> dict[str, tuple[str, str]]:
+    return {o["metadata"]["name"]: (images(o)["engine"], o["metadata"]["resourceVersion"]) for o in objs}
+
+
+@pytest.mark.parametrize("as_", ["event", "status"])
+def test_watch_answered_410_gone_lists_again_and_sees_what_changed_meanwhile(as_, tmp_path, kube, namespace):
+    """The informer is cut off; meanwhile a deployment changes, one is deleted and one created;
+    when it resumes, the API server no longer has its resourceVersion and answers 410 (an ERROR
+    event in a 200 stream, or the HTTP status). It must LIST once more (counted at the wire),
+    then hold exactly what the API server has, and go on watching from there."""
+    repo = "registry.invalid/game"
+    _apply(kube, namespace, workload("Deployment", "a", f"{repo}:1.0.0", "busybox:s", replicas=0))
+    _apply(kube, namespace, workload("Deployment", "b", f"{repo}:1.0.0", "busybox:s", replicas=0))
+
+    def server() -> dict:
+        return _view(json.loads(kube.kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"])
+
+    with ApiServerFront(kube.kubeconfig) as front:
+        informer = Informer(api_client(front.kubeconfig(str(tmp_path / "front.kubeconfig"))), "Deployment",
+                            namespace)
+        try:
+            assert set(_view(informer.list())) == {"a", "b"}
+            wait_until(lambda: front.watches_opened == 1, 30, what="the informer watching")
+            assert front.lists("deployments") == 1
+            front.hold_watches()
+            front.break_watches()
+            wait_until(lambda: front.watches_held == 1, 30, what="the watch resumed (held at the front)")
+            kube.kubectl("set", "image", "-n", namespace, "deployment/a", f"engine={repo}:1.0.2")
+            kube.kubectl("delete", "deployment", "b", "-n", namespace)
+            _apply(kube, namespace, workload("Deployment", "c", f"{repo}:1.0.1", "busybox:s", replicas=0))
+            now = int(json.loads(kube.kubectl("get", "--raw", f"/apis/apps/v1/namespaces/{namespace}/deployments")
+                                 .stdout)["metadata"]["resourceVersion"])
+            front.release_watches(expire_before=now, as_=as_)
+
+            wait_until(lambda: _view(informer.list()) == server(), 30, interval=0.2,
+                       what="the cache equal to the API server after the 410")
+            assert front.watches_expired == 1
+            assert front.lists("deployments") == 2, "not exactly one LIST after the 410"
+            # and it watches on from the new list: a later change arrives without another LIST
+            wait_until(lambda: front.watches_opened == 2, 30, what="the watch from the new list")
+            kube.kubectl("set", "image", "-n", namespace, "deployment/c", f"engine={repo}:1.0.3")
+            wait_until(lambda: _view(informer.list()) == server(), 30, interval=0.2,
+                       what="a change after the relist seen")
+            assert _view(informer.list())["c"][0] == f"{repo}:1.0.3"
+            assert front.lists("deployments") == 2
+        finally:
+            informer.stop()
 
 
 def test_write_on_a_stale_read_is_decided_again_not_overwritten(tmp_path, registry, kube, namespace):

@@ -12,9 +12,9 @@ import yaml
 
 from poller.config import parse_config
 from poller.store import Store
-from poller.targets.factory import TargetFactory
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
+from poller.updater.target_factory import TargetFactory
 from tests.integration.updater_support import seed_tag
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]

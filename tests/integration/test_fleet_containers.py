@@ -7,7 +7,8 @@ import uuid
 import pytest
 
 from poller.fleet.containers import ServiceContainer
-from poller.fleet.settings import HealthCheck
+from poller.settings.fleet import HealthCheck
+from tests.fixtures.services import wait_until
 from tests.integration.test_fleet_rollout import build_images
 
 pytestmark = pytest.mark.integration
@@ -61,3 +62,17 @@ def test_recover_puts_back_a_container_a_killed_agent_left_renamed(docker_client
     assert svc.version() is None and svc.exists()
     svc.recover()
     assert svc.version() == "1.0.0"
+
+
+def test_a_failed_switch_returns_only_once_the_old_version_is_healthy_again(docker_client, images, container):
+    """The agent holds the machine's quorum slot until the switch returns: a rollback's container
+    still starting would be a second machine down the moment another one takes the slot."""
+    svc = ServiceContainer(docker_client, container, images, HealthCheck(timeout=20), stop_timeout=1)
+    wait_until(lambda: docker_client.containers.get(container).attrs["State"]["Health"]["Status"] == "healthy",
+               timeout=30, what="1.0.0 healthy")
+    svc.pull("3.0.0")
+    ok, reason = svc.switch("3.0.0")
+    assert not ok and "unhealthy" in reason
+    c = docker_client.containers.get(container)
+    assert c.attrs["Config"]["Image"].endswith(":1.0.0")
+    assert c.attrs["State"]["Health"]["Status"] == "healthy", c.attrs["State"]["Health"]

@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from poller.fleet import open_state, snapshot
-from poller.fleet.settings import FleetConfig
 from poller.fleet.state import ABORTED, DONE, PAUSED, RolloutError
+from poller.settings.fleet import FleetConfig
 from tests.fixtures.services import wait_until
 
 pytestmark = pytest.mark.integration

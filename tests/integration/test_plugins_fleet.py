@@ -23,11 +23,12 @@ import pytest
 import requests
 import yaml
 
-from poller.artifacts import FETCH_SCRIPT, fleet_state
+from poller.artifacts import FETCH_SCRIPT, uses_fleet
 from poller.artifacts.rollout import PluginRollout
 from poller.artifacts.store import ArtifactStore
 from poller.config import load_config
 from poller.registry.client import RegistryClient
+from poller.runtime import Runtime
 from tests.fixtures.services import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -57,6 +58,9 @@ class PluginFleet:
         self.tmp, self.docker, self.docker_host = tmp, docker_client, docker_host
         self.registry, self.etcd = registry, etcd_server
         self.prefix = f"/dc{self.id}"
+        # Servers are found by label on the shared Docker engine: an environment of this test's
+        # own, so a plugin cycle run by another test at the same time never restarts these.
+        self.env = f"production{self.id}"
         self.image = f"{registry.addr}/lobby{self.id}"
         self.ports: dict[str, int] = {}
         self.agents: dict[str, subprocess.Popen] = {}
@@ -83,7 +87,7 @@ class PluginFleet:
                                                  "health": {"kind": "docker", "timeout": 30}, "stop_timeout": 1}}},
                 "plugins": {"server_types": {"lobby": {"plugins": {"chat": "latest"},
                                                        "max_unavailable": MAX_UNAVAILABLE}},
-                            "environments": {"production": {"production": True}},
+                            "environments": {self.env: {"production": True}},
                             "probe": {"stop_timeout": 1, "restart_timeout": 30}}}
         if machine:
             data["fleet"]["agent"] = {"machine": machine, "lease_ttl": 3, "interval": 0.5,
@@ -97,10 +101,10 @@ class PluginFleet:
         self.ports[machine] = port
         self.docker.containers.run(
             f"{self.image}:1.0.0", name=self.name(machine), detach=True, network_mode="host",
-            labels={"slipway.test": self.id, "slipway.server-type": "lobby", "slipway.env": "production",
+            labels={"slipway.test": self.id, "slipway.server-type": "lobby", "slipway.env": self.env,
                     "slipway.port": str(port), "slipway.machine": machine},
             environment={"PORT": str(port), "SLIPWAY_REGISTRY": self.registry.url,
-                         "SLIPWAY_CHANNEL": "production-lobby", "SLIPWAY_PLUGINS": "chat"})
+                         "SLIPWAY_CHANNEL": f"{self.env}-lobby", "SLIPWAY_PLUGINS": "chat"})
 
     def start_agent(self, machine: str) -> None:
         log = open(self.tmp / f"agent-{machine}.log", "ab")  # noqa: SIM115  (the agent process keeps it)
@@ -120,6 +124,10 @@ class PluginFleet:
         """The chat version the server itself says it runs."""
         text = self.get(machine, "/plugins/plugins.txt")
         return text.split()[1] if text else None
+
+    def answered(self, what, machine: str) -> str:
+        """``what(machine)`` once the server answers: a busy machine may be slow to."""
+        return wait_until(lambda: what(machine), timeout=30, what=f"{machine} to answer")
 
     def up(self) -> dict[str, bool]:
         """machine -> its lobby container is running and Docker calls it healthy."""
@@ -185,11 +193,11 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     f = plugin_fleet
     cfg = load_config(f.config(None))
     store = ArtifactStore(RegistryClient(cfg.registry), "plugins")
-    state = fleet_state(cfg)
-    assert state is not None, "the lobby server type shares the lobby fleet service's slots"
+    assert uses_fleet(cfg), "the lobby server type shares the lobby fleet service's slots"
+    state = Runtime(cfg).fleet
     rollout = PluginRollout(cfg.plugins, store, f.docker, fleet=state)
     store.push("chat", jar("chat 1.0.0"), "1.0.0")
-    assert rollout.cycle("production").restarted == []  # channel exists; no servers yet
+    assert rollout.cycle(f.env).restarted == []  # channel exists; no servers yet
     for version in ("1.0.0", "2.0.0"):
         f.build(version)
     for m in MACHINES:
@@ -206,9 +214,9 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     lease = state.etcd.grant(60)
     assert state.take_slot("lobby", "m9", lease)
     store.push("chat", jar("chat 1.1.0"), "1.1.0")
-    held = rollout.cycle("production")
+    held = rollout.cycle(f.env)
     assert held.restarted == [] and held.waiting == ["lobby"], held
-    assert {m: f.chat(m) for m in MACHINES} == {m: "1.0.0" for m in MACHINES}
+    assert {m: f.answered(f.chat, m) for m in MACHINES} == {m: "1.0.0" for m in MACHINES}
     state.release_slot("lobby", "m9")
     state.etcd.revoke(lease)
 
@@ -221,7 +229,7 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     def plugin_cycles() -> None:
         while not finished.is_set():
             try:
-                report = rollout.cycle("production")
+                report = rollout.cycle(f.env)
             except Exception as exc:  # noqa: BLE001  (reported below, not swallowed)
                 errors.append(repr(exc))
                 return
@@ -243,8 +251,9 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     wait_until(lambda: (state.rollout("lobby").state == "done"), timeout=180, what="the image rollout done")
     wait_until(lambda: all(f.up().values()) and f.versions() == {m: "2.0.0" for m in MACHINES},
                timeout=60, what="every server healthy on 2.0.0")
-    assert {m: f.chat(m) for m in MACHINES} == {m: "1.1.0" for m in MACHINES}
-    assert {m: (f.get(m, "/version") or "").strip() for m in MACHINES} == {m: "2.0.0" for m in MACHINES}
+    assert {m: f.answered(f.chat, m) for m in MACHINES} == {m: "1.1.0" for m in MACHINES}
+    version = {m: f.answered(lambda m: f.get(m, "/version"), m).strip() for m in MACHINES}
+    assert version == {m: "2.0.0" for m in MACHINES}
     monitor.halt.set()
     monitor.join(10)
     assert monitor.samples > 20

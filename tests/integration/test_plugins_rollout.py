@@ -55,6 +55,9 @@ class Servers:
         self.id = uuid.uuid4().hex[:8]
         self.tmp, self.docker, self.registry = tmp, docker_client, registry
         self.image = f"slipway-test-server:{self.id}"
+        # Servers are found by label on the shared Docker engine: environments of this test's own
+        # (tests say "production" and "dev"), so another test's cycle never restarts these servers.
+        self.envs = {"production": f"production{self.id}", "dev": f"dev{self.id}"}
         ctx = tmp / "server-image"
         (ctx / "www").mkdir(parents=True)
         (ctx / "www" / "index.html").write_text("game server\n")
@@ -67,7 +70,8 @@ class Servers:
         self.config_path.write_text(yaml.safe_dump({
             "registry": {"url": registry.addr, "insecure": True},
             "plugins": {"server_types": self.types,
-                        "environments": {"production": {"production": True}, "dev": {"fast_track": True}},
+                        "environments": {self.envs["production"]: {"production": True},
+                                         self.envs["dev"]: {"fast_track": True}},
                         "probe": {"stop_timeout": 1, "restart_timeout": 30, "report_path": "/plugins/plugins.txt"}}}))
         self.cfg = load_config(self.config_path)
         self.store = ArtifactStore(RegistryClient(self.cfg.registry), "plugins")
@@ -76,6 +80,7 @@ class Servers:
     def start(self, name: str, server_type: str, env: str) -> None:
         port = free_port()
         self.ports[name] = port
+        env = self.envs[env]
         channel = f"{env}-{server_type}"
         self.docker.containers.run(
             self.image, name=f"slw{self.id}-{name}", detach=True, network_mode="host",
@@ -85,16 +90,34 @@ class Servers:
                          "SLIPWAY_CHANNEL": channel,
                          "SLIPWAY_PLUGINS": " ".join(self.types[server_type]["plugins"])})
 
-    def get(self, name: str, path: str) -> requests.Response:
+    def _get(self, name: str, path: str) -> requests.Response:
         return requests.get(f"http://127.0.0.1:{self.ports[name]}{path}", timeout=3)
 
+    def get(self, name: str, path: str) -> requests.Response:
+        """The server's answer, whatever its status; a busy machine may take a while to give it."""
+        return wait_until(lambda: (self._get(name, path),), timeout=30, what=f"{name} to answer {path}")[0]
+
     def plugins(self, name: str) -> dict[str, str] | None:
-        """What the server itself says it runs: plugin -> version."""
+        """What the server itself says it runs right now: plugin -> version (None: no answer)."""
         try:
-            r = self.get(name, "/plugins/plugins.txt")
+            r = self._get(name, "/plugins/plugins.txt")
         except requests.RequestException:
             return None
         return {ln.split()[0]: ln.split()[1] for ln in r.text.splitlines()} if r.ok else None
+
+    def reported(self, name: str) -> dict[str, str]:
+        """What a server that is up says it runs (a slow answer on a busy machine is waited for)."""
+        return wait_until(lambda: self.plugins(name), timeout=30, what=f"{name} to report its plugins")
+
+    def down(self, name: str) -> bool:
+        """Refuses connections or has no full plugin set to show. A request that merely timed out
+        (a busy machine) says nothing either way, so it does not count as down."""
+        try:
+            return not self._get(name, "/plugins/plugins.txt").ok
+        except requests.Timeout:
+            return False
+        except requests.RequestException:
+            return True
 
     def exec(self, name: str, *cmd: str) -> None:
         res = self.docker.containers.get(f"slw{self.id}-{name}").exec_run(["/bin/busybox", *cmd])
@@ -109,7 +132,7 @@ class Servers:
 
     def cycle(self, env: str):
         """One cycle; container names in the report are shortened to the server names."""
-        report = PluginRollout(self.cfg.plugins, self.store, self.docker).cycle(env)
+        report = PluginRollout(self.cfg.plugins, self.store, self.docker).cycle(self.envs[env])
         for attr in ("restarted", "draining", "up_to_date"):
             setattr(report, attr, [n.split("-", 1)[1] for n in getattr(report, attr)])
         return report
@@ -144,7 +167,7 @@ class Quorum(threading.Thread):
     def run(self):
         while not self.halt.is_set():
             for t, names in self.members.items():
-                down = sum(1 for n in names if self.servers.plugins(n) is None)
+                down = sum(1 for n in names if self.servers.down(n))
                 self.worst[t] = max(self.worst[t], down)
             self.halt.wait(0.05)
 
@@ -159,8 +182,8 @@ def test_only_outdated_servers_restart_busy_ones_drain_first_types_in_order(serv
             servers.start(n, t, "production")
     wait_until(lambda: all(servers.plugins(n) for ns in members.values() for n in ns), timeout=60,
                what="servers to fetch their plugins and answer")
-    assert servers.plugins("lobby-1") == {"chat": "1.0.0", "perms": "1.0.0"}
-    assert servers.plugins("survival-1") == {"perms": "1.0.0", "world": "1.0.0"}
+    assert servers.reported("lobby-1") == {"chat": "1.0.0", "perms": "1.0.0"}
+    assert servers.reported("survival-1") == {"perms": "1.0.0", "world": "1.0.0"}
     quorum = Quorum(servers, members)
     quorum.start()
 
@@ -171,9 +194,9 @@ def test_only_outdated_servers_restart_busy_ones_drain_first_types_in_order(serv
     report = servers.cycle("production")
     after = servers.started_at()
     assert report.restarted == ["lobby-1"] and report.draining == ["lobby-2"]
-    assert servers.plugins("lobby-1")["chat"] == "1.1.0"
+    assert servers.reported("lobby-1")["chat"] == "1.1.0"
     assert after["lobby-2"] == before["lobby-2"], "a server with players was restarted"
-    assert servers.plugins("lobby-2")["chat"] == "1.0.0"
+    assert servers.reported("lobby-2")["chat"] == "1.0.0"
     assert servers.get("lobby-2", "/draining").ok, "the busy server was not asked to drain"
     assert {n: after[n] for n in members["survival"]} == {n: before[n] for n in members["survival"]}
     assert servers.cycle("production").restarted == []  # still busy: still not restarted
@@ -181,7 +204,7 @@ def test_only_outdated_servers_restart_busy_ones_drain_first_types_in_order(serv
     # the players leave: the next cycle restarts it and lets it take players again
     servers.exec("lobby-2", "rm", "/www/busy")
     assert servers.cycle("production").restarted == ["lobby-2"]
-    assert servers.plugins("lobby-2")["chat"] == "1.1.0"
+    assert servers.reported("lobby-2")["chat"] == "1.1.0"
     assert servers.get("lobby-2", "/draining").status_code == 404
 
     # perms is used by both types: lobbies first (survival depends on lobby), one at a time
@@ -190,7 +213,7 @@ def test_only_outdated_servers_restart_busy_ones_drain_first_types_in_order(serv
     assert report.restarted == ["lobby-1", "lobby-2", "survival-1", "survival-2"]
     started = servers.started_at()
     assert max(started[n] for n in members["lobby"]) < min(started[n] for n in members["survival"])
-    assert all(servers.plugins(n)["perms"] == "1.1.0" for ns in members.values() for n in ns)
+    assert all(servers.reported(n)["perms"] == "1.1.0" for ns in members.values() for n in ns)
 
     # world 2.0.0 is outside survival's rule "1.x": nothing moves
     servers.store.push("world", jar("world 2.0.0"), "2.0.0")
@@ -214,24 +237,24 @@ def test_fast_track_reaches_dev_within_one_cycle_and_production_refuses(servers,
     build = tmp_path / "chat-1.2.0-SNAPSHOT.jar"
     build.write_bytes(jar("chat work in progress"))
 
-    refused = servers.cli("push", str(build), "--env", "production")
+    refused = servers.cli("push", str(build), "--env", servers.envs["production"])
     assert refused.returncode == 1 and "refuses the fast track" in refused.stderr
     prod_before = servers.started_at()["prod-lobby"]
 
-    pushed = servers.cli("push", str(build), "--env", "dev")
+    pushed = servers.cli("push", str(build), "--env", servers.envs["dev"])
     assert pushed.returncode == 0, pushed.stderr
     # the push ran the dev cycle: by the time it returns the dev server runs the new build
-    version = servers.plugins("dev-lobby")["chat"]
-    assert version.startswith("0.0.0-fast.dev."), version
-    assert servers.plugins("prod-lobby")["chat"] == "1.0.0"
+    version = servers.reported("dev-lobby")["chat"]
+    assert version.startswith(f"0.0.0-fast.{servers.envs['dev']}."), version
+    assert servers.reported("prod-lobby")["chat"] == "1.0.0"
     assert servers.cycle("production").restarted == []
     assert servers.started_at()["prod-lobby"] == prod_before
 
-    status = servers.cli("status", "--env", "dev", "--json")
+    status = servers.cli("status", "--env", servers.envs["dev"], "--json")
     assert status.returncode == 0 and "dev-lobby" in status.stdout
 
     # the Python fetch does what the image's script did: same jars, same report
-    fetched = servers.cli("fetch", "--env", "dev", "--type", "lobby", "--dest", str(tmp_path / "fetched"))
+    fetched = servers.cli("fetch", "--env", servers.envs["dev"], "--type", "lobby", "--dest", str(tmp_path / "fetched"))
     assert fetched.returncode == 0, fetched.stderr
     report = servers.get("dev-lobby", "/plugins/plugins.txt").text
     assert (tmp_path / "fetched" / "plugins.txt").read_text() == report
@@ -251,32 +274,33 @@ def test_fast_track_on_first_use_moves_complete_channels_and_leaves_incomplete_o
     try:
         build = tmp_path / "chat.jar"
         build.write_bytes(jar("chat first build"))
-        pushed = servers.cli("push", str(build), "--env", "dev")
+        pushed = servers.cli("push", str(build), "--env", servers.envs["dev"])
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
         out = json.loads(pushed.stdout)
         assert set(out["cycle"]["incomplete"]) == {"lobby"}
         assert "economy" in out["cycle"]["incomplete"]["lobby"] and out["cycle"]["errors"] == []
-        assert "dev-survival" in registry.tags("plugins/chat")
-        assert "dev-lobby" not in registry.tags("plugins/chat")
+        dev_lobby, dev_survival = (f"{servers.envs['dev']}-{t}" for t in ("lobby", "survival"))
+        assert dev_survival in registry.tags("plugins/chat")
+        assert dev_lobby not in registry.tags("plugins/chat")
 
         # a survival server fetches its complete set; the next fast-track push restarts it
         servers.start("s1", "survival", "dev")
         wait_until(lambda: servers.plugins("s1"), timeout=60, what="survival server up")
         build.write_bytes(jar("chat second build"))
-        pushed = servers.cli("push", str(build), "--env", "dev")
+        pushed = servers.cli("push", str(build), "--env", servers.envs["dev"])
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
         version = json.loads(pushed.stdout)["version"]
-        assert servers.plugins("s1") == {"chat": version}
-        assert "dev-lobby" not in registry.tags("plugins/chat")
+        assert servers.reported("s1") == {"chat": version}
+        assert dev_lobby not in registry.tags("plugins/chat")
 
         # economy's first release completes lobby's set: its channel moves, whole
         eco = tmp_path / "economy.jar"
         eco.write_bytes(jar("economy 1.0.0"))
         assert servers.cli("push", str(eco), "--version", "1.0.0").returncode == 0
-        cycled = servers.cli("cycle", "--env", "dev")
+        cycled = servers.cli("cycle", "--env", servers.envs["dev"])
         assert cycled.returncode == 0, cycled.stdout + cycled.stderr
         assert json.loads(cycled.stdout)["incomplete"] == {}
-        assert "dev-lobby" in registry.tags("plugins/chat") and "dev-lobby" in registry.tags("plugins/economy")
-        assert servers.store.get("chat", "dev-lobby").version == version
+        assert dev_lobby in registry.tags("plugins/chat") and dev_lobby in registry.tags("plugins/economy")
+        assert servers.store.get("chat", dev_lobby).version == version
     finally:
         servers.cleanup()

@@ -9,17 +9,23 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from poller.approvals import ApprovalQueue
+from poller.config import parse_config
 from poller.http import RequestCounter
+from poller.runtime import Runtime
 from poller.store import Store
+from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
-from tests.integration.updater_support import (build_local_image, engine_for, push_base,
-                                                    reload_server, retag)
+from poller.updater.target_factory import TargetFactory
+from tests.fixtures.services import wait_until
+from tests.integration.updater_support import build_local_image, engine_for, push_base, reload_server, retag
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,10 +185,11 @@ def test_minor_applies_major_waits_rejected_never_returns_pin_holds(
     retag(registry, REPO, "1.0.0", "3.0.0", label="3.0.0")
     [o] = engine.cycle()
     assert o.action == "waiting-approval"
-    from poller.api import Services, create_app
+    from poller.api import create_app
     from poller.config import parse_config
+    from poller.runtime import Runtime
 
-    app = create_app(Services(config=parse_config(data, file="t", env={}), store=engine.store))
+    app = create_app(Runtime(config=parse_config(data, file="t", env={}), store=engine.store))
     client = app.test_client()
     appr_id = int(o.detail.split()[-1])
     resp = client.post(f"/api/v1/approvals/{appr_id}/reject", json={"by": "bob"},
@@ -370,3 +377,86 @@ def test_minor_policy_with_major_approval_surfaces_the_major_while_minors_keep_f
     assert (once()["action"], pending()) == ("waiting-approval", [("prod", "3.0.0")])
     retag(registry, REPO, "1.0.0", "4.0.0", label="4.0.0")
     assert (once()["to_ref"], pending()) == ("4.0.0", [("prod", "4.0.0")])
+
+
+#: a health check whose first probe comes after an hour: the container stays ``starting``
+NEVER_HEALTHY = {"test": ["CMD", "/bin/busybox", "true"], "interval": 3600 * 10**9}
+
+
+def test_container_that_never_turns_healthy_does_not_delay_another_images_update(
+        tmp_path, registry, docker_client, docker_host, base_image, containers):
+    """``poller run``'s periodic job replaces a container whose health check never passes (its
+    deadline is the default 300 s); a release of another image pushed meanwhile is applied
+    within the interval and a small margin, not after the first one's deadline."""
+    interval, margin = 2.0, 6.0
+    push_base(docker_client, registry, "stuck", "1.0.0")
+    push_base(docker_client, registry, "fast", "1.0.0")
+    stuck = run(docker_client, containers, "stuck", f"{registry.addr}/stuck:1.0.0", healthcheck=NEVER_HEALTHY,
+                stop_signal="SIGKILL")
+    fast = run(docker_client, containers, "fast", f"{registry.addr}/fast:1.0.0", stop_signal="SIGKILL")
+    data = config(tmp_path, registry, [
+        {**deployment("stuck", stuck.name, "patch", registry), "image": f"{registry.addr}/stuck"},
+        {**deployment("fast", fast.name, "patch", registry), "image": f"{registry.addr}/fast"}],
+        docker_host, interval=interval)
+    runtime = Runtime(parse_config(data, file="t.yaml", env={}), store=Store(tmp_path / "slipway.db"))
+    [(_, _, job)] = runtime.periodic_jobs()
+    stop = threading.Event()
+
+    def scheduler():               # what ``poller run`` does with the job
+        while not stop.is_set():
+            job()
+            stop.wait(interval)
+
+    threading.Thread(target=scheduler, daemon=True).start()
+    try:
+        retag(registry, "stuck", "1.0.0", "1.0.1", label="1.0.1")
+        wait_until(lambda: image_of(docker_client, stuck.name) == f"{registry.addr}/stuck:1.0.1", 60,
+                   what="the stuck container replaced")
+        retag(registry, "fast", "1.0.0", "1.0.1", label="1.0.1")
+        pushed = time.monotonic()
+        wait_until(lambda: image_of(docker_client, fast.name) == f"{registry.addr}/fast:1.0.1",
+                   interval + margin, what="the other image's release applied while the first container "
+                                           "is not healthy")
+        print(f"push to replacement: {time.monotonic() - pushed:.1f}s (interval {interval:.0f}s)")
+        history = lambda name: [r.status for r in UpdateHistory(Store(tmp_path / "slipway.db")).list(  # noqa: E731
+            deployment=name)]
+        wait_until(lambda: history("fast") == ["succeeded"], 30, what="the other update recorded succeeded")
+        assert history("stuck") == ["running"]
+        assert docker_client.containers.get(f"{stuck.name}-slipway-old").status == "exited"
+    finally:
+        stop.set()
+
+
+def test_container_not_healthy_by_its_deadline_is_reported_once_and_the_old_one_put_back(
+        tmp_path, registry, docker_client, docker_host, base_image, containers):
+    push_base(docker_client, registry, "stuck", "1.0.0")
+    retag(registry, "stuck", "1.0.0", "1.0.1", label="1.0.1")
+    stuck = run(docker_client, containers, "stuck", f"{registry.addr}/stuck:1.0.0", healthcheck=NEVER_HEALTHY,
+                stop_signal="SIGKILL")
+    data = config(tmp_path, registry, [{**deployment("stuck", stuck.name, "patch", registry),
+                                        "image": f"{registry.addr}/stuck"}], docker_host)
+    cfg = parse_config(data, file="t.yaml", env={})
+    eng = build_engine(cfg, Store(tmp_path / "slipway.db"),
+                       targets=TargetFactory(cfg.updates, docker_base_url=docker_host, rollout_timeout=3))
+    seen: list[str] = []
+    try:
+        [o] = eng.cycle(settle=False)
+        assert (o.action, o.to_ref) == ("rolling", "1.0.1"), o
+        assert image_of(docker_client, stuck.name) == f"{registry.addr}/stuck:1.0.1"
+
+        def failed_once() -> bool:
+            seen.extend(o.action for o in eng.cycle(settle=False))
+            return "failed" in seen
+        wait_until(failed_once, 30, interval=0.5, what="the container past its deadline reported")
+        for _ in range(3):
+            seen.extend(o.action for o in eng.cycle(settle=False))
+        assert seen.count("failed") == 1 and seen[-1] == "held", seen
+        [rec] = UpdateHistory(eng.store).list()
+        assert rec.status == "failed" and "not healthy after 3s" in rec.error, rec
+        back = docker_client.containers.get(stuck.name)
+        assert (back.id, back.status) == (stuck.id, "running")
+        assert image_of(docker_client, stuck.name) == f"{registry.addr}/stuck:1.0.0"
+        assert not [c for c in docker_client.containers.list(all=True) if c.name.startswith(stuck.name)
+                    and c.id != stuck.id]
+    finally:
+        eng.close()

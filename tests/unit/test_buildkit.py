@@ -6,7 +6,6 @@ import base64
 
 import pytest
 
-from poller.buildkit_settings import BuildKitEndpoint
 from poller.builds.builder import BuildPlan
 from poller.builds.buildkit import (
     BuilderPool,
@@ -16,6 +15,7 @@ from poller.builds.buildkit import (
 )
 from poller.config import parse_config
 from poller.errors import ConfigError, UpstreamError
+from poller.settings.buildkit import BuildKitEndpoint
 
 BASE = {"registry": {"url": "127.0.0.1:5000"}}
 

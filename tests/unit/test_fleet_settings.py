@@ -2,14 +2,15 @@
 
 import pytest
 
+from poller.artifacts import uses_fleet
 from poller.artifacts.publish import plugin_name, publish
 from poller.artifacts.servers import parse_report
-from poller.artifacts.settings import channel_tag, type_order
 from poller.artifacts.store import ArtifactError, valid_version
 from poller.config import parse_config
 from poller.errors import ConfigError
 from poller.fleet.jobs import newest_release
-from poller.fleet.settings import dependencies, order_services
+from poller.settings.fleet import dependencies, order_services
+from poller.settings.plugins import channel_tag, type_order
 
 
 def cfg(**sections):
@@ -69,6 +70,16 @@ def test_plugins_mistakes_are_explained(plugins, reason):
     with pytest.raises(ConfigError) as exc:
         cfg(plugins=plugins)
     assert reason in str(exc.value)
+
+
+def test_plugin_restarts_share_a_fleet_services_quorum_only_when_a_type_names_one():
+    lobby = {"server_types": {"lobby": {"plugins": {"chat": "latest"}}}}
+    assert not uses_fleet(cfg(plugins=lobby))
+    assert uses_fleet(cfg(plugins=lobby, fleet={"services": {"lobby": {"image": "r:5000/lobby"}}}))
+    typo = cfg(plugins={"server_types": {"lobby": {"plugins": {}, "fleet_service": "lobbby"}}},
+               fleet={"services": {"lobby": {"image": "r:5000/lobby"}}})
+    with pytest.raises(ConfigError, match=r"plugins.server_types.lobby.fleet_service: no service 'lobbby'"):
+        uses_fleet(typo)
 
 
 def test_fast_track_is_refused_before_anything_is_pushed():

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from poller.app import build_pipeline
 from poller.config import parse_config
+from poller.runtime import build_pipeline
 from poller.scheduler import Scheduler
 from tests.fixtures.services import wait_until
 

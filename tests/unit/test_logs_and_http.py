@@ -119,3 +119,48 @@ def test_registry_basic_challenge_without_credentials_is_an_auth_error(scripted)
     client = RegistryClient(RegistryConfig(url=f"127.0.0.1:{srv.server_address[1]}", insecure=True))
     with pytest.raises(AuthError):
         client.head_manifest("gs", "staging")
+
+
+class _Recording(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.lines.append(self.requestline)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    servers = []
+
+    def start():
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+        srv.lines = []
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return srv
+    yield start
+    for srv in servers:
+        srv.shutdown()
+
+
+def test_sessions_honour_the_proxy_environment_on_every_request(http_server, monkeypatch):
+    """The proxy settings are read once per session and host (not on each request), with the
+    same result: ``HTTP_PROXY`` carries every request to a host, ``NO_PROXY`` hosts go direct."""
+    from poller.http import make_session
+
+    proxy, direct = http_server(), http_server()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    for var in ("http_proxy", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    session = make_session("test")
+    for i in range(3):
+        assert session.get(f"http://registry.invalid/v2/x/tags/list?n={i}").text == "ok"
+        assert session.get(f"http://127.0.0.1:{direct.server_port}/v2/?n={i}").text == "ok"
+    assert proxy.lines == [f"GET http://registry.invalid/v2/x/tags/list?n={i} HTTP/1.1" for i in range(3)]
+    assert direct.lines == [f"GET /v2/?n={i} HTTP/1.1" for i in range(3)]

@@ -1,5 +1,5 @@
+from poller.builds.plans import desired_plans
 from poller.config import SourceConfig
-from poller.policy.plans import desired_plans
 from poller.sources.base import RefSnapshot
 
 CFG = SourceConfig(name="gs", git={"url": "file:///x"}, branch="master", image="r:5000/gs")

@@ -1,4 +1,10 @@
-"""Build a deployment's target (and, for game servers, its rollout and reloader) from settings."""
+"""Build a deployment's target (and, for game servers, its pod rollout and reloader) from its
+settings, caching one Kubernetes client and one informer set per cluster.
+
+It lives with the updater, its user, because it joins two domains below it: the places an
+image runs (:mod:`poller.targets`) and the staged pod rollouts and reloaders
+(:mod:`poller.rollout`, which itself reads :mod:`poller.targets.base`). Inside ``targets`` it
+made targets and rollout import each other."""
 
 from __future__ import annotations
 
@@ -6,8 +12,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from poller.settings.updates import DeploymentConfig, UpdatesConfig
 from poller.targets.base import Target
-from poller.updater.settings import DeploymentConfig, UpdatesConfig
 
 OKG_OWNER_LABEL = "game.kruise.io/owner-gss"
 
@@ -64,13 +70,16 @@ class TargetFactory:
             s.stop()
 
     def kube_api(self, kubeconfig: str | None, context: str | None = None):
-        from poller.targets.kubernetes import api_client
+        """The cluster's client from :func:`poller.kube.api_client` (retries off, one timeout
+        policy; informer watches pass their own). No kubeconfig (neither the deployment's nor
+        ``updates.kubeconfig``): the pod's service account, never the user's default kubeconfig."""
+        from poller import kube
 
         path = kubeconfig or self.updates.kubeconfig
         path = os.path.expanduser(path) if path else None
         key = (path, context)
         if key not in self._apis:
-            self._apis[key] = api_client(path, context)
+            self._apis[key] = kube.api_client(path, context=context, in_cluster=path is None)
         return self._apis[key]
 
     def target(self, d: DeploymentConfig) -> Target:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from poller.config_base import SettingsModel
+from poller.settings.base import SettingsModel
 
 
 class WebhookConfig(SettingsModel):

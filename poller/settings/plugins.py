@@ -13,8 +13,8 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from poller.config_base import SettingsModel
 from poller.names import check_plugin_name, check_repository_path, valid_name
+from poller.settings.base import SettingsModel
 
 _RULE = re.compile(r"^(latest|staging|\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?|\d+(\.\d+)?\.x)$")
 PRODUCTION_NAMES = ("production", "prod")

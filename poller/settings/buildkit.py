@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from poller.config_base import SettingsModel
 from poller.imageref import ImageRef
+from poller.settings.base import SettingsModel
 
 
 class BuildKitEndpoint(SettingsModel):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from poller.config_base import SettingsModel
 from poller.names import check_image_repository, valid_name
+from poller.settings.base import SettingsModel
 
 
 class EtcdConfig(SettingsModel):

@@ -26,13 +26,13 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from poller.config_base import (
+from poller.names import check_dns_label, check_dns_subdomain
+from poller.settings.base import (
     SettingsModel,
     check_image_repository,
     check_name,
     split_url_credentials,
 )
-from poller.names import check_dns_label, check_dns_subdomain
 
 _LABEL = re.compile(r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")
 _PERCENT = re.compile(r"^(100|[1-9]?\d)%$")
