@@ -340,8 +340,10 @@ class Pipeline:
             return act
         self._start_heartbeat()
         try:
-            if self._built_meanwhile(plan):  # by the claim's previous holder
-                act.action, act.status = "up-to-date", "done"
+            pushed = self._built_meanwhile(plan)
+            if pushed is not None:  # by the claim's previous holder
+                act.action, act.status, act.digest = "up-to-date", "done", pushed
+                self._settle_pushed(plan, act, pushed)
                 return act
             build_id = self.store.start_build(source=plan.source, image=plan.image, ref=plan.ref,
                                               kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
@@ -351,14 +353,29 @@ class Pipeline:
         finally:
             self.store.release_claim(image=plan.image, ref=plan.ref, holder=self._holder)
 
-    def _built_meanwhile(self, plan: BuildPlan) -> bool:
-        """Whether the plan's last tag already carries its commit (pushed since the decision)."""
+    def _built_meanwhile(self, plan: BuildPlan) -> str | None:
+        """The digest of the plan's last tag if it already carries the plan's commit (pushed
+        since the decision), else ``None``."""
         repo = self.cfg.source(plan.source).image_repository
         try:
             digest = self.registry.head_manifest(repo, plan.tags[-1])
-            return bool(digest) and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha  # type: ignore[arg-type]
+            if digest and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha:
+                return digest
         except SlipwayError:
-            return False  # the build finds out what is wrong, and records it
+            pass  # the build finds out what is wrong, and records it
+        return None
+
+    def _settle_pushed(self, plan: BuildPlan, act: Action, digest: str) -> None:
+        """A build whose process stopped after its push, before it recorded the outcome (a
+        worker killed there), is recorded as the success the registry shows, and announced."""
+        build_id = self.store.settle_pushed(image=plan.image, ref=plan.ref, sha=plan.sha,
+                                            digest=digest)
+        if build_id is None:
+            return
+        act.build_id = build_id
+        log.warning("build.settled_from_registry", image=plan.image, ref=plan.ref,
+                    sha=plan.sha[:12], build_id=build_id, digest=digest)
+        self._publish_done(plan, build_id, ok=True, digest=digest)
 
     def _start_heartbeat(self) -> None:
         with self._inflight_lock:

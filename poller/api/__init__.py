@@ -42,6 +42,17 @@ def runtime() -> Runtime:
     return current_app.extensions["slipway"]
 
 
+def run_now(*job_ids: str) -> list[str]:
+    """Run these scheduled jobs now, for the work a decision taken through the API unblocks (an
+    approval, a resumed rollout, a published plugin, a release tag). With several replicas only
+    the leader runs them: a follower hands them over in the store, and the leader runs each once.
+    Returns the jobs asked for; none when this process runs no scheduler."""
+    sched = runtime().scheduler
+    if sched is None:
+        return []
+    return [j for j in dict.fromkeys(job_ids) if sched.trigger(j)]
+
+
 def check_token() -> None:
     """Raise :class:`ApiError` (401/403) unless the request carries ``api.token``."""
     httpapi.require_bearer(runtime().config.api.token)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from poller.api import error, require_token, runtime
+from poller.api import error, require_token, run_now, runtime
 from poller.names import InvalidName, check_plugin_name, check_tag
 
 blueprint = Blueprint("artifacts", __name__)
@@ -36,4 +36,7 @@ def publish_plugin(plugin: str):
                        version=request.args.get("version"), env=request.args.get("env"))
     runtime().store.record_event("plugins.published", plugin, version=artifact.version,
                                   digest=artifact.digest, env=request.args.get("env"))
+    # The plugin cycles roll it out now (on the leader), not at their next interval.
+    env = request.args.get("env")
+    run_now(*(f"plugins:{e}" for e in cfg.plugins.environments if env in (None, e)))
     return jsonify({"plugin": plugin, "version": artifact.version, "digest": artifact.digest}), 201

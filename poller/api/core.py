@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from poller.api import body_as, error, read_access, require_token, runtime
+from poller.api import body_as, error, read_access, require_token, run_now, runtime
 from poller.api.models import Decision
 from poller.approvals import ApprovalNotFound, ApprovalQueue
 from poller.httpapi import query_int
@@ -76,6 +76,8 @@ def decide(approval_id: int, decision: str):
         appr = queue.approve(approval_id, by=who) if decision == "approve" else queue.reject(approval_id, by=who)
     except ApprovalNotFound as exc:
         return error(404, "not_found", str(exc))
+    if appr.status == "approved":  # the job that waits for it applies it now, on the leader
+        run_now("updates" if appr.kind == "deployment" else f"charts:{appr.subject.split('/')[0]}")
     return jsonify(appr.__dict__)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify
 
-from poller.api import body_as, error, read_access, require_token, runtime
+from poller.api import body_as, error, read_access, require_token, run_now, runtime
 from poller.api.models import Actor, RollbackRequest
 from poller.errors import NotFound
 from poller.rollback import PRODUCTION, Rollbacks, staging_holds
@@ -50,6 +50,8 @@ def rollback(service: str):
                               dry_run=body.dry_run)
     except NotFound as exc:
         return error(404, "not_found", str(exc))
+    if plan.done and body.env == PRODUCTION:  # the leader builds the new release tag now
+        run_now(f"source:{service}")
     return jsonify(plan.as_dict())
 
 
@@ -61,4 +63,6 @@ def unpin(service: str):
     if missing:
         return missing
     released = _rollbacks().unpin(service, by=body.by or getattr(g, "actor", "api"))
+    if released:  # staging follows the branch head again: the leader moves it now
+        run_now(f"source:{service}")
     return jsonify({"service": service, "released": released})

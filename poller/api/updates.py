@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from poller.api import body_as, error, read_access, require_token, runtime
+from poller.api import body_as, error, read_access, require_token, run_now, runtime
 from poller.api.models import Actor, Pin
 from poller.httpapi import query_int
 from poller.rollout.control import NoActiveRollout, RolloutControl
@@ -52,6 +52,7 @@ def pin(name: str):
     body = body_as(Pin, required=True)
     version = body.version
     UpdateHistory(runtime().store).pin(name, version, by=_who(body))
+    run_now("updates")
     return jsonify({"deployment": name, "pinned": version})
 
 
@@ -62,6 +63,7 @@ def unpin(name: str):
     if missing:
         return missing
     removed = UpdateHistory(runtime().store).unpin(name, by=_who(body_as(Actor)))
+    run_now("updates")
     return jsonify({"deployment": name, "unpinned": removed})
 
 
@@ -79,4 +81,5 @@ def rollout(name: str, action: str):
         rec = fn(name, by=_who(body_as(Actor)))
     except NoActiveRollout as exc:
         return error(409, "no_active_rollout", str(exc))
+    run_now("updates")  # the rollout goes on (or stops) at once, on the leader
     return jsonify(rec.__dict__)
