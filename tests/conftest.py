@@ -28,3 +28,26 @@ def pytest_terminal_summary(terminalreporter):
         for t in left:
             target = getattr(t, "_target", None)
             terminalreporter.write_line(f"{t.name} (daemon={t.daemon}): {getattr(target, '__qualname__', target)}")
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _exit_status.append(int(exitstatus))
+
+
+def pytest_unconfigure(config):
+    """With no thread left (the normal case) the interpreter exits as usual. If the summary above
+    named threads still running, the tests' status is kept by ending the process here rather
+    than letting those threads meet the interpreter's teardown (where a thread writing to a
+    closed stream aborts the process and the status is lost). The named threads are the bug."""
+    import os
+    import sys
+    import threading
+
+    left = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if left and _exit_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
