@@ -36,7 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from poller.app import build_pipeline
+from poller.runtime import build_pipeline
 from poller.builds.builder import BuildPlan
 from poller.config import parse_config
 from poller.pipeline import Action

@@ -26,7 +26,7 @@ from typing import Any
 
 from helm_api.config import HelmApiConfig
 from helm_api.kube import Kube
-from poller.errors import NotFound, PermanentError, UpstreamError
+from poller.errors import InvalidInput, NotFound, PermanentError, Unprocessable, UpstreamError
 from poller.logs import get_logger
 
 log = get_logger(__name__)
@@ -42,22 +42,32 @@ INSTANTIATE_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
 
 
-class UnknownEnvironment(PermanentError):
+class UnknownEnvironment(InvalidInput):
+    """No environment named (and no default), or one that is not configured (400)."""
+
     def __init__(self, environment: str, known: list[str]):
         self.environment, self.known = environment, known
-        super().__init__(f"unknown environment '{environment}'; known: {', '.join(known)}")
+        self.extra = {"known": known}
+        if environment:
+            self.code = "unknown_environment"
+            super().__init__(f"unknown environment '{environment}'; known: {', '.join(known)}")
+        else:
+            self.code = "environment_required"
+            super().__init__("give 'environment' in the body; known: " + ", ".join(known))
 
 
-class CronJobMissing(PermanentError):
-    pass
+class CronJobMissing(NotFound):
+    code = "cronjob_not_found"
 
 
-class CronJobInvalid(PermanentError):
-    pass
+class CronJobInvalid(Unprocessable):
+    """The CronJob has no usable job template (422)."""
+
+    code = "cronjob_invalid"
 
 
-class JobNotFound(PermanentError):
-    pass
+class JobNotFound(NotFound):
+    code = "job_not_found"
 
 
 def job_name(prefix: str, *, clock: Callable[[], float] = time.time) -> str:

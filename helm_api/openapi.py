@@ -55,8 +55,10 @@ def _err(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
-_CLUSTER = {"502": _err("the API server refused the call (RBAC, credentials, a bad request)"),
-            "503": _err("the API server is unreachable or unavailable")}
+# Statuses of cluster errors come from poller.httpapi.STATUS, the table both Flask apps share.
+_CLUSTER = {"403": _err("the API server refused the helm API's credentials (RBAC): cluster_refused"),
+            "409": _err("the API server refused the call as made: cluster_refused"),
+            "503": _err("the API server is unreachable or unavailable: cluster_unavailable")}
 
 
 def openapi_document(environments: list[str], default_environment: str | None = None
@@ -87,11 +89,12 @@ def openapi_document(environments: list[str], default_environment: str | None = 
                             "headers": {"Location": {"schema": {"type": "string"}}}},
                     "400": _err("bad JSON, unknown field, missing or unknown environment"),
                     "401": _err("no bearer token"),
-                    "403": _err("wrong bearer token"),
+                    **_CLUSTER,
+                    "403": _err("wrong bearer token, or the API server refused the helm API's "
+                                "credentials (RBAC: cluster_refused)"),
                     "404": _err("the helmsman CronJob does not exist"),
                     "413": _err("body too large"),
                     "422": _err("the CronJob has no usable job template"),
-                    **_CLUSTER,
                 },
             }},
             "/jobs": {"get": {

@@ -12,8 +12,18 @@ from poller.errors import ConfigError, SlipwayError
 
 def build_parser() -> argparse.ArgumentParser:
     # Each module adds its own subcommands with ``register(subparsers)``.
-    from poller.charts import cli as charts_cli
-    from poller.commands import approvals, fleet, pipeline, plugins, releases, rollback, store, updates, worker
+    from poller.commands import (
+        approvals,
+        charts,
+        fleet,
+        pipeline,
+        plugins,
+        releases,
+        rollback,
+        store,
+        updates,
+        worker,
+    )
 
     parser = argparse.ArgumentParser(
         prog="poller", allow_abbrev=False, description="Slipway: poll sources, build and push images, roll them out.")
@@ -22,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default="auto", choices=["auto", "json", "text"],
                         help="auto: readable on a terminal, JSON otherwise")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (pipeline, approvals, charts_cli, updates, fleet, plugins, rollback, releases,
+    for module in (pipeline, approvals, charts, updates, fleet, plugins, rollback, releases,
                    store, worker):
         module.register(sub)
     return parser

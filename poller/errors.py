@@ -5,6 +5,10 @@ library error that caused it. The scheduler decides what to do from the type:
 
 * :class:`UpstreamError` is temporary: retry later, honouring ``retry_after``.
 * :class:`PermanentError` (and its children) will not fix itself by waiting.
+
+The HTTP APIs answer each kind with one status (:data:`poller.httpapi.STATUS`): not found 404,
+auth 403, invalid input 400, upstream unreachable 503, unprocessable 422, conflict and other
+permanent refusals 409, anything else 500. ``code`` names the error in the JSON answer when a class wants its own.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 
 class SlipwayError(Exception):
     """Base of every error Slipway raises on purpose."""
+
+    #: The ``error`` code an HTTP API answers with; None: the status table's.
+    code: str | None = None
 
 
 class ConfigError(SlipwayError):
@@ -58,7 +65,15 @@ class NotFound(PermanentError):
 
 
 class Conflict(PermanentError):
-    """The upstream refused because of the current state (a 409: exists, or changed since read)."""
+    """Refused because of the current state (a 409: exists, already decided, changed since read)."""
+
+
+class InvalidInput(PermanentError):
+    """What was asked for is malformed or names nothing known (a 400 at an HTTP API)."""
+
+
+class Unprocessable(PermanentError):
+    """Understood, but what it names cannot be used as it is (a 422 at an HTTP API)."""
 
 
 class AuthError(PermanentError):

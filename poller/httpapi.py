@@ -7,6 +7,10 @@ alike:
   :class:`ApiError` anywhere in a view; Werkzeug's own errors (404, 405, 413) and unexpected
   exceptions get the same shape from :func:`install` (an unexpected one is a logged 500 that
   never shows a traceback).
+* An error of the tree (:mod:`poller.errors`) raised in a view is answered from one table,
+  :data:`STATUS` (:func:`status_for`): not found 404, auth 403, invalid input 400, upstream
+  unreachable 503, unprocessable 422, conflict and other permanent refusals 409, anything
+  else 500.
 * Bearer tokens (:func:`require_bearer`): the scheme is case-insensitive (RFC 6750 / RFC 7235),
   a missing header, another scheme or ``Bearer`` with nothing after it is **401** with a
   ``WWW-Authenticate`` challenge, a wrong token is **403**, the comparison is constant-time, and
@@ -33,7 +37,17 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from poller.errors import ConfigError
+from poller.errors import (
+    AuthError,
+    ConfigError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermanentError,
+    SlipwayError,
+    Unprocessable,
+    UpstreamError,
+)
 
 #: Deepest JSON nesting a request body may have.
 MAX_JSON_DEPTH = 32
@@ -49,6 +63,33 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, **extra: Any):
         self.status, self.code, self.message, self.extra = status, code, message, extra
         super().__init__(message)
+
+
+#: The error tree → HTTP status and default ``error`` code; the first row the error is an
+#: instance of wins (the most specific rows come first). Both Flask apps answer from it.
+STATUS: tuple[tuple[type[SlipwayError], int, str], ...] = (
+    (NotFound, 404, "not_found"),
+    (AuthError, 403, "upstream_refused"),      # an upstream refused our credentials
+    (InvalidInput, 400, "bad_request"),
+    (UpstreamError, 503, "upstream_unavailable"),
+    (Unprocessable, 422, "unprocessable"),
+    (Conflict, 409, "conflict"),
+    (PermanentError, 409, "refused"),          # will not pass by retrying as asked
+    (SlipwayError, 500, "internal_error"),
+)
+
+
+def status_for(exc: SlipwayError, codes: dict[type[SlipwayError], str] | None = None) -> tuple[int, str]:
+    """``(status, code)`` of ``exc``: the status from :data:`STATUS`; the code is the error
+    class's own (``code``), else the first of an app's ``codes`` (class → code) that ``exc`` is
+    an instance of, else the table's."""
+    status, code = next((s, c) for cls, s, c in STATUS if isinstance(exc, cls))
+    if exc.code:
+        return status, exc.code
+    for cls, named in (codes or {}).items():
+        if isinstance(exc, cls):
+            return status, named
+    return status, code
 
 
 def error_response(status: int, code: str, message: str, *, realm: str | None = None,
@@ -216,14 +257,27 @@ class IdConverter(BaseConverter):
 
 
 # -- the app ------------------------------------------------------------------------------------
-def install(app: Flask, *, realm: str, max_body: int, log: Any) -> None:
-    """Give ``app`` the shared error handling, the ``id`` converter and a body-size limit."""
+def install(app: Flask, *, realm: str, max_body: int, log: Any,
+            codes: dict[type[SlipwayError], str] | None = None) -> None:
+    """Give ``app`` the shared error handling, the ``id`` converter and a body-size limit.
+
+    ``codes``: the app's own names for kinds of errors (the helm API calls an unreachable
+    upstream ``cluster_unavailable``); the status always comes from :data:`STATUS`."""
     app.config["MAX_CONTENT_LENGTH"] = max_body
     app.url_map.converters["id"] = IdConverter
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, realm=realm, **exc.extra)
+
+    @app.errorhandler(SlipwayError)
+    def _slipway_error(exc: SlipwayError):
+        status, code = status_for(exc, codes)
+        level = log.warning if status >= 500 or isinstance(exc, AuthError) else log.info
+        level("http.error", status=status, code=code, error=f"{type(exc).__name__}: {exc}",
+              path=request.path)
+        return error_response(status, code, str(exc), realm=realm,
+                              **(getattr(exc, "extra", None) or {}))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -259,12 +313,22 @@ class Served:
             self._thread.join(1.0)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every connection and let the worker threads end."""
-        from waitress import wasyncore
+        """Let the running requests end, then close every socket and wait for the server thread.
 
+        The sockets are closed by the server's own thread (woken through waitress's trigger):
+        closed from here they would vanish under that thread's ``select()``, which then fails
+        with EBADF or, once the numbers are reused, waits on whatever this process opens next."""
+        from waitress import trigger, wasyncore
+
+        sockets = getattr(self._server, "map", None) or self._server._map
         self._server.task_dispatcher.shutdown(timeout=timeout)
-        wasyncore.close_all(getattr(self._server, "map", None) or self._server._map)
-        self._thread.join(timeout)
+        wake = next((d for d in list(sockets.values()) if isinstance(d, trigger.trigger)), None)
+        if wake is not None and self._thread.is_alive():
+            wake.pull_trigger(lambda: wasyncore.close_all(sockets))
+            self._thread.join(timeout)
+        if sockets:  # the loop was not running (or did not answer): close them here
+            wasyncore.close_all(sockets)
+            self._thread.join(timeout)
 
 
 #: waitress settings both services use (see README "Operating it").

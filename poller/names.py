@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 
-from poller.errors import PermanentError
+from poller.errors import InvalidInput
 from poller.imageref import ImageRef
 
 
-class InvalidName(PermanentError, ValueError):
+class InvalidName(InvalidInput, ValueError):
     """A name, tag, ref or path that is not allowed where it was given."""
 
 

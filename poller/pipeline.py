@@ -161,6 +161,8 @@ class Pipeline:
         #: With a PostgreSQL store, builds go to the queue (``poller.queue``) instead of the
         #: executor here: ``enqueue(plan, action)`` returns the action as decided.
         self.enqueue: Callable[[BuildPlan, Action], Action] | None = None
+        #: Closed by :meth:`shutdown`: what the pipeline was given to own (the queue's connections).
+        self._closers: list[Callable[[], None]] = []
 
     # -- one source -------------------------------------------------------------------
     def reconcile_source(self, name: str, *, force: bool = False) -> SourceReport:
@@ -338,8 +340,10 @@ class Pipeline:
             return act
         self._start_heartbeat()
         try:
-            if self._built_meanwhile(plan):  # by the claim's previous holder
-                act.action, act.status = "up-to-date", "done"
+            pushed = self._built_meanwhile(plan)
+            if pushed is not None:  # by the claim's previous holder
+                act.action, act.status, act.digest = "up-to-date", "done", pushed
+                self._settle_pushed(plan, act, pushed)
                 return act
             build_id = self.store.start_build(source=plan.source, image=plan.image, ref=plan.ref,
                                               kind=plan.kind, sha=plan.sha, tags=list(plan.tags),
@@ -349,14 +353,29 @@ class Pipeline:
         finally:
             self.store.release_claim(image=plan.image, ref=plan.ref, holder=self._holder)
 
-    def _built_meanwhile(self, plan: BuildPlan) -> bool:
-        """Whether the plan's last tag already carries its commit (pushed since the decision)."""
+    def _built_meanwhile(self, plan: BuildPlan) -> str | None:
+        """The digest of the plan's last tag if it already carries the plan's commit (pushed
+        since the decision), else ``None``."""
         repo = self.cfg.source(plan.source).image_repository
         try:
             digest = self.registry.head_manifest(repo, plan.tags[-1])
-            return bool(digest) and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha  # type: ignore[arg-type]
+            if digest and self.registry.labels(repo, digest).get(LABEL_REVISION) == plan.sha:
+                return digest
         except SlipwayError:
-            return False  # the build finds out what is wrong, and records it
+            pass  # the build finds out what is wrong, and records it
+        return None
+
+    def _settle_pushed(self, plan: BuildPlan, act: Action, digest: str) -> None:
+        """A build whose process stopped after its push, before it recorded the outcome (a
+        worker killed there), is recorded as the success the registry shows, and announced."""
+        build_id = self.store.settle_pushed(image=plan.image, ref=plan.ref, sha=plan.sha,
+                                            digest=digest)
+        if build_id is None:
+            return
+        act.build_id = build_id
+        log.warning("build.settled_from_registry", image=plan.image, ref=plan.ref,
+                    sha=plan.sha[:12], build_id=build_id, digest=digest)
+        self._publish_done(plan, build_id, ok=True, digest=digest)
 
     def _start_heartbeat(self) -> None:
         with self._inflight_lock:
@@ -433,9 +452,23 @@ class Pipeline:
         with self._inflight_lock:
             return sum(1 for f in self._inflight.values() if not f.done())
 
+    def close_on_shutdown(self, close: Callable[[], None]) -> None:
+        """Have :meth:`shutdown` call ``close`` (a part this pipeline owns, e.g. the build queue)."""
+        self._closers.append(close)
+
     def shutdown(self, *, wait: bool = True) -> None:
+        """Stop building and end every thread and connection this pipeline started: the build
+        executor, the claims heartbeat and the parts given to :meth:`close_on_shutdown`."""
         self._shutting_down.set()
         self._executor.shutdown(wait=wait, cancel_futures=True)
+        if self._heartbeat is not None:
+            self._heartbeat.join(5.0)  # it waits on _shutting_down: ends at once
+        while self._closers:
+            close = self._closers.pop()
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - shutting down: the others still close
+                log.warning("pipeline.close_failed", error=repr(exc))
 
     # -- whole passes -----------------------------------------------------------------
     def run_once(self, names: list[str] | None = None) -> list[SourceReport]:

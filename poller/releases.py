@@ -95,10 +95,8 @@ def _read_target(factory: Any, d: Any) -> tuple[str | None, str | None, str | No
 
 def release_board(cfg: Config, store: Store, *, targets: Any = None,
                   clock: Callable[[], float] = time.time) -> list[ServiceBoard]:
-    if targets is None and cfg.updates.deployments:
-        from poller.updater.target_factory import TargetFactory
-
-        targets = TargetFactory(cfg.updates, docker_base_url=cfg.docker.base_url)
+    """``targets``: the runtime's :class:`~poller.updater.target_factory.TargetFactory` (read when
+    deployments are configured)."""
     history = UpdateHistory(store)
     control = RolloutControl(store)
     holds = {h["source"]: h for h in staging_holds(store)}

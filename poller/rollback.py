@@ -243,15 +243,3 @@ class Rollbacks:
                         + (f": {plan.reason}" if plan.reason else ""),
                         service=plan.service, env=plan.env, by=plan.by, reason=plan.reason,
                         digest=plan.to_digest, tag=plan.tag, sha=plan.to_sha)
-
-
-def build_rollbacks(cfg: Config, store: Store) -> Rollbacks:
-    """The rollbacks from a whole config: its registry, its sources, its notify webhooks."""
-    from poller.notify import Notifier
-    from poller.sources.factory import make_source
-
-    registry = RegistryClient(cfg.registry) if cfg.registry is not None else None
-    sources = {s.name: make_source(s, cache_dir=cfg.state_path) for s in cfg.sources}
-    notifier = Notifier(cfg.notify) if cfg.notify.webhooks else None
-    return Rollbacks(cfg, store, registry=registry, sources=sources,
-                     notify=notifier.send if notifier else None)

@@ -1,7 +1,8 @@
 """The poller's HTTP API: a Flask app factory with one blueprint per domain.
 
-``create_app(services)`` takes the already-built parts (store, config, pipeline, scheduler...)
-in a :class:`Services` holder; nothing here reads the environment. Auth, errors, input parsing
+``create_app(runtime)`` takes the process's :class:`~poller.runtime.Runtime` (config, store,
+pipeline and scheduler when they run here, fleet state, artifacts...); views reach it through
+:func:`runtime` and build nothing themselves; nothing here reads the environment. Auth, errors, input parsing
 and serving come from :mod:`poller.httpapi`, shared with the helm API:
 
 * Every call that changes something needs ``Authorization: Bearer <api.token>`` (401 without
@@ -18,18 +19,18 @@ Each domain's routes are a blueprint, imported and registered explicitly in :fun
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g
 
 from poller import httpapi
-from poller.config import Config
-from poller.errors import ConfigError, SlipwayError, UpstreamError
+from poller.errors import ConfigError
 from poller.httpapi import error_response
 from poller.logs import get_logger
-from poller.store import Store
+
+if TYPE_CHECKING:
+    from poller.runtime import Runtime
 
 log = get_logger("poller.api")
 
@@ -37,30 +38,31 @@ log = get_logger("poller.api")
 REALM = "slipway"
 
 
-@dataclass
-class Services:
-    """What the API can reach. Optional parts are ``None`` when not running."""
-
-    config: Config
-    store: Store
-    pipeline: Any = None
-    scheduler: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def services() -> Services:
+def runtime() -> Runtime:
+    """The runtime the app was created with."""
     return current_app.extensions["slipway"]
+
+
+def run_now(*job_ids: str) -> list[str]:
+    """Run these scheduled jobs now, for the work a decision taken through the API unblocks (an
+    approval, a resumed rollout, a published plugin, a release tag). With several replicas only
+    the leader runs them: a follower hands them over in the store, and the leader runs each once.
+    Returns the jobs asked for; none when this process runs no scheduler."""
+    sched = runtime().scheduler
+    if sched is None:
+        return []
+    return [j for j in dict.fromkeys(job_ids) if sched.trigger(j)]
 
 
 def check_token() -> None:
     """Raise :class:`ApiError` (401/403) unless the request carries ``api.token``."""
-    httpapi.require_bearer(services().config.api.token)
+    httpapi.require_bearer(runtime().config.api.token)
     g.actor = "token"
 
 
 def can_read() -> bool:
     """True when read-only data may be served to this request."""
-    return services().config.api.public_read or httpapi.has_bearer(services().config.api.token)
+    return runtime().config.api.public_read or httpapi.has_bearer(runtime().config.api.token)
 
 
 def require_token(fn: Callable) -> Callable:
@@ -76,7 +78,7 @@ def read_access(fn: Callable) -> Callable:
     """For read-only routes: open when ``api.public_read``, else the token is needed."""
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        if not services().config.api.public_read:
+        if not runtime().config.api.public_read:
             check_token()
         return fn(*args, **kwargs)
     return wrapper
@@ -96,21 +98,12 @@ def body_as(model: Any, required: bool = False) -> Any:
     return httpapi.validate(model, json_body(required=required))
 
 
-def create_app(svc: Services) -> Flask:
+def create_app(rt: Runtime) -> Flask:
     # static_folder=None: the only static files are the dashboard's own (its blueprint).
     app = Flask("poller.api", static_folder=None)
-    app.extensions["slipway"] = svc
+    app.extensions["slipway"] = rt
     app.config["JSON_SORT_KEYS"] = False
-    httpapi.install(app, realm=REALM, max_body=svc.config.api.max_body_bytes, log=log)
-
-    @app.errorhandler(UpstreamError)
-    def _upstream(exc):
-        log.warning("api.upstream_unavailable", error=str(exc))
-        return error(503, "upstream_unavailable", str(exc))
-
-    @app.errorhandler(SlipwayError)
-    def _slipway(exc):
-        return error(409, type(exc).__name__, str(exc))
+    httpapi.install(app, realm=REALM, max_body=rt.config.api.max_body_bytes, log=log)
 
     from poller.api import artifacts, core, dashboard, fleet, openapi, releases, rollbacks, updates, webhooks
 

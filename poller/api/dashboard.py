@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template
 
-from poller.api import can_read, error, read_access, services
+from poller.api import can_read, error, read_access, runtime
 from poller.approvals import ApprovalQueue
 from poller.events import BuildStarted, EventBus
 from poller.httpapi import configured_secret
@@ -172,7 +172,7 @@ def _helm_runs(svc) -> dict | None:
 
 
 def _context() -> dict:
-    svc = services()
+    svc = runtime()
     running, recent = _builds(svc)
     return {
         "sources": _sources(svc),
@@ -202,7 +202,7 @@ def root():
 @blueprint.get("/dashboard")
 def page():
     ctx = _context() if _readable() else None
-    return render_template("dashboard.html", ctx=ctx, public_read=services().config.api.public_read)
+    return render_template("dashboard.html", ctx=ctx, public_read=runtime().config.api.public_read)
 
 
 @blueprint.get("/dashboard/sections")
@@ -214,12 +214,12 @@ def sections():
 @blueprint.get("/dashboard/builds/<id:build_id>/log")
 @read_access
 def build_log(build_id: int):
-    svc = services()
+    svc = runtime()
     rec = svc.store.get_build(build_id)
     if rec is None:
         return error(404, "not_found", f"no build {build_id}")
     text = rec.log
-    live = svc.extra.get("live_logs")
+    live = svc.live_logs
     if rec.status == "running" and live is not None:
         text = live.get(build_id) or ""
     resp = Response(text, mimetype="text/plain")

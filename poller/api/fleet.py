@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from poller.api import body_as, error, read_access, require_token, services
+from poller.api import body_as, error, read_access, require_token, runtime
 from poller.api.models import FleetRollout
 from poller.httpapi import ApiError
 
@@ -12,12 +12,10 @@ blueprint = Blueprint("fleet", __name__)
 
 
 def _state():
-    from poller.fleet import open_state
-
-    cfg = services().config.fleet
-    if not cfg.services:
+    rt = runtime()
+    if not rt.config.fleet.services:
         raise ApiError(404, "fleet_not_configured", "no fleet is configured (fleet.services)")
-    return open_state(cfg)
+    return rt.fleet
 
 
 @blueprint.get("/api/v1/fleet")

@@ -112,6 +112,7 @@ def openapi_document() -> dict[str, Any]:
     not_found = {"404": _err("no such thing")}
     conflict = {"409": _err("refused in the current state")}
     upstream = {"503": _err("an upstream (store, etcd, registry) is unavailable")}
+    # (errors of the tree get their status from poller.httpapi.STATUS, as on the helm API)
     html = {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
     paths: dict[str, Any] = {
         "/healthz": _get("Liveness", _json(_ref("Health")), read=False),
@@ -191,6 +192,8 @@ def openapi_document() -> dict[str, Any]:
                 "schema": {"type": "string", "format": "binary", "minLength": 1}}}},
             "responses": {"201": _json(_ref("Published")), **_WRITE,
                           "413": _err("body larger than api.max_upload_bytes"),
+                          "403": _err("wrong bearer token, or the registry refused the "
+                                      "poller's credentials"),
                           **conflict, **upstream}}},
         "/hooks/gitlab": _hook("GitLab push / tag push events (X-Gitlab-Token)",
                                [_header("X-Gitlab-Token"), _header("X-Gitlab-Event-UUID")]),

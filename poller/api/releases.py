@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, render_template
 
-from poller.api import can_read, read_access, services
+from poller.api import can_read, read_access, runtime
 from poller.humanize import ago
 from poller.releases import progress_svg, release_board, timeline_svg
 
@@ -16,12 +16,12 @@ def _short(digest: str | None) -> str:
 
 
 def _targets():
-    return services().extra.get("targets")
+    return runtime().targets
 
 
 @blueprint.get("/dashboard/releases")
 def page():
-    svc = services()
+    svc = runtime()
     boards = release_board(svc.config, svc.store, targets=_targets()) if can_read() else None
     return render_template("releases.html", boards=boards, ago=ago, short=_short,
                            timeline=lambda b: timeline_svg(b.timeline),
@@ -31,5 +31,5 @@ def page():
 @blueprint.get("/api/v1/releases")
 @read_access
 def data():
-    svc = services()
+    svc = runtime()
     return jsonify([b.as_dict() for b in release_board(svc.config, svc.store, targets=_targets())])

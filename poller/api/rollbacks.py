@@ -5,28 +5,21 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify
 
-from poller.api import body_as, error, read_access, require_token, services
+from poller.api import body_as, error, read_access, require_token, run_now, runtime
 from poller.api.models import Actor, RollbackRequest
 from poller.errors import NotFound
-from poller.rollback import PRODUCTION, Rollbacks, build_rollbacks, staging_holds
+from poller.rollback import PRODUCTION, Rollbacks, staging_holds
 
 blueprint = Blueprint("rollbacks", __name__)
 
 
 def _rollbacks() -> Rollbacks:
-    svc = services()
-    pipeline = svc.pipeline
-    if pipeline is not None:  # the running poller's own registry client and sources
-        from poller.notify import Notifier
-
-        notify = Notifier(svc.config.notify).send if svc.config.notify.webhooks else None
-        return Rollbacks(svc.config, svc.store, registry=pipeline.registry,
-                         sources=pipeline.sources, notify=notify)
-    return build_rollbacks(svc.config, svc.store)
+    # the runtime's registry client and sources: the running pipeline's own
+    return runtime().rollbacks()
 
 
 def _known(service: str):
-    if not any(s.name == service for s in services().config.sources):
+    if not any(s.name == service for s in runtime().config.sources):
         return error(404, "not_found", f"no source named {service!r} in sources")
     return None
 
@@ -34,7 +27,7 @@ def _known(service: str):
 @blueprint.get("/api/v1/rollbacks")
 @read_access
 def rollbacks():
-    store = services().store
+    store = runtime().store
     return jsonify({"holds": staging_holds(store),
                     "recent": list(store.events(kind="rollback", limit=50))})
 
@@ -57,6 +50,8 @@ def rollback(service: str):
                               dry_run=body.dry_run)
     except NotFound as exc:
         return error(404, "not_found", str(exc))
+    if plan.done and body.env == PRODUCTION:  # the leader builds the new release tag now
+        run_now(f"source:{service}")
     return jsonify(plan.as_dict())
 
 
@@ -68,4 +63,6 @@ def unpin(service: str):
     if missing:
         return missing
     released = _rollbacks().unpin(service, by=body.by or getattr(g, "actor", "api"))
+    if released:  # staging follows the branch head again: the leader moves it now
+        run_now(f"source:{service}")
     return jsonify({"service": service, "released": released})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from poller.api import body_as, error, read_access, require_token, services
+from poller.api import body_as, error, read_access, require_token, run_now, runtime
 from poller.api.models import Actor, Pin
 from poller.httpapi import query_int
 from poller.rollout.control import NoActiveRollout, RolloutControl
@@ -18,7 +18,7 @@ blueprint = Blueprint("updates", __name__)
 
 
 def _deployment_or_404(name: str):
-    if services().config.updates.deployment(name) is None:
+    if runtime().config.updates.deployment(name) is None:
         return error(404, "not_found", f"no deployment named {name!r} in updates.deployments")
     return None
 
@@ -31,7 +31,7 @@ def _who(body: Actor | Pin) -> str:
 @read_access
 def status():
     limit = query_int("limit", 20, minimum=1, maximum=500)
-    svc = services()
+    svc = runtime()
     return jsonify(updates_status(svc.config, svc.store, limit=limit))
 
 
@@ -39,7 +39,7 @@ def status():
 @read_access
 def history():
     limit = query_int("limit", 50, minimum=1, maximum=500)
-    items = UpdateHistory(services().store).list(deployment=request.args.get("deployment"), limit=limit)
+    items = UpdateHistory(runtime().store).list(deployment=request.args.get("deployment"), limit=limit)
     return jsonify([u.__dict__ for u in items])
 
 
@@ -51,7 +51,8 @@ def pin(name: str):
         return missing
     body = body_as(Pin, required=True)
     version = body.version
-    UpdateHistory(services().store).pin(name, version, by=_who(body))
+    UpdateHistory(runtime().store).pin(name, version, by=_who(body))
+    run_now("updates")
     return jsonify({"deployment": name, "pinned": version})
 
 
@@ -61,7 +62,8 @@ def unpin(name: str):
     missing = _deployment_or_404(name)
     if missing:
         return missing
-    removed = UpdateHistory(services().store).unpin(name, by=_who(body_as(Actor)))
+    removed = UpdateHistory(runtime().store).unpin(name, by=_who(body_as(Actor)))
+    run_now("updates")
     return jsonify({"deployment": name, "unpinned": removed})
 
 
@@ -71,7 +73,7 @@ def rollout(name: str, action: str):
     missing = _deployment_or_404(name)
     if missing:
         return missing
-    control = RolloutControl(services().store)
+    control = RolloutControl(runtime().store)
     fn = {"pause": control.pause, "resume": control.resume, "abort": control.abort}.get(action)
     if fn is None:
         return error(404, "not_found", "use /pause, /resume or /abort")
@@ -79,4 +81,5 @@ def rollout(name: str, action: str):
         rec = fn(name, by=_who(body_as(Actor)))
     except NoActiveRollout as exc:
         return error(409, "no_active_rollout", str(exc))
+    run_now("updates")  # the rollout goes on (or stops) at once, on the leader
     return jsonify(rec.__dict__)

@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, current_app, jsonify, request
 
-from poller.api import error, services
+from poller.api import error, runtime
 from poller.httpapi import (
     ApiError,
     bearer_token,
@@ -120,7 +120,7 @@ def _path_suffix(url: str | None, path: str | None) -> bool:
 
 def _matching_sources(*, paths: Iterable[str], urls: Iterable[str | None],
                       kind: str, project_id: Any = None) -> list[str]:
-    cfg = services().config
+    cfg = runtime().config
     paths = [p.strip("/") for p in paths if isinstance(p, str) and p.strip("/")]
     wanted = {u for u in (normalize_repo_url(u) for u in urls) if u}
     out = []
@@ -142,7 +142,7 @@ def _matching_sources(*, paths: Iterable[str], urls: Iterable[str | None],
 
 def _trigger_sources(names: list[str], reason: str) -> list[dict]:
     """Reconcile each source now: through the scheduler when it runs one, else in a thread."""
-    svc = services()
+    svc = runtime()
     out = []
     for name in names:
         how = None
@@ -168,7 +168,7 @@ def _reconcile_quietly(pipeline, name: str) -> None:
 # -- request plumbing ----------------------------------------------------------------------
 def _secret(attr: str) -> str | None:
     """The receiver's secret; None when unset or empty (the receiver is then disabled)."""
-    return configured_secret(getattr(services().config.api, attr, None))
+    return configured_secret(getattr(runtime().config.api, attr, None))
 
 
 def _disabled(name: str):
@@ -288,7 +288,7 @@ def github_hook():
 # -- registry ------------------------------------------------------------------------------
 def _watched_images() -> dict[str, list[str]]:
     """Every image the config watches, mapped to the scheduler jobs that may care about it."""
-    cfg = services().config
+    cfg = runtime().config
     images: dict[str, list[str]] = {}
     for s in cfg.sources:
         images.setdefault(s.image, [])
@@ -300,7 +300,7 @@ def _watched_images() -> dict[str, list[str]]:
 
 
 def _image_for(repository: str, host: str | None) -> str | None:
-    registry = services().config.registry
+    registry = runtime().config.registry
     registry_host = registry.host if registry is not None else None
     for image in _watched_images():
         img_host, _, img_repo = image.partition("/")
@@ -322,7 +322,7 @@ def registry_hook():
     events = data.get("events")
     if not isinstance(events, list):
         return error(400, "bad_request", "a registry notification envelope has an 'events' list")
-    svc = services()
+    svc = runtime()
     watched = _watched_images()
     matched: list[dict] = []
     duplicates = 0

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from poller.errors import SlipwayError
+from poller.errors import Conflict, NotFound
 from poller.store import Store
 
 PENDING, APPROVED, REJECTED, EXPIRED, APPLIED = "pending", "approved", "rejected", "expired", "applied"
@@ -21,7 +21,7 @@ SUPERSEDED = "superseded"
 STATUSES = (PENDING, APPROVED, REJECTED, EXPIRED, APPLIED, SUPERSEDED)
 
 
-class ApprovalNotFound(SlipwayError):
+class ApprovalNotFound(NotFound):
     pass
 
 
@@ -90,7 +90,7 @@ class ApprovalQueue:
             (status, self.clock(), who, approval_id))
         appr = self.get(approval_id)
         if cur.rowcount == 0 and appr.status != status:
-            raise SlipwayError(f"approval {approval_id} is {appr.status}, not pending")
+            raise Conflict(f"approval {approval_id} is {appr.status}, not pending")
         self.store.record_event("approval", appr.subject, id=approval_id, decision=status, by=who,
                                 to_version=appr.to_version)
         return appr

@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _queue(args):
-    from poller.app import open_store
     from poller.approvals import ApprovalQueue
+    from poller.runtime import Runtime
 
-    return ApprovalQueue(open_store(load_config(args.config)))
+    return ApprovalQueue(Runtime(load_config(args.config)).store)
 
 
 def cmd_list(args) -> int:

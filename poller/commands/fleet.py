@@ -35,35 +35,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=cmd_control, action=action)
 
 
-def _fleet(args):
-    """The fleet settings of ``--config``; a config without ``fleet.services`` is a config error
-    (not an etcd error: there is nothing to ask etcd about)."""
-    cfg = load_config(args.config)
-    if not cfg.fleet.services:
-        raise ConfigError("no fleet is configured: add the services the fleet runs",
-                          file=cfg.path, key="fleet.services")
-    return cfg.fleet
-
-
 def cmd_agent(args) -> int:
-    from poller.fleet.runner import build_agent
+    from poller.runtime import Runtime
 
     cfg = load_config(args.config)
     if cfg.fleet.agent is None:
         raise ConfigError("poller agent needs this machine's settings (machine, containers)",
                           file=cfg.path, key="fleet.agent")
+    runtime = Runtime(cfg)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    build_agent(cfg.fleet, docker_url=cfg.docker.base_url, stop=stop).run()
+    runtime.fleet_agent(stop).run()
     return 0
 
 
 def cmd_status(args) -> int:
     from poller.commands.tables import table
-    from poller.fleet import open_state, snapshot
+    from poller.fleet import snapshot
 
-    snap = snapshot(open_state(_fleet(args)))
+    snap = snapshot(_state(args))
     if args.json:
         print(json.dumps(snap, indent=2))
         return 0
@@ -78,20 +69,27 @@ def cmd_status(args) -> int:
 
 
 def cmd_rollout(args) -> int:
-    from poller.fleet import open_state
-
     if len(args.pairs) % 2:
         raise SlipwayError("give SERVICE VERSION pairs")
     versions = dict(zip(args.pairs[::2], args.pairs[1::2]))
-    for ro in open_state(_fleet(args)).start_rollouts(versions, paused=args.paused).values():
+    for ro in _state(args).start_rollouts(versions, paused=args.paused).values():
         print(f"rollout {ro.id}: {ro.service} -> {ro.version} ({ro.state})")
     return 0
 
 
 def cmd_control(args) -> int:
-    from poller.fleet import open_state
-
-    state = open_state(_fleet(args))
-    ro = getattr(state, args.action)(args.service)
+    ro = getattr(_state(args), args.action)(args.service)
     print(f"rollout {ro.id}: {ro.service} -> {ro.version} ({ro.state})")
     return 0
+
+
+def _state(args):
+    """The fleet of ``--config``; a config without ``fleet.services`` is a config error (not an
+    etcd error: there is nothing to ask etcd about)."""
+    from poller.runtime import Runtime
+
+    cfg = load_config(args.config)
+    if not cfg.fleet.services:
+        raise ConfigError("no fleet is configured: add the services the fleet runs",
+                          file=cfg.path, key="fleet.services")
+    return Runtime(cfg).fleet

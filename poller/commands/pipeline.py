@@ -78,16 +78,17 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_once(args) -> int:
-    from poller.app import build_pipeline
     from poller.logs import mask_value
+    from poller.runtime import Runtime
 
-    cfg = load_config(args.config)
-    pipeline = build_pipeline(cfg, on_build_log=_log_printer(args.logs))
+    runtime = Runtime(load_config(args.config))
+    cfg = runtime.config
+    pipeline = runtime.build_pipeline(on_build_log=_log_printer(args.logs))
     try:
         for name in args.source or []:
             cfg.source(name)
         reports = pipeline.run_once(args.source)
-        extra = _charts_once(cfg, pipeline.store)
+        extra = _charts_once(runtime)
     except KeyboardInterrupt:
         if running := pipeline.running_builds():
             print(f"poller: interrupted; letting {running} running build{'s' * (running > 1)} finish "
@@ -123,75 +124,36 @@ def cmd_once(args) -> int:
     return 1 if failed else 0
 
 
-def _charts_once(cfg, store) -> list[dict]:
-    if not cfg.charts.repos:
-        return []
-    try:
-        from poller.charts.watcher import ChartWatcher
-    except ModuleNotFoundError:
-        return []
+def _charts_once(runtime) -> list[dict]:
     out = []
-    for repo in cfg.charts.repos:
+    for watcher in runtime.chart_watchers:
         try:
-            result = ChartWatcher(repo, cfg.charts, store).reconcile()
-            out.append({"repo": repo.name, "result": result if isinstance(result, (list, dict)) else str(result)})
+            result = watcher.reconcile()
+            out.append({"repo": watcher.repo.name,
+                        "result": result if isinstance(result, (list, dict)) else str(result)})
         except Exception as exc:  # noqa: BLE001 - a boundary: logged, never raised further
-            out.append({"repo": repo.name, "error": str(exc)})
+            out.append({"repo": watcher.repo.name, "error": str(exc)})
     return out
 
 
-def _periodic_jobs(cfg, store, bus) -> list:
-    """Every domain's periodic work in ``poller run``: chart watches, deployment updates, fleet
-    releases, plugin cycles, each ``(id, interval, fn)`` publishing on ``bus``."""
-    from poller.artifacts.jobs import jobs as plugin_jobs
-    from poller.fleet import open_state
-    from poller.fleet.jobs import jobs as fleet_jobs
-    from poller.updater.jobs import jobs as update_jobs
-
-    jobs = []
-    if cfg.charts.repos:
-        from poller.charts.watcher import ChartWatcher
-
-        for repo in cfg.charts.repos:
-            watcher = ChartWatcher(repo, cfg.charts, store, bus=bus)
-            jobs.append((f"charts:{repo.name}", repo.interval or cfg.poll.interval, watcher.reconcile))
-    for provider in (update_jobs, fleet_jobs):
-        jobs.extend(provider(cfg, store, bus))
-    jobs.extend(plugin_jobs(cfg, store, bus, open_fleet=lambda: open_state(cfg.fleet)))
-    return jobs
-
-
 def cmd_run(args) -> int:
-    from poller.api import Services, create_app, serve_in_thread
+    from poller.api import create_app, serve_in_thread
     from poller.api.dashboard import LiveLogs, tee
-    from poller.app import build_pipeline
     from poller.commands.progress import ProgressDisplay
-    from poller.events import EventBus, subscribe_log_correlation
     from poller.logs import get_logger
-    from poller.metrics import install as install_metrics
-    from poller.notify import subscribe_notifications
-    from poller.scheduler import Scheduler
+    from poller.runtime import Runtime
 
     cfg = load_config(args.config)
     printer = _log_printer("auto")
-    live_logs = LiveLogs()
-    bus = EventBus()
-    pipeline = build_pipeline(cfg, bus=bus, on_build_log=tee(printer, live_logs.on_log))
-    subscribe_log_correlation(bus)
-    live_logs.subscribe(bus)
-    install_metrics(bus, pipeline.store)
+    runtime = Runtime(cfg, live_logs=LiveLogs())
+    runtime.build_pipeline(on_build_log=tee(printer, runtime.live_logs.on_log))
+    runtime.observe()
     if isinstance(printer, ProgressDisplay):
-        printer.subscribe(bus)
-    notifications = subscribe_notifications(cfg.notify, pipeline.store, bus)
-    jobs = _periodic_jobs(cfg, pipeline.store, bus)
-    if notifications is not None:
-        jobs.append(("notify", min(15.0, cfg.poll.interval), notifications.announce))
-    scheduler = Scheduler(cfg, pipeline, extra_jobs=jobs)
+        printer.subscribe(runtime.bus)
+    scheduler = runtime.build_scheduler()
     server = None
     if cfg.api.listen:
-        app = create_app(Services(config=cfg, store=pipeline.store, pipeline=pipeline, scheduler=scheduler,
-                                  extra={"live_logs": live_logs}))
-        server = serve_in_thread(app, cfg.api.listen)
+        server = serve_in_thread(create_app(runtime), cfg.api.listen)
         get_logger("poller.api").info("api.listening", listen=cfg.api.listen, server="waitress",
                                       threads=cfg.api.threads,
                                       token="set" if cfg.api.token else "none (read-only)")
@@ -200,17 +162,18 @@ def cmd_run(args) -> int:
     finally:
         if server is not None:
             server.close()
+        runtime.close()
     return 0
 
 
 def cmd_status(args) -> int:
-    from poller.app import open_store
     from poller.approvals import ApprovalQueue
     from poller.commands.tables import table
     from poller.humanize import ago, took
+    from poller.runtime import Runtime
 
     cfg = load_config(args.config)
-    store = open_store(cfg)
+    store = Runtime(cfg).store
     if args.log is not None:
         build = store.get_build(args.log)
         if build is None:

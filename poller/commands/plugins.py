@@ -45,23 +45,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cycle(cfg, env: str) -> dict:
-    from poller.artifacts import rollout_for
     from poller.errors import SlipwayError
-    from poller.fleet import open_state
+    from poller.runtime import Runtime
 
     if env not in cfg.plugins.environments:
         raise SlipwayError(f"no environment '{env}' in plugins.environments")
-    return rollout_for(cfg, env, open_fleet=lambda: open_state(cfg.fleet)).cycle(env).as_dict()
+    return Runtime(cfg).plugin_rollout(env).cycle(env).as_dict()
 
 
 def cmd_push(args) -> int:
-    from poller.artifacts import open_store
     from poller.artifacts.publish import plugin_name, publish
+    from poller.runtime import Runtime
 
     cfg = load_config(args.config)
     path = Path(args.file)
     plugin = args.plugin or plugin_name(path)
-    artifact = publish(open_store(cfg), cfg.plugins, plugin, path.read_bytes(), version=args.version,
+    artifact = publish(Runtime(cfg).artifacts, cfg.plugins, plugin, path.read_bytes(), version=args.version,
                        env=args.env)
     out = {"plugin": plugin, "version": artifact.version, "digest": artifact.digest}
     if args.env and not args.no_restart:
@@ -71,7 +70,7 @@ def cmd_push(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from poller.artifacts import FETCH_SCRIPT, open_store
+    from poller.artifacts import FETCH_SCRIPT
     from poller.errors import SlipwayError
     from poller.settings.plugins import channel_tag
 
@@ -84,7 +83,9 @@ def cmd_fetch(args) -> int:
     st = cfg.plugins.server_types.get(args.server_type)
     if st is None:
         raise SlipwayError(f"no server type '{args.server_type}' in plugins.server_types")
-    store = open_store(cfg)
+    from poller.runtime import Runtime
+
+    store = Runtime(cfg).artifacts
     dest = Path(args.dest)
     lines = []
     for plugin in st.plugins:
@@ -99,12 +100,12 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from poller.artifacts import docker_client
     from poller.artifacts.servers import find_servers
     from poller.commands.tables import table
+    from poller.runtime import Runtime
 
     cfg = load_config(args.config)
-    servers = find_servers(docker_client(cfg), cfg.plugins.probe, args.env)
+    servers = find_servers(Runtime(cfg).docker_client(cfg.plugins.docker_url)(), cfg.plugins.probe, args.env)
     rows = [{"server": s.name, "type": t, "plugins": s.report(), "busy": s.busy()}
             for t, members in sorted(servers.items()) for s in members]
     if args.json:

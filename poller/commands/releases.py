@@ -28,13 +28,14 @@ def _short(digest: str | None) -> str:
 
 
 def cmd_releases(args) -> int:
-    from poller.app import open_store
     from poller.commands.tables import table
     from poller.humanize import ago
     from poller.releases import release_board
+    from poller.runtime import Runtime
 
-    cfg = load_config(args.config)
-    boards = release_board(cfg, open_store(cfg))
+    runtime = Runtime(load_config(args.config))
+    cfg = runtime.config
+    boards = release_board(cfg, runtime.store, targets=runtime.targets)
     if args.json:
         print(json.dumps([b.as_dict() for b in boards], indent=2, default=str))
         return 0

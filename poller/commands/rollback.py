@@ -33,11 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_rollback(args) -> int:
-    from poller.app import open_store
-    from poller.rollback import build_rollbacks
+    from poller.runtime import Runtime
 
-    cfg = load_config(args.config)
-    rb = build_rollbacks(cfg, open_store(cfg))
+    rb = Runtime(load_config(args.config)).rollbacks()
     by = args.by or f"cli:{getpass.getuser()}"
     if args.unpin:
         if args.env != "staging":

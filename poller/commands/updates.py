@@ -52,10 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(args):
-    from poller.app import open_store
+    from poller.runtime import Runtime
 
-    cfg = load_config(args.config)
-    return cfg, open_store(cfg)
+    runtime = Runtime(load_config(args.config))
+    return runtime.config, runtime.store
 
 
 def _known(cfg, name: str) -> None:
@@ -105,10 +105,9 @@ def render(st: dict, ago, table) -> str:
 
 
 def cmd_once(args) -> int:
-    from poller.updater.build import build_engine
+    from poller.runtime import Runtime
 
-    cfg, store = _open(args)
-    outcomes = build_engine(cfg, store).cycle()
+    outcomes = Runtime(load_config(args.config)).engine.cycle()
     if args.json:
         print(json.dumps([o.as_dict() for o in outcomes], indent=2))
     else:

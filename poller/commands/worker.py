@@ -19,17 +19,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_worker(args) -> int:
-    from poller.app import build_pipeline, open_store
     from poller.queue import run_worker
+    from poller.runtime import Runtime
 
     cfg = load_config(args.config)
     if args.concurrency is not None and not 1 <= args.concurrency <= 64:
         raise ConfigError("--concurrency must be between 1 and 64")
-    store = open_store(cfg)
+    runtime = Runtime(cfg)
+    store = runtime.store
     if not store.pg:
         raise ConfigError("poller worker needs a PostgreSQL store (store.url: postgresql://...); "
                           "with SQLite, builds run inside poller run", file=cfg.path, key="store.url")
-    pipeline = build_pipeline(cfg, store=store, queue=False)
-    run_worker(pipeline, cfg.store_target, queues=args.queue or [cfg.store.queue.name],
-               concurrency=args.concurrency or cfg.build.concurrency, lease=cfg.store.queue.lease)
+    pipeline = runtime.build_pipeline(queue=False)
+    try:
+        run_worker(pipeline, cfg.store_target, queues=args.queue or [cfg.store.queue.name],
+                   concurrency=args.concurrency or cfg.build.concurrency, lease=cfg.store.queue.lease)
+    finally:
+        pipeline.shutdown(wait=False)  # its claims heartbeat ends before the interpreter does
     return 0

@@ -43,12 +43,10 @@ def check_for_releases(state, registry, store=None, bus: EventBus | None = None)
     return started
 
 
-def jobs(cfg, store, bus: EventBus | None = None) -> list:
+def jobs(cfg, fleet_state, registry, store, bus: EventBus | None = None) -> list:
+    """``fleet_state()``: the runtime's fleet state, asked for only with ``fleet.auto_rollout``;
+    ``registry``: the runtime's client of the build registry, where the services' images are."""
     if not cfg.fleet.auto_rollout or not cfg.fleet.services:
         return []
-    from poller.fleet import open_state
-    from poller.registry.client import RegistryClient
-
-    state = open_state(cfg.fleet)
-    registry = RegistryClient(cfg.registry)
+    state = fleet_state()
     return [("fleet:releases", cfg.fleet.interval, lambda: check_for_releases(state, registry, store, bus))]

@@ -3,11 +3,14 @@
 The poller that decides a build enqueues it; ``poller worker`` processes run it on any
 machine with a Docker engine. The queue's locks make it at most one build per
 (image, ref, commit) across every process: a job's ``queueing_lock`` refuses a second
-waiting job for the same commit, its ``lock`` keeps a second one from starting while one
-runs. Workers send heartbeats; a worker that stops beating (killed mid-build) has its job
-put back by whichever worker sweeps next (``lease`` seconds later), however many times its
-workers die, or closed in favour of a job for the same commit queued meanwhile. A build that fails (a broken commit, the worker's
-engine gone) fails that job only, recorded in the store like an in-process build.
+waiting job for the same commit, a job waiting or being built keeps the poller from
+queueing another, and its ``lock`` keeps a second one from starting while one runs.
+Workers send heartbeats; a worker that stops beating (killed mid-build) has its job put
+back by whichever worker sweeps next (``lease`` seconds later), however many times its
+workers die, or closed in favour of a job for the same commit queued meanwhile; a worker
+killed after its push has its build recorded succeeded by the retry, which finds the
+commit in the registry. A build that fails (a broken commit, the worker's engine gone)
+fails that job only, recorded in the store like an in-process build.
 
 With SQLite there is no queue: builds run in ``poller run`` as before.
 """
@@ -15,6 +18,8 @@ With SQLite there is no queue: builds run in ``poller run`` as before.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -89,6 +94,17 @@ class BuildQueue:
         key = job_key(plan)
         try:
             with self._lock:  # one sync connection; defers are quick
+                # A job of this commit waiting or being built keeps the decision from queueing
+                # a second one that would only wait for it. Two pollers deciding at once are
+                # kept to one waiting job by the ``queueing_lock``; a job queued, taken and
+                # started between this look and the defer (milliseconds) leaves a job that finds
+                # the commit pushed when its turn comes (no second build, no second push).
+                live = [j.status for j in self.app.job_manager.list_jobs(task=TASK, lock=key)
+                        if j.status in ("todo", "doing")]
+                if live:
+                    act.action, act.status = "in-flight", "pending"
+                    act.error = "being built by a worker" if "doing" in live else "already queued"
+                    return act
                 job_id = self.app.configure_task(TASK, queue=self.queue, lock=key,
                                                  queueing_lock=key).defer(plan=asdict(plan))
         except AlreadyEnqueued:
@@ -104,6 +120,20 @@ class BuildQueue:
         self.app.close()
 
 
+def _worker_gone(host: str, pid: int) -> bool:
+    """Whether the process of a stalled job is gone: on this host its pid says so; on another,
+    the queue's lease (it sent no heartbeat for that long) is the word."""
+    if host != socket.gethostname() or not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
 def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
     """Put back the build jobs of workers silent for ``lease`` seconds.
 
@@ -112,6 +142,11 @@ def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
     (the stalled job no longer holds the ``queueing_lock``, only the ``lock``, which keeps that new
     job from starting), the stalled job is superseded: it is closed, releasing the lock, and the
     waiting job builds the commit. Either way exactly one job goes on to build it.
+
+    In the same transaction the stalled job's build, if it started one, is marked
+    ``interrupted`` and its build claim released when its worker is gone (by its pid on this
+    host; on another host the claim's own lease is longer than the queue's, and would otherwise
+    hold the retry back until it lapsed).
 
     One sweep at a time across processes (an advisory lock), reading the jobs fresh inside it,
     so a job another sweeper already put back (and a live worker took) is never touched.
@@ -125,6 +160,11 @@ def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
             sql.queries["select_stalled_jobs_by_heartbeat"],
             {"queue": None, "task_name": TASK, "seconds_since_heartbeat": lease}).mappings().all()
         for row in rows:
+            # Its worker is gone: its build (if it started one) is over, and its build claim,
+            # judged by a lease longer than the queue's on another host, must not hold the retry.
+            if row["lock"]:
+                image, ref, sha = row["lock"].rsplit("|", 2)
+                store.release_lost_build(tx, image=image, ref=ref, sha=sha, gone=_worker_gone)
             try:
                 with tx.conn.begin_nested():  # a clash rolls back this job's retry only
                     tx.conn.exec_driver_sql(sql.queries["retry_job"], {
@@ -158,7 +198,8 @@ def run_worker(pipeline: Pipeline, url: str, *, queues: list[str], concurrency: 
             except SQLAlchemyError as exc:  # the database is away: the next sweep tries again
                 log.warning("sweep.failed", error=repr(exc))
 
-    threading.Thread(target=sweeper, name="queue-sweeper", daemon=True).start()
+    sweeping = threading.Thread(target=sweeper, name="queue-sweeper", daemon=True)
+    sweeping.start()
     app = make_app(url)
 
     async def main() -> None:
@@ -182,3 +223,4 @@ def run_worker(pipeline: Pipeline, url: str, *, queues: list[str], concurrency: 
                     return
     finally:
         stop.set()
+        sweeping.join(10)  # not left sweeping (or logging) while the interpreter exits

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from poller.errors import NotFound, SlipwayError
+from poller.errors import Conflict, NotFound
 from poller.store import Store
 
 SCHEMA = """
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS rollout_servers (
 ACTIVE = ("running", "paused")
 
 
-class NoActiveRollout(SlipwayError):
+class NoActiveRollout(Conflict):
     pass
 
 

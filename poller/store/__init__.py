@@ -385,6 +385,45 @@ class Store:
                 n += 1
         return n
 
+    @staticmethod
+    def release_lost_build(tx: Tx, *, image: str, ref: str, sha: str,
+                           gone: Callable[[str, int], bool]) -> int:
+        """In ``tx``: the build of ``(image, ref, sha)`` whose process ``gone(host, pid)`` says
+        is gone is marked ``interrupted``, and its build claim released, so a retry builds at
+        once on any host (not after the claim's lease). Returns how many builds were marked."""
+        now, n = time.time(), 0
+        for row in tx.execute("SELECT id, host, pid FROM builds WHERE image=? AND ref=? AND sha=?"
+                              " AND status='running'", (image, ref, sha)).fetchall():
+            if gone(row["host"] or "", row["pid"] or 0):
+                tx.execute("UPDATE builds SET status='interrupted', error=?, finished_at=?,"
+                           " duration=? - started_at WHERE id=? AND status='running'",
+                           ("the worker running this build stopped", now, now, row["id"]))
+                n += 1
+        claim = tx.execute("SELECT host, pid FROM build_claims WHERE image=? AND ref=? AND sha=?",
+                           (image, ref, sha)).fetchone()
+        if claim is not None and gone(claim["host"], claim["pid"]):
+            tx.execute("DELETE FROM build_claims WHERE image=? AND ref=? AND sha=?",
+                       (image, ref, sha))
+        return n
+
+    def settle_pushed(self, *, image: str, ref: str, sha: str, digest: str) -> int | None:
+        """Record as succeeded the newest build of ``(image, ref, sha)`` if its process stopped
+        (``running`` or ``interrupted``) after pushing ``digest``, which the registry shows for
+        that commit. Returns the build's id, or ``None`` when there is no such build."""
+        now = time.time()
+        with self.transaction(immediate=True) as tx:
+            row = tx.execute("SELECT id, status, log FROM builds WHERE image=? AND ref=? AND sha=?"
+                             " ORDER BY id DESC LIMIT 1", (image, ref, sha)).fetchone()
+            if row is None or row["status"] not in ("running", "interrupted"):
+                return None
+            note = (f"--> {image}@{digest} was pushed before the process running this build "
+                    "stopped; a later job found it in the registry\n")
+            tx.execute("UPDATE builds SET status='succeeded', digest=?, error=NULL, log=?,"
+                       " finished_at=?, duration=? - started_at"
+                       " WHERE id=? AND status IN ('running', 'interrupted')",
+                       (digest, (row["log"] or "") + note, now, now, row["id"]))
+        return int(row["id"])
+
     def _build(self, row: Row) -> BuildRecord:
         d = dict(row)
         d.pop("pid", None)

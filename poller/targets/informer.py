@@ -94,8 +94,18 @@ class Informer:
         with self._lock:
             return self._lock.wait_for(predicate, timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the watch and wait (up to ``timeout`` seconds) for its thread to finish."""
+        self._interrupt()
+        self.join(timeout)
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _interrupt(self) -> None:
         self._stop.set()
+        _RUNNING.discard(self)
         resp = self._resp
         sock = getattr(getattr(resp, "connection", None), "sock", None)
         if sock is not None:   # wake the blocked read of the watch (close() would wait for it)
@@ -138,8 +148,10 @@ class Informer:
         resp = self._list_call(watch=True, resource_version=self._rv, allow_watch_bookmarks=True,
                                timeout_seconds=timeout, _request_timeout=(10, timeout + 30))
         self.watches += 1
-        self._resp = resp
+        self._resp = resp   # first: stop() cuts the watch it sees here, or we see it stopped below
         try:
+            if self._stop.is_set():
+                return
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():
                     return
@@ -177,23 +189,23 @@ class Informer:
                     need_list = False
                 self._watch()        # returns when the server ends the watch: resume from _rv
                 delay = 0.5
-            except WatchGone as exc:
-                log.info("informer.gone", kind=self.kind, namespace=self.namespace, error=str(exc))
-                need_list = True
-            except ApiException as exc:
-                need_list = True
-                self._error = f"{exc.status} {exc.reason}"
-                if exc.status == 410:
-                    continue
-                log.warning("informer.failed", kind=self.kind, namespace=self.namespace, error=self._error)
-                self._stop.wait(delay)
-                delay = min(30.0, delay * 2)
             except Exception as exc:  # noqa: BLE001 - connection reset, timeout: resume the watch, list if that fails
-                if self._stop.is_set():
+                if self._stop.is_set():   # stopped (its watch cut on purpose): end without a word
                     return
-                self._error = f"{type(exc).__name__}: {exc}"
-                log.info("informer.watch_broken", kind=self.kind, namespace=self.namespace, error=self._error)
-                need_list = need_list or isinstance(exc, UpstreamError)
+                if isinstance(exc, WatchGone):
+                    log.info("informer.gone", kind=self.kind, namespace=self.namespace, error=str(exc))
+                    need_list = True
+                    continue
+                if isinstance(exc, ApiException):
+                    need_list = True
+                    self._error = f"{exc.status} {exc.reason}"
+                    if exc.status == 410:
+                        continue
+                    log.warning("informer.failed", kind=self.kind, namespace=self.namespace, error=self._error)
+                else:
+                    self._error = f"{type(exc).__name__}: {exc}"
+                    log.info("informer.watch_broken", kind=self.kind, namespace=self.namespace, error=self._error)
+                    need_list = need_list or isinstance(exc, UpstreamError)
                 self._stop.wait(delay)
                 delay = min(30.0, delay * 2)
 
@@ -203,10 +215,17 @@ class Informer:
 _RUNNING: weakref.WeakSet[Informer] = weakref.WeakSet()
 
 
+def stop_all(informers: list[Informer], timeout: float = 5.0) -> None:
+    """Stop ``informers``: cut every watch at once, then wait for their threads."""
+    for informer in informers:
+        informer._interrupt()
+    for informer in informers:
+        informer.join(timeout)
+
+
 @atexit.register
-def _stop_all() -> None:
-    for informer in list(_RUNNING):
-        informer.stop()
+def _stop_running() -> None:
+    stop_all(list(_RUNNING))
 
 
 def _rv(obj: dict) -> int:
@@ -237,7 +256,6 @@ class InformerSet:
             return list(self._informers.values())
 
     def stop(self) -> None:
-        for inf in self.all():
-            inf.stop()
+        stop_all(self.all())
 
 

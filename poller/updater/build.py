@@ -9,7 +9,6 @@ from collections.abc import Callable
 from poller.config import Config, RegistryConfig
 from poller.events import EventBus
 from poller.http import RequestCounter
-from poller.notify import subscribe_notifications
 from poller.registry.client import RegistryClient
 from poller.updater.engine import UpdateEngine
 from poller.updater.history import UpdateHistory
@@ -30,11 +29,10 @@ def registry_config(cfg: Config, host: str) -> RegistryConfig:
 def build_engine(cfg: Config, store, *, counter: RequestCounter | None = None, targets: TargetFactory | None = None,
                  max_concurrency: int | None = None, backoff_initial: float = 5.0, page_size: int = 200,
                  clock: Callable[[], float] = time.time, bus: EventBus | None = None) -> UpdateEngine:
-    """Without a ``bus`` (a CLI command, a test) the engine gets its own, with ``notify:``
-    subscribed; with one, whoever made the bus has subscribed what listens to it."""
+    """The engine publishes on ``bus``; whoever made the bus (:class:`poller.runtime.Runtime`)
+    has subscribed what listens to it. Without one (a test) nothing listens."""
     if bus is None:
         bus = EventBus()
-        subscribe_notifications(cfg.notify, store, bus)
     history = UpdateHistory(store, clock=clock)
     clients: dict[str, RegistryClient] = {}
     watchers: dict[str, ImageWatcher] = {}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
+from typing import Any
 
 
-def jobs(cfg, store, bus=None) -> list:
+def jobs(cfg, engine: Callable[[], Any]) -> list:
+    """``engine``: the runtime's update engine, asked for only when deployments are configured."""
     if not cfg.updates.deployments:
         return []
-    from poller.updater.build import build_engine
-
-    engine = build_engine(cfg, store, bus=bus)
+    cycle = engine().cycle
     # never waits for a rollout: health is judged from the cache on later cycles
-    return [("updates", cfg.updates.interval, partial(engine.cycle, settle=False))]
+    return [("updates", cfg.updates.interval, lambda: cycle(settle=False))]

@@ -1,7 +1,7 @@
 """The one Kubernetes client builder (poller.kube.api_client) and the one error mapping, used
 by the plugin rollout and the helm API, against the real API server: an identity without RBAC
-grants is a permanent ``AuthError`` (helm API: 502 ``cluster_refused``), never a raw
-``ApiException`` or an outage."""
+grants is a permanent ``AuthError`` (helm API: 403 ``cluster_refused``, the status the poller's
+API gives a refused credential too), never a raw ``ApiException`` or an outage."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from poller.artifacts.store import ArtifactStore
 from poller.config import parse_config
 from poller.errors import AuthError, UpstreamError
 from poller.httpapi import serve as serve_wsgi
+from poller.httpapi import status_for
 from poller.registry.client import RegistryClient
 from tests.cluster.test_kube_errors import kubeconfig_for_serviceaccount
+from tests.integration.test_error_status import publish_with_wrong_password, start_auth_registry
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
@@ -50,7 +52,8 @@ def test_the_builder_reaches_the_api_server_with_the_kubeconfigs_identity(kube, 
     assert api.configuration.retries is False
 
 
-def test_helm_api_refused_by_rbac_answers_502_cluster_refused(kube, namespace, tmp_path):
+def test_refused_credentials_are_the_same_403_on_the_helm_api_as_on_the_poller_api(
+        kube, namespace, tmp_path):
     nobody = kubeconfig_for_serviceaccount(kube, namespace, tmp_path, "helm-nobody")
     cfg = HelmApiConfig(token=TOKEN, namespace=namespace)
     app = create_app(cfg, kube=api_client_from(kubeconfig=nobody))
@@ -59,10 +62,18 @@ def test_helm_api_refused_by_rbac_answers_502_cluster_refused(kube, namespace, t
         url = f"http://127.0.0.1:{server.port}"
         resp = requests.post(f"{url}/apply", json={"environment": "staging"},
                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-        assert resp.status_code == 502, resp.text
-        assert resp.json()["error"] == "cluster_refused" and "403" in resp.json()["message"]
         jobs = requests.get(f"{url}/jobs", timeout=30)
-        assert jobs.status_code == 502 and jobs.json()["error"] == "cluster_refused"
     finally:
         server.close()
         app.extensions["helm_api"]["runner"].stop()
+    registry = start_auth_registry(tmp_path / "auth-registry", user="slipway", password="pw")
+    try:
+        published = publish_with_wrong_password(tmp_path, registry)
+    finally:
+        registry.stop()
+    assert resp.status_code == jobs.status_code == published.status_code == 403, \
+        (resp.text, jobs.text, published.json)
+    assert status_for(AuthError("x"))[0] == 403
+    assert resp.json()["error"] == jobs.json()["error"] == "cluster_refused"
+    assert "403" in resp.json()["message"]
+    assert published.json["error"] == "upstream_refused"

@@ -57,7 +57,7 @@ def test_the_real_node_is_ready_tainted_and_the_kwok_nodes_stay(kube, node):
 
 
 def test_deployment_update_pulls_and_runs_the_new_image_with_logs_and_exec(tmp_path, registry, kube,
-                                                                           namespace, node):
+                                                                           namespace, node, closing):
     node.allow_registry(registry.addr)
     push_game(node, registry, "1.0.0")
     new_digest = push_game(node, registry, "1.1.0")
@@ -72,7 +72,7 @@ def test_deployment_update_pulls_and_runs_the_new_image_with_logs_and_exec(tmp_p
                  "target": {"kubernetes": {"kind": "Deployment", "name": "game", "namespace": namespace,
                                            "container": "engine"}}}]}}
     cfg = parse_config(data, file="t.yaml", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=120))
+    eng = closing(build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=120)))
     [o] = eng.cycle()
     assert (o.action, o.from_ref, o.to_ref) == ("updated", "1.0.0", "1.1.0"), o
 

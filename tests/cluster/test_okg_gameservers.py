@@ -237,7 +237,7 @@ def test_the_chart_ships_okgs_own_gameserverset_crd(tmp_path):
     assert body == src.read_text()
 
 
-def test_okg_and_kruise_update_only_the_sidecar_in_place(tmp_path, registry, kube, namespace, node, okg):
+def test_okg_and_kruise_update_only_the_sidecar_in_place(tmp_path, registry, kube, namespace, node, okg, closing):
     digests = push_images(node, registry, tmp_path, "1.0.0", "1.1.0")
     old, new = f"{registry.addr}/sidecar:1.0.0", f"{registry.addr}/sidecar:1.1.0"
     make_gss(kube, node, namespace, old, f"{registry.addr}/engine:7", {f"gss-{i}": {} for i in range(3)},
@@ -246,7 +246,7 @@ def test_okg_and_kruise_update_only_the_sidecar_in_place(tmp_path, registry, kub
     before = pods(kube, namespace)
     data = config(tmp_path, registry, kube, namespace, HTTP_RELOAD, rollout=None)
     cfg = parse_config(data, file="t", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=180))
+    eng = closing(build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=180)))
     with Watcher(kube.api_client(), namespace) as watcher:
         [o] = eng.cycle()
         assert (o.action, o.to_ref) == ("updated", "1.1.0"), o
@@ -269,7 +269,7 @@ def test_okg_and_kruise_update_only_the_sidecar_in_place(tmp_path, registry, kub
 
 
 def test_gradual_hot_update_order_max_unavailable_busy_pause_with_http_reload(tmp_path, registry, kube, namespace,
-                                                                              node, okg):
+                                                                              node, okg, closing):
     push_images(node, registry, tmp_path, "1.0.0", "1.1.0")
     old, new = f"{registry.addr}/sidecar:1.0.0", f"{registry.addr}/sidecar:1.1.0"
     servers = {"gss-0": {PRIORITY: 1, OPS: "None"}, "gss-1": {PRIORITY: 5, OPS: "None"},
@@ -287,7 +287,7 @@ def test_gradual_hot_update_order_max_unavailable_busy_pause_with_http_reload(tm
     seen = Observed(cfg, Store(tmp_path / "s.db"))   # poller run's subscribers on the engine's bus
     updates_key = 'slipway_updates_total{deployment="gss",result="succeeded"}'
     updates_before = seen.metric(updates_key)
-    eng = build_engine(cfg, seen.store, targets=TargetFactory(cfg.updates), bus=seen.bus)
+    eng = closing(build_engine(cfg, seen.store, targets=TargetFactory(cfg.updates), bus=seen.bus))
     with Watcher(kube.api_client(), namespace) as watcher:
         [o] = eng.cycle()
         # everyone but the busy server is done; the busy one waits (players on it)
@@ -350,7 +350,7 @@ def test_gradual_hot_update_order_max_unavailable_busy_pause_with_http_reload(tm
 
 
 def test_hot_update_without_restart_reloads_through_exec_and_abort_spares_the_busy(tmp_path, registry, kube,
-                                                                                    namespace, node, okg):
+                                                                                    namespace, node, okg, closing):
     push_images(node, registry, tmp_path, "1.0.0", "1.1.0")
     old = f"{registry.addr}/sidecar:1.0.0"
     servers = {f"gss-{i}": {OPS: "Allocated" if i == 0 else "None"} for i in range(3)}
@@ -362,7 +362,7 @@ def test_hot_update_without_restart_reloads_through_exec_and_abort_spares_the_bu
                                                                               "max_unavailable": "100%",
                                                                               "busy_wait": 30})
     cfg = parse_config(data, file="t", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates))
+    eng = closing(build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates)))
     [o] = eng.cycle()
     assert o.action == "updated", o                        # the hot update does not drop players: busy included
     current = pods(kube, namespace)
@@ -373,13 +373,14 @@ def test_hot_update_without_restart_reloads_through_exec_and_abort_spares_the_bu
     push_images(node, registry, tmp_path, "1.2.0")
     data["updates"]["deployments"][0]["rollout"].update(restart=True, steps=[1, "100%"], busy_wait=1.5)
     cfg = parse_config(data, file="t", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates))
+    eng = closing(build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates)))
     [o] = eng.cycle()
     assert o.action == "rolling" and "busy" in o.detail
-    from poller.api import Services, create_app
+    from poller.api import create_app
+    from poller.runtime import Runtime
 
     data["api"]["token"] = "t0ken"
-    app = create_app(Services(config=parse_config(data, file="t", env={}), store=eng.store))
+    app = create_app(Runtime(config=parse_config(data, file="t", env={}), store=eng.store))
     resp = app.test_client().post("/api/v1/updates/deployments/gss/rollout/abort", json={"by": "erin"},
                                   headers={"Authorization": "Bearer t0ken"})
     assert resp.status_code == 200 and resp.json["state"] == "aborted", resp.json
@@ -393,7 +394,7 @@ def test_hot_update_without_restart_reloads_through_exec_and_abort_spares_the_bu
 
 
 def test_rollout_to_a_tag_whose_image_was_first_pulled_under_another_tag_completes(tmp_path, registry, kube,
-                                                                                  namespace, node, okg):
+                                                                                  namespace, node, okg, closing):
     """One image pushed as 1.0.0 and as 1.1.0: containerd keeps one image per digest and the kubelet
     reports the restarted container under the name it first pulled (1.0.0); the health gate
     compares the digest the target tag points at with the container's imageID, not names."""
@@ -404,7 +405,7 @@ def test_rollout_to_a_tag_whose_image_was_first_pulled_under_another_tag_complet
     data = config(tmp_path, registry, kube, namespace, HTTP_RELOAD,
                   rollout={"steps": [1, "100%"], "health_timeout": 30})
     cfg = parse_config(data, file="t", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates))
+    eng = closing(build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates)))
     [o] = eng.cycle()
     assert (o.action, o.to_ref) == ("updated", "1.1.0"), o
     for pod in pods(kube, namespace).values():

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
 
 def test_board_shows_what_the_workload_runs_even_after_an_out_of_band_change(
-        tmp_path, registry, kube, namespace):
+        tmp_path, registry, kube, namespace, closing):
     repo = f"{registry.addr}/game"
     seed_tag(registry, "game", "1.0.0")
     seed_tag(registry, "game", "1.1.0")
@@ -44,7 +44,7 @@ def test_board_shows_what_the_workload_runs_even_after_an_out_of_band_change(
         return r.image
 
     assert runs() == f"{repo}:1.0.0"
-    [o] = build_engine(cfg, store, targets=targets).cycle()
+    [o] = closing(build_engine(cfg, store, targets=targets)).cycle()
     assert o.action == "updated"
     assert runs() == f"{repo}:1.1.0"
     # someone changes it by hand: the store still says 1.1.0, the board says what runs
@@ -53,7 +53,7 @@ def test_board_shows_what_the_workload_runs_even_after_an_out_of_band_change(
 
 
 def test_staging_rollback_moves_a_kubernetes_deployment_that_follows_staging(
-        tmp_path, registry, kube, namespace):
+        tmp_path, registry, kube, namespace, closing):
     from poller.registry.client import RegistryClient
     from poller.rollback import Rollbacks
 
@@ -76,7 +76,7 @@ def test_staging_rollback_moves_a_kubernetes_deployment_that_follows_staging(
     }, file="t.yaml", env={})
     store = Store(tmp_path / "s.db")
     targets = TargetFactory(cfg.updates, rollout_timeout=120)
-    engine = build_engine(cfg, store, targets=targets)
+    engine = closing(build_engine(cfg, store, targets=targets))
     [o] = engine.cycle()
     assert o.to_ref == f"staging@{d2}"
 

@@ -16,11 +16,11 @@ import yaml
 
 from poller.config import parse_config
 from poller.kube import api_client
+from poller.runtime import Runtime
 from poller.store import Store
 from poller.targets.informer import Informer
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
-from poller.updater.jobs import jobs
 from poller.updater.target_factory import TargetFactory
 from tests.cluster.test_updater_workloads import get, images, workload
 from tests.doubles.apiserver_front import ApiServerFront
@@ -82,6 +82,24 @@ def test_unchanged_cycle_makes_zero_api_server_requests(tmp_path, registry, kube
         eng.close()
 
 
+def test_a_closed_engine_has_ended_its_watch_threads(tmp_path, registry, kube, namespace):
+    """A watch thread still reading or logging while the interpreter exits can abort it."""
+    repo = f"{registry.addr}/game"
+    seed_tag(registry, "game", "1.0.0")
+    _apply(kube, namespace, workload("Deployment", "g0", f"{repo}:1.0.0", "busybox:s", replicas=0))
+    eng = build_engine(_config(tmp_path, registry, kube.kubeconfig, [_deployment("g0", repo, namespace)]),
+                       Store(tmp_path / "s.db"))
+
+    def watching() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.endswith(f"-{namespace}") and t.is_alive()]
+    try:
+        assert [o.action for o in eng.cycle(settle=False)] == ["up-to-date"]
+        assert watching()
+    finally:
+        eng.close()
+    assert watching() == []
+
+
 def test_unchanged_cycle_store_work_does_not_grow_with_deployments(tmp_path, registry, kube, namespace):
     """Pins, approvals, watcher back-off and recent rollouts are read once per cycle and the
     watchers' checks written in one statement: not a few store statements per deployment."""
@@ -107,7 +125,7 @@ def test_unchanged_cycle_store_work_does_not_grow_with_deployments(tmp_path, reg
         eng.close()
 
 
-def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube, namespace):
+def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube, namespace, closing):
     """One rollout hangs (its default 300 s deadline); a release of another image pushed
     meanwhile is patched within the next cycles, by the periodic job ``poller run`` runs."""
     stuck, fast = f"{registry.addr}/stuck", f"{registry.addr}/fast"
@@ -118,7 +136,8 @@ def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube,
     _apply(kube, namespace, workload("Deployment", "fast", f"{fast}:1.0.0", "busybox:s", replicas=1))
     cfg = _config(tmp_path, registry, kube.kubeconfig,
                   [_deployment("stuck", stuck, namespace), _deployment("fast", fast, namespace)])
-    [(_, interval, job)] = jobs(cfg, Store(tmp_path / "s.db"))
+    runtime = closing(Runtime(cfg, store=Store(tmp_path / "s.db")))  # its watches end with the test
+    [(_, interval, job)] = runtime.periodic_jobs()
     stop = threading.Event()
 
     def scheduler():               # what ``poller run`` does with the job
@@ -159,7 +178,7 @@ def test_hung_helm_upgrade_does_not_delay_other_deployments(tmp_path, registry, 
          "target": {"helm": {"release": "stuck", "namespace": namespace, "chart": chart,
                              "value_path": "engine.image.tag"}}},
         _deployment("fast", fast, namespace)], helm=helm.bin)
-    [(_, interval, job)] = jobs(cfg, Store(tmp_path / "s.db"))
+    [(_, interval, job)] = Runtime(cfg, store=Store(tmp_path / "s.db")).periodic_jobs()
     stop = threading.Event()
 
     def scheduler():               # what ``poller run`` does with the job

@@ -51,16 +51,16 @@ def engine(tmp_path, registry, kube, deployments, **updates):
 
 
 @pytest.mark.parametrize("kind", ["Deployment", "StatefulSet", "DaemonSet"])
-def test_semver_update_patches_only_the_container_and_waits(kind, tmp_path, registry, kube, namespace):
+def test_semver_update_patches_only_the_container_and_waits(kind, tmp_path, registry, kube, namespace, closing):
     repo = f"{registry.addr}/game"
     seed_tag(registry, "game", "1.0.0")
     seed_tag(registry, "game", "1.1.0")
     kube.kubectl("apply", "-n", namespace, "-f", "-",
                  input=yaml.safe_dump(workload(kind, "game", f"{repo}:1.0.0", "busybox:sidecar-v1")))
-    eng = engine(tmp_path, registry, kube, [
+    eng = closing(engine(tmp_path, registry, kube, [
         {"name": "game", "image": repo, "policy": "minor",
          "target": {"kubernetes": {"kind": kind, "name": "game", "namespace": namespace,
-                                   "container": "engine"}}}])
+                                   "container": "engine"}}}]))
     [o] = eng.cycle()
     assert (o.action, o.from_ref, o.to_ref) == ("updated", "1.0.0", "1.1.0"), o
     obj = get(kube, kind, "game", namespace)
@@ -81,15 +81,15 @@ def test_semver_update_patches_only_the_container_and_waits(kind, tmp_path, regi
     assert [o.action for o in eng.cycle()] == ["up-to-date"]
 
 
-def test_mutable_tag_written_with_digest(tmp_path, registry, kube, namespace):
+def test_mutable_tag_written_with_digest(tmp_path, registry, kube, namespace, closing):
     repo = f"{registry.addr}/game"
     d1 = seed_tag(registry, "game", "staging", build="one")
     kube.kubectl("apply", "-n", namespace, "-f", "-",
                  input=yaml.safe_dump(workload("Deployment", "stg", f"{repo}:staging", "busybox:s")))
-    eng = engine(tmp_path, registry, kube, [
+    eng = closing(engine(tmp_path, registry, kube, [
         {"name": "stg", "image": repo, "policy": "digest", "tag": "staging",
          "target": {"kubernetes": {"kind": "Deployment", "name": "stg", "namespace": namespace,
-                                   "container": "engine"}}}])
+                                   "container": "engine"}}}]))
     [o] = eng.cycle()
     assert o.action == "updated" and o.to_ref == f"staging@{d1}"
     assert images(get(kube, "Deployment", "stg", namespace))["engine"] == f"{repo}:staging@{d1}"
@@ -99,7 +99,7 @@ def test_mutable_tag_written_with_digest(tmp_path, registry, kube, namespace):
     assert images(get(kube, "Deployment", "stg", namespace))["engine"] == f"{repo}:staging@{d2}"
 
 
-def test_unhealthy_rollout_is_reported_not_retried(tmp_path, registry, kube, namespace):
+def test_unhealthy_rollout_is_reported_not_retried(tmp_path, registry, kube, namespace, closing):
     repo = f"{registry.addr}/game"
     seed_tag(registry, "game", "1.0.0")
     seed_tag(registry, "game", "1.0.1")
@@ -113,7 +113,7 @@ def test_unhealthy_rollout_is_reported_not_retried(tmp_path, registry, kube, nam
                  "target": {"kubernetes": {"kind": "Deployment", "name": "stuck", "namespace": namespace,
                                            "container": "engine"}}}]}}
     cfg = parse_config(data, file="t.yaml", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=3))
+    eng = closing(build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=3)))
     [o] = eng.cycle()
     assert o.action == "failed" and "not healthy" in o.detail
     assert UpdateHistory(eng.store).list()[0].status == "failed"
@@ -122,7 +122,7 @@ def test_unhealthy_rollout_is_reported_not_retried(tmp_path, registry, kube, nam
     assert len(UpdateHistory(eng.store).list()) == 1
 
 
-def test_helm_release_upgraded_keeping_its_values(tmp_path, registry, kube, namespace, helm):
+def test_helm_release_upgraded_keeping_its_values(tmp_path, registry, kube, namespace, helm, closing):
     repo = f"{registry.addr}/game-server"
     seed_tag(registry, "game-server", "1.0.0")
     seed_tag(registry, "game-server", "1.2.0")
@@ -136,7 +136,7 @@ def test_helm_release_upgraded_keeping_its_values(tmp_path, registry, kube, name
                  "target": {"helm": {"release": "game", "namespace": namespace, "chart": chart,
                                      "value_path": "engine.image.tag"}}}]}}
     cfg = parse_config(data, file="t.yaml", env={})
-    eng = build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=120))
+    eng = closing(build_engine(cfg, Store(tmp_path / "s.db"), targets=TargetFactory(cfg.updates, rollout_timeout=120)))
     [o] = eng.cycle()
     assert (o.action, o.from_ref, o.to_ref) == ("updated", "1.0.0", "1.2.0"), o
     values = json.loads(helm.run("get", "values", "game", "-n", namespace, "-o", "json").stdout)

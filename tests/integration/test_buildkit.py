@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from poller.app import build_pipeline
 from poller.builds.builder import BuildPlan
 from poller.config import parse_config
+from poller.runtime import build_pipeline
 from tests.doubles.gitrepo import BUSYBOX
 from tests.fixtures.services import wait_until
 

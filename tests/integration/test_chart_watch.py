@@ -25,6 +25,21 @@ GAME = ROOT / "charts" / "game-server"
 
 
 @pytest.fixture
+def cli_main():
+    """``poller.cli.main`` run in this process. It sets up logging as a process would, on this
+    test's captured stderr; that handler is taken off the root logger afterwards, or every later
+    log line (threads' too, at exit) would go to a closed stream."""
+    from poller.cli import main
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield main
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
 def repo():
     srv = IndexServer()
     yield srv
@@ -323,10 +338,10 @@ def test_bad_token_is_an_auth_error(repo, api, store_path):
     assert isinstance(info.value.__cause__, AuthError)
 
 
-def test_cli_watch_once(repo, api, tmp_path, capsys):
+def test_cli_watch_once(repo, api, tmp_path, capsys, cli_main):
     import json
 
-    from poller.cli import main
+    main = cli_main
 
     repo.add("game-server", "0.3.0-staging.1")
     cfg = tmp_path / "slipway.yaml"
@@ -378,11 +393,11 @@ def test_push_to_chartmuseum_then_watch_sees_it(chartmuseum, api, store_path, tm
 
 
 @pytest.mark.cluster
-def test_cli_push_to_chartmuseum(chartmuseum, capsys):
+def test_cli_push_to_chartmuseum(chartmuseum, capsys, cli_main):
     import json
     from pathlib import Path
 
-    from poller.cli import main
+    main = cli_main
 
     chart_dir = Path(__file__).resolve().parents[2] / "charts" / "game-server"
     assert main(["chart", "push", str(chart_dir), "--repo", chartmuseum.url,

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from poller.api import Services, create_app
+from poller.api import create_app
 from poller.api.dashboard import LiveLogs
 from poller.approvals import ApprovalQueue
-from poller.events import BuildStarted
 from poller.config import parse_config
+from poller.events import BuildStarted
+from poller.runtime import Runtime
 from poller.store import Store
 from tests.fixtures.services import free_port, wait_until
 
@@ -44,7 +45,7 @@ def _app(tmp_path, *, public_read=True, token="dash-token"):
                                      "image": "r:5000/gs"}]}, env={})
     store = Store(tmp_path / "s.db")
     live = LiveLogs()
-    return create_app(Services(config=cfg, store=store, extra={"live_logs": live})), store, live
+    return create_app(Runtime(config=cfg, store=store, live_logs=live)), store, live
 
 
 class _Plan:
@@ -91,7 +92,7 @@ def test_helm_api_down_is_shown_not_fatal(tmp_path):
     port = free_port()  # nothing listens there
     cfg = parse_config({"registry": {"url": "r:5000"}, "charts": {"helm_api": {"url": f"http://127.0.0.1:{port}"}},
                         "sources": []}, env={})
-    app = create_app(Services(config=cfg, store=Store(tmp_path / "s.db")))
+    app = create_app(Runtime(config=cfg, store=Store(tmp_path / "s.db")))
     html = app.test_client().get("/dashboard").get_data(as_text=True)
     assert 'id="helmsman"' in html and "helm API unreachable" in html
 
@@ -193,6 +194,6 @@ def test_deployments_section_renders_from_the_updater_status(tmp_path):
                             "target": {"kubernetes": {"kind": "Deployment", "name": "game",
                                                       "namespace": "prod", "container": "engine"}}}]}},
                        env={})
-    app = create_app(Services(config=cfg, store=Store(tmp_path / "s.db")))
+    app = create_app(Runtime(config=cfg, store=Store(tmp_path / "s.db")))
     html = app.test_client().get("/dashboard").get_data(as_text=True)
     assert 'data-deployment="game-prod"' in html and "Deployments unavailable" not in html

@@ -10,12 +10,10 @@ import secrets
 
 import pytest
 
-from poller.app import build_pipeline
-from poller.charts.watcher import ApplyFailed, ChartWatcher
+from poller.charts.watcher import ApplyFailed
 from poller.config import parse_config
 from poller.events import BuildFinished, BuildStarted, ChartApplied, UpdateFinished
 from poller.store import Store
-from poller.updater.build import build_engine
 from tests.integration.chart_servers import IndexServer, RecordingHelmApi
 from tests.integration.event_support import Observed
 from tests.integration.updater_support import build_local_image, push_base, reload_server, retag
@@ -49,7 +47,7 @@ def test_a_real_release_build_publishes_moves_builds_total_and_announces_the_rel
     seen = Observed(cfg, store)
     key = 'slipway_builds_total{kind="release",result="succeeded",source="gs"}'
     before = seen.metric(key)
-    pipeline = build_pipeline(cfg, store=store, bus=seen.bus)
+    pipeline = seen.runtime.build_pipeline()
     try:
         pipeline.run_once()
     finally:
@@ -84,7 +82,7 @@ def test_a_real_update_on_a_docker_host_moves_the_update_metric_and_notifies_thr
         seen = Observed(cfg, store)
         key = 'slipway_updates_total{deployment="prod",result="succeeded"}'
         before = seen.metric(key)
-        engine = build_engine(cfg, store, bus=seen.bus)
+        engine = seen.runtime.engine
         retag(registry, repo, "1.0.0", "1.1.0", label="1.1.0")
         [outcome] = engine.cycle()
         assert outcome.action == "updated", outcome
@@ -112,7 +110,7 @@ def test_a_real_chart_apply_publishes_counts_and_a_refused_one_is_counted_as_fai
         seen = Observed(cfg, store)
         key = 'slipway_chart_applies_total{chart="game-server",repo="main",result="succeeded"}'
         before = seen.metric(key)
-        watcher = ChartWatcher(cfg.charts.repos[0], cfg.charts, store, bus=seen.bus)
+        [watcher] = seen.runtime.chart_watchers
         result = watcher.reconcile()
         assert [a.version for a in result.applied] == ["1.3.0"] and len(api.calls) == 1
         [event] = seen.of(ChartApplied)

@@ -7,12 +7,13 @@ import zipfile
 
 import pytest
 
-from poller.api import Services, create_app
+from poller.api import create_app
 from poller.artifacts.store import ArtifactStore
 from poller.config import parse_config
 from poller.fleet import open_state
 from poller.fleet.jobs import check_for_releases
 from poller.registry.client import RegistryClient
+from poller.runtime import Runtime
 from poller.store import Store
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def app(tmp_path, etcd, registry):  # noqa: F811
         "plugins": {"server_types": {"lobby": {"plugins": {"chat": "latest"}}},
                     "environments": {"dev": {"fast_track": True}, "production": {"production": True}}}},
         env={})
-    return create_app(Services(config=cfg, store=Store(tmp_path / "s.db")))
+    return create_app(Runtime(config=cfg, store=Store(tmp_path / "s.db")))
 
 
 def test_fleet_views_and_rollout_control(app):

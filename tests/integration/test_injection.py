@@ -103,13 +103,15 @@ def api_server(tmp_path, registry):
 
     from werkzeug.serving import make_server
 
-    from poller.api import Services, create_app
+    from poller.api import create_app
+
+    from poller.runtime import Runtime
     from poller.store import Store
 
     cfg = parse_config({"registry": {"url": registry.addr, "insecure": True},
                         "api": {"token": "t0ken-value"},
                         "plugins": {"server_types": {"lobby": {"plugins": {"chat": "latest"}}}}}, env={})
-    server = make_server("127.0.0.1", 0, create_app(Services(config=cfg, store=Store(tmp_path / "s.db"))),
+    server = make_server("127.0.0.1", 0, create_app(Runtime(config=cfg, store=Store(tmp_path / "s.db"))),
                          threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from poller.app import build_pipeline
 from poller.config import parse_config
 from poller.http import RequestCounter
+from poller.runtime import build_pipeline
 from tests.fixtures.services import wait_until
 
 pytestmark = pytest.mark.integration

@@ -27,8 +27,8 @@ from poller.artifacts import FETCH_SCRIPT, uses_fleet
 from poller.artifacts.rollout import PluginRollout
 from poller.artifacts.store import ArtifactStore
 from poller.config import load_config
-from poller.fleet import open_state
 from poller.registry.client import RegistryClient
+from poller.runtime import Runtime
 from tests.fixtures.services import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -194,7 +194,7 @@ def test_plugin_restarts_and_an_image_rollout_share_the_quorum(plugin_fleet):
     cfg = load_config(f.config(None))
     store = ArtifactStore(RegistryClient(cfg.registry), "plugins")
     assert uses_fleet(cfg), "the lobby server type shares the lobby fleet service's slots"
-    state = open_state(cfg.fleet)
+    state = Runtime(cfg).fleet
     rollout = PluginRollout(cfg.plugins, store, f.docker, fleet=state)
     store.push("chat", jar("chat 1.0.0"), "1.0.0")
     assert rollout.cycle(f.env).restarted == []  # channel exists; no servers yet

@@ -8,10 +8,11 @@ import secrets
 
 import pytest
 
-from poller.api import Services, create_app, serve_in_thread
+from poller.api import create_app, serve_in_thread
 from poller.approvals import ApprovalQueue
 from poller.config import parse_config
 from poller.releases import progress_svg, timeline_svg
+from poller.runtime import Runtime
 from poller.store import Store
 from tests.fixtures.services import free_port, wait_until
 from tests.integration.test_dashboard_browser import browser  # noqa: F401 - fixture
@@ -85,7 +86,7 @@ def test_release_board_in_chromium_approves_and_rolls_back_staging(
     from selenium.webdriver.common.by import By
 
     cfg = parse_config(board["data"], file="test.yaml")
-    app = create_app(Services(config=cfg, store=board["store"]))
+    app = create_app(Runtime(config=cfg, store=board["store"]))
     port = free_port()
     served = serve_in_thread(app, f"127.0.0.1:{port}")
     try:
@@ -146,7 +147,7 @@ def test_board_page_draws_a_rollout_in_progress_as_a_bar(tmp_path):
     rec = control.start("gs-prod", "1.2.0", "r:5000/gs:1.2.0")
     for i, server in enumerate(("gs-0", "gs-1", "gs-2")):
         control.server_updated(rec.id, server, i)
-    html = create_app(Services(config=cfg, store=store)).test_client().get(
+    html = create_app(Runtime(config=cfg, store=store)).test_client().get(
         "/dashboard/releases").get_data(as_text=True)
     assert f'data-rollout="{rec.id}"' in html and 'role="progressbar"' in html
     assert 'aria-valuenow="3"' in html
@@ -160,7 +161,7 @@ def test_private_board_loads_in_chromium_once_the_token_is_given(tmp_path, brows
         "registry": {"url": "r:5000"}, "api": {"token": TOKEN, "public_read": False},
         "sources": [{"name": "gs", "git": {"url": "file:///x"}, "branch": "master",
                      "image": "r:5000/gs"}]}, env={})
-    app = create_app(Services(config=cfg, store=Store(tmp_path / "s.db")))
+    app = create_app(Runtime(config=cfg, store=Store(tmp_path / "s.db")))
     port = free_port()
     served = serve_in_thread(app, f"127.0.0.1:{port}")
     try:

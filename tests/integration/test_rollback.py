@@ -187,7 +187,8 @@ def test_production_rollback_creates_the_tag_through_the_hosted_api(
 
 def test_staging_rollback_over_the_http_api_needs_the_token_and_is_audited(
         tmp_path, registry, git_repo, docker_host):
-    from poller.api import Services, create_app
+    from poller.api import create_app
+    from poller.runtime import Runtime
     from poller.config import parse_config
 
     first = git_repo.seed_scratch_app("v1\n")
@@ -200,7 +201,7 @@ def test_staging_rollback_over_the_http_api_needs_the_token_and_is_audited(
 
     data["api"] = {"token": "rb-token"}
     cfg = parse_config(data, file="test.yaml")
-    client = create_app(Services(config=cfg, store=Store(tmp_path / "slipway.db"))).test_client()
+    client = create_app(Runtime(config=cfg, store=Store(tmp_path / "slipway.db"))).test_client()
     auth = {"Authorization": "Bearer rb-token"}
     body = {"env": "staging", "reason": "lag spikes"}
     assert client.post("/api/v1/rollbacks/game-server", json=body).status_code == 401

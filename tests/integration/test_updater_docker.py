@@ -19,14 +19,13 @@ import yaml
 from poller.approvals import ApprovalQueue
 from poller.config import parse_config
 from poller.http import RequestCounter
+from poller.runtime import Runtime
 from poller.store import Store
 from poller.updater.build import build_engine
 from poller.updater.history import UpdateHistory
-from poller.updater.jobs import jobs
 from poller.updater.target_factory import TargetFactory
 from tests.fixtures.services import wait_until
-from tests.integration.updater_support import (build_local_image, engine_for, push_base,
-                                                    reload_server, retag)
+from tests.integration.updater_support import build_local_image, engine_for, push_base, reload_server, retag
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,10 +185,11 @@ def test_minor_applies_major_waits_rejected_never_returns_pin_holds(
     retag(registry, REPO, "1.0.0", "3.0.0", label="3.0.0")
     [o] = engine.cycle()
     assert o.action == "waiting-approval"
-    from poller.api import Services, create_app
+    from poller.api import create_app
     from poller.config import parse_config
+    from poller.runtime import Runtime
 
-    app = create_app(Services(config=parse_config(data, file="t", env={}), store=engine.store))
+    app = create_app(Runtime(config=parse_config(data, file="t", env={}), store=engine.store))
     client = app.test_client()
     appr_id = int(o.detail.split()[-1])
     resp = client.post(f"/api/v1/approvals/{appr_id}/reject", json={"by": "bob"},
@@ -239,7 +239,8 @@ class _EngineRelay:
         self._server.bind(str(path))
         self._server.listen(16)
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, name="engine-relay", daemon=True)
+        self._thread.start()
 
     def _accept(self):
         import socket
@@ -274,7 +275,14 @@ class _EngineRelay:
                     pass
 
     def close(self):
+        import socket
+
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept(); a close alone would not
+        except OSError:
+            pass
         self._server.close()
+        self._thread.join(5)
 
 
 def test_updates_once_acts_on_the_engine_docker_host_names(tmp_path, registry, docker_client, docker_host,
@@ -398,7 +406,8 @@ def test_container_that_never_turns_healthy_does_not_delay_another_images_update
         {**deployment("stuck", stuck.name, "patch", registry), "image": f"{registry.addr}/stuck"},
         {**deployment("fast", fast.name, "patch", registry), "image": f"{registry.addr}/fast"}],
         docker_host, interval=interval)
-    [(_, _, job)] = jobs(parse_config(data, file="t.yaml", env={}), Store(tmp_path / "slipway.db"))
+    runtime = Runtime(parse_config(data, file="t.yaml", env={}), store=Store(tmp_path / "slipway.db"))
+    [(_, _, job)] = runtime.periodic_jobs()
     stop = threading.Event()
 
     def scheduler():               # what ``poller run`` does with the job

@@ -82,10 +82,15 @@ def retag(registry, repo: str, source_tag: str, tag: str, *, label: str | None =
 
 
 def engine_for(data: dict, store_path: Path, **kw):
+    """An update engine on a runtime's bus, ``notify:`` subscribed as in ``poller run``; ``kw``
+    tune the engine (clock, counter, page size...)."""
+    from poller.runtime import Runtime
     from poller.updater.build import build_engine
 
     cfg = parse_config(data, file="test.yaml", env={})
-    return build_engine(cfg, Store(store_path), **kw), cfg
+    runtime = Runtime(cfg, store=Store(store_path))
+    runtime.notifications  # noqa: B018 - subscribed before the engine publishes
+    return build_engine(cfg, runtime.store, bus=runtime.bus, **kw), cfg
 
 
 class _Recorder(BaseHTTPRequestHandler):

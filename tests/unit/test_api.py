@@ -2,9 +2,10 @@
 
 import pytest
 
-from poller.api import Services, create_app
+from poller.api import create_app
 from poller.approvals import ApprovalQueue
 from poller.config import parse_config
+from poller.runtime import Runtime
 from poller.store import Store
 
 
@@ -14,7 +15,7 @@ def app(tmp_path):
                         "sources": [{"name": "gs", "git": {"url": "file:///x"}, "branch": "master",
                                      "image": "r:5000/gs"}]}, env={})
     store = Store(tmp_path / "s.db")
-    return create_app(Services(config=cfg, store=store))
+    return create_app(Runtime(config=cfg, store=store))
 
 
 def test_health_and_read_only_status(app):

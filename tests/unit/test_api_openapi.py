@@ -13,8 +13,9 @@ import re
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from poller.api import Services, create_app
+from poller.api import create_app
 from poller.config import parse_config
+from poller.runtime import Runtime
 from poller.store import Store
 from tests.fixtures.fuzz import run_all
 
@@ -32,7 +33,7 @@ def make_app(tmp_path, *, public_read: bool):
         "sources": [{"name": "gs", "git": {"url": "file:///nonexistent"}, "branch": "master",
                      "image": "127.0.0.1:1/gs"}],
     }, env={})
-    return create_app(Services(config=cfg, store=Store(tmp_path / "s.db")))
+    return create_app(Runtime(config=cfg, store=Store(tmp_path / "s.db")))
 
 
 @pytest.mark.parametrize("public_read", [True, False])

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 
 from helm_api import create_app as create_helm_app
 from helm_api.config import HelmApiConfig, load_settings
-from poller.api import Services, create_app, serve_in_thread
+from poller.api import create_app, serve_in_thread
 from poller.api.webhooks import github_signature
 from poller.approvals import ApprovalQueue
 from poller.config import parse_config
+from poller.runtime import Runtime
 from poller.store import Store
 from tests.unit.test_helm_api_auth import unreachable_kube
 
@@ -40,7 +41,7 @@ def poller_app(tmp_path, api: dict | None = None, env: dict | None = None, **ext
                     {"name": "match", "github": {"repo": "studio/matchmaker"}, "branch": "main",
                      "image": "127.0.0.1:5000/matchmaker"}],
         **extra}, env=env or {})
-    return create_app(Services(config=cfg, store=Store(tmp_path / "s.db")))
+    return create_app(Runtime(config=cfg, store=Store(tmp_path / "s.db")))
 
 
 def pending_approval(app) -> int:
@@ -434,3 +435,22 @@ def _fuzz_app(tmp_path_factory):
             "gitlab_webhook_token": "gl-secret", "github_webhook_secret": "gh-secret",
             "registry_webhook_token": "reg-secret"})
     return _FUZZ_APPS["app"]
+
+
+def test_one_table_names_the_status_of_every_kind_of_error():
+    from helm_api import CODES
+    from helm_api.jobs import CronJobInvalid, CronJobMissing, JobNotFound, UnknownEnvironment
+    from poller import errors as e
+    from poller.httpapi import status_for
+
+    expected = {e.NotFound("x"): 404, e.AuthError("x"): 403, e.UpstreamError("x"): 503,
+                e.ResponseTooLarge("x"): 503, e.Conflict("x"): 409, e.PermanentError("x"): 409,
+                e.Unprocessable("x"): 422, e.InvalidInput("x"): 400, e.ConfigError("x"): 500,
+                e.SlipwayError("x"): 500, CronJobMissing("x"): 404, JobNotFound("x"): 404,
+                CronJobInvalid("x"): 422, UnknownEnvironment("", ["staging"]): 400}
+    for exc, status in expected.items():
+        # the helm API names some codes its own way; the status is the table's on both apps
+        assert status_for(exc)[0] == status_for(exc, CODES)[0] == status, exc
+    assert status_for(e.UpstreamError("x"), CODES)[1] == "cluster_unavailable"
+    assert status_for(e.UpstreamError("x"))[1] == "upstream_unavailable"
+    assert status_for(CronJobInvalid("x"), CODES)[1] == "cronjob_invalid"

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from poller.app import build_pipeline
 from poller.config import parse_config
+from poller.runtime import build_pipeline
 from poller.scheduler import Scheduler
 from tests.fixtures.services import wait_until
 
@@ -72,3 +72,20 @@ def test_a_leader_that_stops_is_replaced_within_two_intervals(replicas):
     wait_until(lambda: sum(s.is_leader() for s in made if s is not leader) == 1, timeout=10,
                interval=0.01, what="a new leader")
     assert time.monotonic() - started < 2 * INTERVAL + 0.5
+
+
+def test_a_stopped_replica_leaves_no_thread_of_its_own_running(pg_url, tmp_path):
+    # Threads left running (the build queue's connection pool, the leader's connection, the
+    # claims heartbeat) are still reading or logging while the interpreter tears down.
+    before = set(threading.enumerate())
+    replica = _replica(pg_url, tmp_path, [], "r0")
+    replica.start()
+    wait_until(replica.is_leader, timeout=20, what="the replica leads")
+    replica.stop(grace=1)
+
+    def ours() -> list[str]:
+        return sorted(t.name for t in threading.enumerate() if t not in before)
+    try:
+        wait_until(lambda: not ours(), timeout=10, what="the replica's threads to end")
+    except AssertionError:
+        assert ours() == []

@@ -161,14 +161,14 @@ def test_notify_events_filter():
 
 
 def test_run_loop_gets_one_update_job(tmp_path):
+    from poller.runtime import Runtime
     from poller.store import Store
-    from poller.updater.jobs import jobs
 
     cfg = parse_config({**_cfg(BASE), "store": {"path": str(tmp_path / "s.db")}}, file="t", env={})
-    [(job_id, interval, fn)] = jobs(cfg, Store(tmp_path / "s.db"))
+    [(job_id, interval, fn)] = Runtime(cfg).periodic_jobs()
     assert (job_id, interval) == ("updates", 60) and callable(fn)
     empty = parse_config({"registry": {"url": "r:5000"}}, file="t", env={})
-    assert jobs(empty, Store(tmp_path / "s.db")) == []
+    assert Runtime(empty, store=Store(tmp_path / "s.db")).periodic_jobs() == []
 
 
 def test_notifier_never_raises_into_the_caller():

@@ -62,6 +62,23 @@ def test_one_build_claim_per_image_and_ref(store_target):
     store.close()
 
 
+def test_a_build_stopped_after_its_push_is_settled_succeeded_once(store_target):
+    store = Store(store_target)
+    kw = {"image": "r/app", "ref": "tag:v1", "sha": "a" * 40}
+    assert store.settle_pushed(**kw, digest="sha256:1") is None  # no build at all
+    bid = store.start_build(source="app", kind="release", tags=["1"], pid=1, **kw)
+    store.finish_build(bid, status="interrupted", error="the process running this build stopped")
+    assert store.settle_pushed(**kw, digest="sha256:1") == bid
+    rec = store.get_build(bid)
+    assert (rec.status, rec.digest, rec.error) == ("succeeded", "sha256:1", None)
+    assert "found it in the registry" in rec.log
+    assert store.settle_pushed(**kw, digest="sha256:1") is None  # already succeeded
+    other = store.start_build(source="app", kind="release", tags=["1"], pid=1,
+                              **{**kw, "sha": "b" * 40})
+    store.finish_build(other, status="failed", error="broken")
+    assert store.settle_pushed(**{**kw, "sha": "b" * 40}, digest="sha256:2") is None  # a failure stays
+
+
 def test_approvals_pins_and_rollouts_round_trip(store_target):
     store = Store(store_target)
     queue = ApprovalQueue(store)

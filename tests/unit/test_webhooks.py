@@ -11,9 +11,10 @@ import threading
 
 import pytest
 
-from poller.api import Services, create_app
+from poller.api import create_app
 from poller.api.webhooks import DeliveryMemory, github_signature, normalize_repo_url
 from poller.config import parse_config
+from poller.runtime import Runtime
 from poller.store import Store
 
 GL_TOKEN = "gl-hook-secret-1"
@@ -58,7 +59,7 @@ def make_app(tmp_path, *, scheduler=None, pipeline=None, secrets=True):
              "image": "127.0.0.1:5000/local"},
         ]}, env={})
     store = Store(tmp_path / "s.db")
-    return create_app(Services(config=cfg, store=store, scheduler=scheduler, pipeline=pipeline))
+    return create_app(Runtime(config=cfg, store=store, scheduler=scheduler, pipeline=pipeline))
 
 
 def gitlab_push(path="games/lobby", kind="push", ref="refs/heads/master", **project_extra):
@@ -261,7 +262,7 @@ def test_registry_push_of_a_deployed_image_triggers_the_updater(tmp_path):
             "target": {"kubernetes": {"kind": "Deployment", "name": "game", "namespace": "prod",
                                       "container": "engine"}}}]}}, env={})
     sched = RecordingScheduler({"updates"})
-    app = create_app(Services(config=cfg, store=Store(tmp_path / "s.db"), scheduler=sched))
+    app = create_app(Runtime(config=cfg, store=Store(tmp_path / "s.db"), scheduler=sched))
     r = app.test_client().post("/hooks/registry", json=registry_envelope(repo="game-server"),
                                headers={"Authorization": f"Bearer {REG_TOKEN}"})
     assert r.status_code == 202 and r.json["matched"][0]["triggered"] == ["updates"]

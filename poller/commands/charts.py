@@ -47,18 +47,16 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from poller.charts.watcher import ChartWatcher
     from poller.config import load_config
     from poller.logs import get_logger
-    from poller.store import Store
+    from poller.runtime import Runtime
 
     log = get_logger("poller.charts")
-    cfg = load_config(args.config)
-    repos = [r for r in cfg.charts.repos if not args.repo or r.name in args.repo]
-    if not repos:
+    runtime = Runtime(load_config(args.config))
+    cfg = runtime.config
+    watchers = [w for w in runtime.chart_watchers if not args.repo or w.repo.name in args.repo]
+    if not watchers:
         raise ConfigError("no chart repositories to watch", file=cfg.path, key="charts.repos")
-    store = Store(cfg.store_target)
-    watchers = [ChartWatcher(r, cfg.charts, store) for r in repos]
     stop = threading.Event()
     if not args.once:
         def _stop(signum, frame):
@@ -84,7 +82,7 @@ def _watch(args: argparse.Namespace) -> int:
                 print(json.dumps({"repo": w.repo.name, **res.as_dict()}))
         if args.once:
             return status
-        interval = min((r.interval or cfg.poll.interval) for r in repos)
+        interval = min((r.interval or cfg.poll.interval) for r in (w.repo for w in watchers))
         if stop.wait(interval):
             log.info("charts.watch.stopped")
             return status
