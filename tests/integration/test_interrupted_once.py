@@ -20,14 +20,17 @@ pytestmark = pytest.mark.integration
 def test_ctrl_c_mid_build_says_it_waits_for_the_build_and_a_second_ctrl_c_stops_now(
         tmp_path, registry, git_repo, docker_host):
     git_repo.seed_scratch_app("v1\n")
-    git_repo.commit("slow", {"Dockerfile": open(git_repo.work / "Dockerfile").read() +
+    git_repo.commit("slow", {"Dockerfile": (git_repo.work / "Dockerfile").read_text() +
                              'RUN ["/bin/busybox", "sleep", "60"]\n'})
     cfg = write_config(tmp_path, make_config(tmp_path, registry, git_repo))
-    err = open(tmp_path / "stderr", "w+")
+    err = (tmp_path / "stderr").open("w+")  # the child writes it while we read it
     proc = subprocess.Popen([sys.executable, "-m", "poller", "--log-format", "text", "once",
                              "--config", str(cfg)], cwd=ROOT, env={**os.environ, "DOCKER_HOST": docker_host},
                             stdout=subprocess.DEVNULL, stderr=err, text=True)
-    said = lambda: (tmp_path / "stderr").read_text()  # noqa: E731
+
+    def said() -> str:
+        return (tmp_path / "stderr").read_text()
+
     try:
         # In the long silent step: the build thread is blocked reading the engine's stream.
         wait_until(lambda: "sleep" in said(), timeout=60, what="the build's sleep step")
@@ -45,4 +48,5 @@ def test_ctrl_c_mid_build_says_it_waits_for_the_build_and_a_second_ctrl_c_stops_
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        err.close()
     assert "Traceback" not in said(), said()
