@@ -34,8 +34,14 @@ def _helm_api(*args, env=None, **kw):
     (["--host", "192.0.2.1"], {}, "--host"),  # TEST-NET-1: never an address of this machine
 ])
 def test_a_bad_setting_at_start_up_is_one_line_and_exit_2(args, env, where):
-    proc = _helm_api(*args, env=env)
-    _, err = proc.communicate(timeout=60)
+    proc = _helm_api("--port", str(free_port()), *args, env=env) if "--port" not in args and "HELM_API_PORT" not in env \
+        else _helm_api(*args, env=env)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # it started anyway: the setting was not checked
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"helm-api started despite {where}: {err[-500:]}")
     assert proc.returncode == 2, err
     assert err.count("\n") == 1 and err.startswith("helm-api: config error: ") and where in err
     assert "Traceback" not in err and "Worker failed to boot" not in err
