@@ -305,6 +305,17 @@ class ApiConfig(_Model):
         return v
 
 
+# Docker Hub answers under several names; any of them in an image means the same registry.
+_DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+
+
+def _registry_host(host: str) -> str:
+    host = host.lower()
+    if host.endswith(":443"):
+        host = host[:-4]
+    return "docker.io" if host in _DOCKER_HUB else host
+
+
 class Config(_Model):
     registry: RegistryConfig | None = Field(
         None, description="where images are pushed and watched; needed by sources, fleet and "
@@ -333,6 +344,16 @@ class Config(_Model):
             if needs:
                 raise ValueError(f"registry: field required when {needs[0]} is set (images are "
                                  "pushed and read there)")
+        if self.registry is not None:
+            for where, image in [*((f"sources[{i}].image", s.image) for i, s in enumerate(self.sources)),
+                                 *((f"fleet.services.{n}.image", svc.image)
+                                   for n, svc in self.fleet.services.items())]:
+                host = image.partition("/")[0]
+                if _registry_host(host) != _registry_host(self.registry.host):
+                    raise ValueError(
+                        f"{where}: '{image}' is on registry {host}, but registry.url is "
+                        f"{self.registry.host}: images are pushed to and read from registry.url, "
+                        f"so name them {self.registry.host}/{image.partition('/')[2]}")
         seen: dict[str, int] = {}
         for i, s in enumerate(self.sources):
             if s.name in seen:

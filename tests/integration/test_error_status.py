@@ -55,7 +55,7 @@ def poller_api(tmp_path: Path, **sections):
 def test_an_etcd_outage_on_the_fleet_api_is_503_like_an_unreachable_cluster_on_the_helm_api(
         etcd, tmp_path):
     app = poller_api(tmp_path, fleet={"etcd": {"endpoints": [etcd.url], "timeout": 2},
-                                      "services": {"lobby": {"image": "127.0.0.1:5000/lobby"}}})
+                                      "services": {"lobby": {"image": "127.0.0.1:1/lobby"}}})
     client = app.test_client()
     assert client.get("/api/v1/fleet").status_code == 200
     etcd.stop()

@@ -110,7 +110,9 @@ def test_hostile_upstreams_fail_only_their_own_source_within_a_memory_bound(
                  method="GET", content_type="application/vnd.docker.distribution.manifest.v2+json")
 
     def src(name: str, image: str | None = None, **kind) -> dict:
-        return {"name": name, "branch": "master", "image": f"{registry.addr}/{image or name}", **kind}
+        # named on the front: images are pushed to and read from registry.url (the front passes
+        # pushes through to the real registry)
+        return {"name": name, "branch": "master", "image": f"{front.addr}/{image or name}", **kind}
 
     sources = [
         src("plain", git={"url": plain.url}),

@@ -107,3 +107,33 @@ def test_once_says_when_the_configured_branch_is_not_in_the_repository(tmp_path)
     assert "Traceback" not in res.stderr, res.stderr
     row = [line for line in res.stdout.splitlines() if "branch:main" in line]
     assert row and "no branch 'main'" in row[0], res.stdout
+
+
+def test_an_image_on_another_registry_than_registry_url_is_refused_naming_both(tmp_path):
+    """Builds push to the image's host but every check reads registry.url: with the two apart,
+    the pipeline would never see what it pushed and build it again. Said at load instead."""
+    path = tmp_path / "slipway.yaml"
+    path.write_text(yaml.safe_dump({
+        "registry": {"url": "127.0.0.1:5000", "insecure": True},
+        "sources": [{"name": "game-server", "git": {"url": "file:///nowhere.git"},
+                     "branch": "master", "image": "127.0.0.1:5001/game-server"}],
+        "fleet": {"services": {"db": {"image": "127.0.0.1:5000/db"}}}}))
+    res = poller("check-config", str(path))
+    assert res.returncode == 2
+    assert_one_line(res, "sources[0].image", "127.0.0.1:5001", "registry.url is 127.0.0.1:5000",
+                    "127.0.0.1:5000/game-server")
+    data = yaml.safe_load(path.read_text())
+    data["sources"][0]["image"] = "127.0.0.1:5000/game-server"
+    data["fleet"]["services"]["db"]["image"] = "registry.local/db"
+    path.write_text(yaml.safe_dump(data))
+    assert_one_line(poller("check-config", str(path)), "fleet.services.db.image", "registry.local")
+
+
+def test_docker_hub_under_any_of_its_names_is_one_registry(tmp_path):
+    path = tmp_path / "slipway.yaml"
+    path.write_text(yaml.safe_dump({
+        "registry": {"url": "https://registry-1.docker.io"},
+        "sources": [{"name": "game-server", "git": {"url": "file:///nowhere.git"},
+                     "branch": "master", "image": "docker.io/studio/game-server"}]}))
+    res = poller("check-config", str(path))
+    assert res.returncode == 0, res.stderr
