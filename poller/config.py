@@ -311,8 +311,7 @@ _DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry
 
 def _registry_host(host: str) -> str:
     host = host.lower()
-    if host.endswith(":443"):
-        host = host[:-4]
+    host = host.removesuffix(":443")
     return "docker.io" if host in _DOCKER_HUB else host
 
 
