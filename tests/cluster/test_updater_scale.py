@@ -161,7 +161,7 @@ def test_hung_rollout_does_not_delay_other_deployments(tmp_path, registry, kube,
         stop.set()
 
 
-def test_hung_helm_upgrade_does_not_delay_other_deployments(tmp_path, registry, kube, namespace, helm):
+def test_hung_helm_upgrade_does_not_delay_other_deployments(tmp_path, registry, kube, namespace, helm, closing):
     """A helm release whose pods never schedule: ``helm upgrade --wait`` waits its whole 300 s
     timeout. A release of another image pushed meanwhile is patched within the next cycles."""
     chart = str(ROOT / "charts" / "game-server")
@@ -178,7 +178,8 @@ def test_hung_helm_upgrade_does_not_delay_other_deployments(tmp_path, registry, 
          "target": {"helm": {"release": "stuck", "namespace": namespace, "chart": chart,
                              "value_path": "engine.image.tag"}}},
         _deployment("fast", fast, namespace)], helm=helm.bin)
-    [(_, interval, job)] = Runtime(cfg, store=Store(tmp_path / "s.db")).periodic_jobs()
+    runtime = Runtime(cfg, store=Store(tmp_path / "s.db"))
+    [(_, interval, job)] = runtime.periodic_jobs()
     stop = threading.Event()
 
     def scheduler():               # what ``poller run`` does with the job
@@ -190,7 +191,8 @@ def test_hung_helm_upgrade_does_not_delay_other_deployments(tmp_path, registry, 
         items = json.loads(kube.kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"]
         return {images(d)["engine"] for d in items}
 
-    threading.Thread(target=scheduler, daemon=True).start()
+    runner = threading.Thread(target=scheduler, daemon=True)
+    runner.start()
     try:
         wait_until(lambda: f"{game}:1.0.1" in engines(), 60, what="the stuck release upgraded (helm waiting)")
         seed_tag(registry, "fast", "1.0.1")
@@ -202,6 +204,8 @@ def test_hung_helm_upgrade_does_not_delay_other_deployments(tmp_path, registry, 
         assert [r.status for r in UpdateHistory(Store(tmp_path / "s.db")).list(deployment="stuck")] == ["running"]
     finally:
         stop.set()
+        runner.join(60)   # its last cycle ends before the runtime's watches are closed
+        closing(runtime)
 
 
 def test_hung_rollout_past_its_deadline_is_reported_once_and_held(tmp_path, registry, kube, namespace):
