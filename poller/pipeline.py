@@ -41,6 +41,7 @@ from poller.events import (
 )
 from poller.http import backoff_delay
 from poller.logs import correlation, get_logger
+from poller.procs import pid_alive
 from poller.registry.client import RegistryClient
 from poller.rollback import release_hold, staging_hold
 from poller.sources.base import RefSnapshot, Source
@@ -84,15 +85,7 @@ CLAIM_TTL = 60.0
 
 def _holder_alive(host: str, pid: int) -> bool:
     """Whether the process holding a build claim still runs (another host's: trust its lease)."""
-    if host != socket.gethostname() or pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host != socket.gethostname() or pid == os.getpid() or pid_alive(pid)
 
 
 def _clip(text: str, limit: int = 500) -> str:

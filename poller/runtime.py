@@ -31,6 +31,7 @@ from poller.config import Config
 from poller.errors import ConfigError
 from poller.events import EventBus
 from poller.http import RequestCounter
+from poller.procs import pid_alive
 from poller.store import Store
 
 if TYPE_CHECKING:
@@ -69,15 +70,8 @@ def open_state_dir(cfg: Config) -> Path:
 
 
 def _pid_alive(pid: int | None) -> bool:
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Another process of this machine that still runs (this process's own builds are not)."""
+    return pid != os.getpid() and pid_alive(pid)
 
 
 class Runtime:

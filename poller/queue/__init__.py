@@ -18,13 +18,13 @@ With SQLite there is no queue: builds run in ``poller run`` as before.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from poller.logs import get_logger
+from poller.procs import pid_alive
 
 if TYPE_CHECKING:
     from procrastinate import App
@@ -123,15 +123,7 @@ class BuildQueue:
 def _worker_gone(host: str, pid: int) -> bool:
     """Whether the process of a stalled job is gone: on this host its pid says so; on another,
     the queue's lease (it sent no heartbeat for that long) is the word."""
-    if host != socket.gethostname() or not pid:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
+    return host != socket.gethostname() or not pid_alive(pid)
 
 
 def sweep_stalled(store: Store, *, lease: float) -> dict[str, int]:
