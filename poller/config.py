@@ -34,6 +34,7 @@ from poller.settings.base import (
     _Model,
     check_image_repository,
     check_name,
+    one_of,
     split_url_credentials,
 )
 from poller.settings.buildkit import BuildKitConfig
@@ -43,6 +44,7 @@ from poller.settings.plugins import PluginsConfig
 from poller.settings.updates import UpdatesConfig
 
 _REF = re.compile(r"\$\{([^}]+)\}")
+_SOURCE_KINDS = ("git", "gitlab", "github")
 
 
 class RegistryConfig(_Model):
@@ -128,15 +130,12 @@ class SourceConfig(_Model):
 
     @model_validator(mode="after")
     def _one_kind(self) -> SourceConfig:
-        kinds = [k for k in ("git", "gitlab", "github") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError("give exactly one of 'git', 'gitlab' or 'github'"
-                             + (f" (got {', '.join(kinds)})" if kinds else ""))
+        one_of(self, _SOURCE_KINDS)
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("git", "gitlab", "github") if getattr(self, k) is not None)
+        return one_of(self, _SOURCE_KINDS)
 
     @property
     def image_host(self) -> str:

@@ -39,3 +39,13 @@ def split_url_credentials(data: object, *, key: str = "url") -> object:
         out["password"] = unquote(password)
     return out
 
+
+
+def one_of(model: BaseModel, kinds: tuple[str, ...]) -> str:
+    """The one field of ``kinds`` that is set on ``model`` (a source's git/gitlab/github, a
+    target's kubernetes/helm/docker); any other count is a ValueError saying which."""
+    given = [k for k in kinds if getattr(model, k) is not None]
+    if len(given) != 1:
+        names = ", ".join(f"'{k}'" for k in kinds[:-1]) + f" or '{kinds[-1]}'"
+        raise ValueError(f"give exactly one of {names}" + (f" (got {', '.join(given)})" if given else ""))
+    return given[0]

@@ -31,8 +31,11 @@ from poller.settings.base import (
     SettingsModel,
     check_image_repository,
     check_name,
+    one_of,
     split_url_credentials,
 )
+
+_TARGET_KINDS = ("kubernetes", "helm", "docker")
 
 _LABEL = re.compile(r"^[A-Za-z0-9./_-]+(=[A-Za-z0-9._-]*)?$")
 _PERCENT = re.compile(r"^(100|[1-9]?\d)%$")
@@ -103,15 +106,12 @@ class TargetConfig(SettingsModel):
 
     @model_validator(mode="after")
     def _one(self) -> TargetConfig:
-        kinds = [k for k in ("kubernetes", "helm", "docker") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError("give exactly one of 'kubernetes', 'helm' or 'docker'"
-                             + (f" (got {', '.join(kinds)})" if kinds else ""))
+        one_of(self, _TARGET_KINDS)
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("kubernetes", "helm", "docker") if getattr(self, k) is not None)
+        return one_of(self, _TARGET_KINDS)
 
 
 class RolloutConfig(SettingsModel):
